@@ -1,0 +1,69 @@
+"""Hyperparameters of the unlearning methods, one typed dataclass shared by all domains.
+
+Each field maps one-to-one onto a CLI flag of the jobs. A method reads only the fields it
+uses; ``__post_init__`` rejects bad values with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from erasure.reinit import check_init
+
+FORGET_LOSSES = ("ascent", "substitute")
+
+
+@dataclass
+class MethodConfig:
+    """Hyperparameters of an unlearning method (see each method's docstring)."""
+
+    method: str = "scissorhands"
+    # trimming (paper 000 §2.2): kept_fraction=0.97 keeps 97% and re-initialises the top 3%
+    kept_fraction: float = 0.97
+    sensitivity_batches: int | None = None
+    sensitivity_fraction: float | None = None
+    init: str = "kaiming_uniform"
+    bias_init: str = "zero"
+    init_value: float = 0.01
+    trim_include: tuple[str, ...] = ("*",)
+    trim_exclude: tuple[str, ...] = ()
+    # repair
+    lam: float = 0.1  # lambda of Eq. 3: L = L_r - lam * L_f
+    forget_loss: str = "ascent"  # or "substitute": + lam * relabeled loss on D_f (public SD code)
+    alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
+    ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)
+    retain_fraction: float = 1.0  # r of paper 001: share of D_r the repair may use
+    saliency_fraction: float = 0.5  # SalUn: share of weights that may change
+    l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
+    # LoReUn plug-in (paper 004)
+    loreun: bool = False
+    eta_forget: float = 0.1
+    eta_retain: float = 0.25
+    loreun_reference_batches: int | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.trim_include, self.trim_exclude = tuple(self.trim_include), tuple(self.trim_exclude)
+        if not 0.0 < self.kept_fraction < 1.0 or math.isnan(self.kept_fraction):
+            raise ValueError(f"kept_fraction={self.kept_fraction} must be in (0, 1): 0.995 keeps 99.5% and trims 0.5%")
+        for name in ("lam", "alpha", "ascent_lr", "l1_gamma", "eta_forget", "eta_retain", "init_value"):
+            value = getattr(self, name)
+            if not value >= 0 or math.isinf(value):
+                raise ValueError(f"{name}={value} must be a finite number >= 0")
+        for name in ("retain_fraction", "saliency_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name}={value} must be in (0, 1]")
+        if self.sensitivity_fraction is not None and not 0.0 < self.sensitivity_fraction <= 1.0:
+            raise ValueError(f"sensitivity_fraction={self.sensitivity_fraction} must be in (0, 1]")
+        for name in ("sensitivity_batches", "loreun_reference_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1 (or unset for all batches)")
+        if self.forget_loss not in FORGET_LOSSES:
+            raise ValueError(f"forget_loss='{self.forget_loss}' is unknown; choose one of {list(FORGET_LOSSES)}")
+        check_init(self.init, self.bias_init)
+        if not self.trim_include:
+            raise ValueError("trim_include is empty; use ('*',) for every trimmable parameter")

@@ -1,0 +1,105 @@
+"""The contract every unlearning method follows.
+
+A job calls, per run: ``prepare`` once on the original model (trimming, saliency masks,
+LoReUn references), then per optimisation step ``compute_gradients`` for each micro-batch
+(back-propagating with the job's ``backward``, e.g. ``accelerator.backward``) and, once the
+gradients are synchronised, ``finalize_gradients`` before ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from erasure.config import MethodConfig
+from erasure.loreun import loreun_weights, weighted_sum
+from erasure.objective import Objective, finite_or_raise
+
+Backward = Callable[[Tensor], None]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP / compiled wrapper."""
+    return getattr(model, "module", model)
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in unwrap(model).parameters() if p.requires_grad]
+
+
+class UnlearningMethod:
+    """Base class: subclasses set ``name`` and implement :meth:`compute_gradients`."""
+
+    name: ClassVar[str] = ""
+    uses_forget: ClassVar[bool] = True
+    uses_retain: ClassVar[bool] = True
+    supports_loreun: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig, objective: Objective) -> None:
+        if config.loreun and not self.supports_loreun:
+            raise ValueError(f"loreun=True does not apply to method '{self.name}' (it has no per-sample forget/retain losses to reweight)")
+        self.config = config
+        self.objective = objective
+        self.forget_reference: dict[str, float] | None = None
+        self.retain_reference: dict[str, float] | None = None
+        self.total_steps = 1
+        self.step_index = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+    def prepare(self, model: nn.Module, forget_loader: Iterable[Any], retain_loader: Iterable[Any],
+                backward: Backward = Tensor.backward) -> dict[str, float]:
+        """One-off work on the original model before the first step. Returns a summary."""
+        if self.config.loreun:  # Step 1 of paper 004 Algorithm 1, on the original model
+            n = self.config.loreun_reference_batches
+            self.forget_reference = self.objective.fit_reference(model, forget_loader, n)
+            self.retain_reference = self.objective.fit_reference(model, retain_loader, n)
+        return {}
+
+    def on_train_begin(self, total_steps: int) -> None:
+        self.total_steps = max(1, total_steps)
+
+    def compute_gradients(self, model: nn.Module, forget_batch: Any, retain_batch: Any,
+                          backward: Backward = Tensor.backward) -> dict[str, float]:
+        """Forward/backward one micro-batch pair, accumulating into ``.grad``. Returns logs."""
+        raise NotImplementedError
+
+    def finalize_gradients(self, model: nn.Module) -> dict[str, float]:
+        """Edit the synchronised gradients before the optimiser step. Returns logs."""
+        self.step_index += 1
+        return {}
+
+    # -- LoReUn-aware reductions ---------------------------------------------------------
+    def reduce_forget(self, losses: Tensor, batch: Any, weighting_losses: Tensor | None = None) -> Tensor:
+        """Mean of per-sample forget losses, or their LoReUn-weighted sum (Eq. 4, 6).
+
+        ``weighting_losses`` are the clean-label losses the weights come from when ``losses``
+        are random-label losses (paper 004 Algorithm 1, line 6).
+        """
+        if not self.config.loreun:
+            return losses.mean()
+        basis = losses if weighting_losses is None else weighting_losses
+        weights = loreun_weights(basis, self.objective.reference_loss(self.forget_reference, batch), self.config.eta_forget, True, self.objective.measure)
+        return weighted_sum(losses, weights)
+
+    def reduce_retain(self, losses: Tensor, batch: Any) -> Tensor:
+        """Mean of per-sample retain losses, or their LoReUn-weighted sum (Eq. 5, 6)."""
+        if not self.config.loreun:
+            return losses.mean()
+        weights = loreun_weights(losses, self.objective.reference_loss(self.retain_reference, batch), self.config.eta_retain, False, self.objective.measure)
+        return weighted_sum(losses, weights)
+
+    def retain_loss(self, model: nn.Module, batch: Any) -> Tensor:
+        return finite_or_raise(self.reduce_retain(self.objective.loss(model, batch), batch), "retain loss")
+
+    # -- checkpointing (accelerator.register_for_checkpointing) --------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_index": self.step_index, "total_steps": self.total_steps,
+                "forget_reference": self.forget_reference, "retain_reference": self.retain_reference}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_index = state["step_index"]
+        self.total_steps = state["total_steps"]
+        self.forget_reference = state["forget_reference"]
+        self.retain_reference = state["retain_reference"]

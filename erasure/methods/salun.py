@@ -1,0 +1,53 @@
+"""SalUn: random-label unlearning restricted to salient weights (Fan et al., ICLR 2024).
+
+The saliency mask keeps the top ``saliency_fraction`` of |sum_batches grad L_f| over all
+trainable parameters; gradients outside it are zeroed before every step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from erasure.methods.base import unwrap
+from erasure.methods.random_label import RandomLabel
+from erasure.scope import scope_parameters
+from erasure.sensitivity import accumulate_gradients
+from erasure.topk import topk_masks
+
+
+class SalUn(RandomLabel):
+    name = "salun"
+
+    def __init__(self, config, objective):
+        super().__init__(config, objective)
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def prepare(self, model, forget_loader, retain_loader, backward=torch.Tensor.backward):
+        summary = super().prepare(model, forget_loader, retain_loader, backward)
+        params = scope_parameters(model, self.config.trim_include, self.config.trim_exclude, module_types=None)
+        grads = accumulate_gradients(model, self.objective.loss, forget_loader, params, backward,
+                                     self.config.sensitivity_batches, desc="saliency")
+        saliency = {name: g.abs_() for name, g in grads.items()}
+        self.masks = topk_masks(saliency, 1.0 - self.config.saliency_fraction)
+        salient = sum(int(m.sum()) for m in self.masks.values())
+        return {**summary, "salient": salient, "salient_fraction": salient / sum(m.numel() for m in self.masks.values())}
+
+    @torch.no_grad()
+    def finalize_gradients(self, model):
+        logs = super().finalize_gradients(model)
+        for name, param in unwrap(model).named_parameters():
+            if param.grad is None:
+                continue
+            mask = self.masks.get(name)
+            if mask is None:
+                param.grad.zero_()
+            else:
+                param.grad.mul_(mask)
+        return logs
+
+    def state_dict(self):
+        return {**super().state_dict(), "masks": self.masks}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.masks = state["masks"]

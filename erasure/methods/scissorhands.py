@@ -1,0 +1,85 @@
+"""Scissorhands (paper 000): trim by connection sensitivity, then projected repair.
+
+Trimming (Algorithm 1, lines 1-7) re-initialises the top ``1 - kept_fraction`` of the
+scored weights. Repair (lines 8-20) descends on L = L_r - lam * L_f (Eq. 3) along the
+projection of g_o onto {g : <g_f, g> <= 0} (Eq. 4-5), so a step never lowers L_f to first
+order. ``forget_loss="substitute"`` replaces -lam * L_f by +lam * (relabeled loss on D_f),
+as the public Stable Diffusion code does; the projection still guards L_f.
+
+Gradients of L_f are accumulated in a separate buffer per parameter by swapping ``.grad``
+before the forget backward, so gradient accumulation and DDP synchronisation apply to both
+g_f and g_r exactly as they do to an ordinary gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from erasure.methods.base import UnlearningMethod, trainable
+from erasure.objective import finite_or_raise
+from erasure.projection import combine_projected_
+from erasure.trim import trim
+
+
+class Scissorhands(UnlearningMethod):
+    name = "scissorhands"
+
+    def __init__(self, config, objective):
+        super().__init__(config, objective)
+        self.forget_grads: list[Tensor | None] | None = None
+
+    def prepare(self, model, forget_loader, retain_loader, backward=Tensor.backward):
+        summary = super().prepare(model, forget_loader, retain_loader, backward)
+        _, trim_summary = trim(model, self.objective.loss, forget_loader, self.config, backward)
+        return {**summary, **trim_summary}
+
+    def _backward_into_forget_buffers(self, model, loss: Tensor, backward) -> None:
+        params = trainable(model)
+        if self.forget_grads is None:
+            self.forget_grads = [None] * len(params)
+        retain_grads = [p.grad for p in params]
+        for p, g in zip(params, self.forget_grads):
+            p.grad = g
+        backward(loss)
+        # autograd may accumulate out of place: read the buffers back from .grad
+        self.forget_grads = [p.grad for p in params]
+        for p, g in zip(params, retain_grads):
+            p.grad = g
+
+    def forget_terms(self, model, forget_batch) -> tuple[Tensor, Tensor | None]:
+        """(L_f, extra term added to the descent loss, or None)."""
+        losses = self.objective.loss(model, forget_batch)
+        loss_forget = finite_or_raise(self.reduce_forget(losses, forget_batch), "forget loss")
+        if self.config.forget_loss == "substitute":
+            relabeled = self.reduce_forget(self.objective.relabeled_loss(model, forget_batch), forget_batch,
+                                           weighting_losses=losses.detach())
+            return loss_forget, self.config.lam * relabeled
+        return loss_forget, None
+
+    def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
+        loss_forget, substitute = self.forget_terms(model, forget_batch)
+        self._backward_into_forget_buffers(model, loss_forget, backward)  # g_f
+        loss_retain = self.retain_loss(model, retain_batch)
+        descent = loss_retain if substitute is None else loss_retain + substitute
+        backward(finite_or_raise(descent, "repair loss"))  # g_r (plus the substitute term)
+        logs = {"loss_forget": loss_forget.item(), "loss_retain": loss_retain.item()}
+        if substitute is not None:
+            logs["loss_substitute"] = substitute.item()
+        return logs
+
+    @torch.no_grad()
+    def finalize_gradients(self, model):
+        logs = super().finalize_gradients(model)
+        params = trainable(model)
+        pairs = [(p, f) for p, f in zip(params, self.forget_grads or []) if f is not None]
+        for p, _ in pairs:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        # ascent puts -lam * g_f into g_o; the substitute form has it in g_r already
+        lam = self.config.lam if self.config.forget_loss == "ascent" else 0.0
+        stats = combine_projected_([p.grad for p, _ in pairs], [f for _, f in pairs], lam)
+        for f in self.forget_grads or []:
+            if f is not None:
+                f.zero_()
+        return {**logs, **stats}

@@ -1,0 +1,66 @@
+"""The one place a domain (classifier, diffusion UNet) meets the core.
+
+An :class:`Objective` maps ``(model, batch)`` to per-sample losses. Methods never look
+inside a batch: the objective decides what a batch is.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+
+class Objective:
+    """Per-sample losses of a domain. Subclass and implement :meth:`loss`.
+
+    Attributes:
+        measure: LoReUn's excess-loss measure for this domain, ``"difference"`` (l - l0,
+            classification) or ``"ratio"`` (l / l0(t), diffusion).
+    """
+
+    measure: str = "difference"
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor:
+        """Per-sample loss of ``model`` on ``batch`` with its true targets, shape ``[B]``."""
+        raise NotImplementedError
+
+    def relabeled_loss(self, model: nn.Module, batch: Any) -> Tensor:
+        """Per-sample loss on ``batch`` with substituted targets (random labels for a
+        classifier; another prompt's prediction for diffusion), shape ``[B]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no relabeled loss; random-label methods need one")
+
+    @torch.no_grad()
+    def fit_reference(self, model: nn.Module, batches: Iterable[Any], num_batches: int | None = None) -> dict[str, float]:
+        """LoReUn Step 1: parameters of the original model's reference loss.
+
+        Here the mean loss over the batches (classification). Plain floats, so the method's
+        state checkpoints without pickling code.
+
+        Raises:
+            ValueError: if there is no batch.
+        """
+        total, count = 0.0, 0
+        for batch in itertools.islice(batches, num_batches):
+            losses = self.loss(model, batch)
+            total, count = total + float(losses.sum()), count + losses.numel()
+        if count == 0:
+            raise ValueError("cannot fit a LoReUn reference loss on an empty loader")
+        return {"mean": total / count}
+
+    def reference_loss(self, reference: dict[str, float], batch: Any) -> Tensor | float:
+        """The reference loss l0 for each sample of ``batch`` (a scalar here)."""
+        return reference["mean"]
+
+
+def finite_or_raise(loss: Tensor, what: str) -> Tensor:
+    """Stop with a clear error instead of stepping (and later saving) a NaN/inf model."""
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(
+            f"the {what} is {loss.detach().float().mean().item()}: training diverged. Lower the learning "
+            f"rate (or lam / ascent_lr), or enable gradient clipping; nothing was saved from this step"
+        )
+    return loss

@@ -1,0 +1,99 @@
+"""Connection sensitivity (SNIP) scores, paper 000 Eq. 2.
+
+s_j = E[ dl/dtheta_j * theta_j ]. As in the public code the expectation is a sum of
+gradients over the scored batches, and the score is its magnitude: |theta * sum grad|.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    params: dict[str, nn.Parameter],
+    backward: Callable[[Tensor], None] = Tensor.backward,
+    num_batches: int | None = None,
+    absolute: bool = False,
+    desc: str = "scoring",
+) -> dict[str, Tensor]:
+    """Sum the gradients of the mean per-sample loss over batches, one buffer per parameter.
+
+    Gradients are taken with ``backward`` (pass ``accelerator.backward``), so under DDP the
+    summed gradients are the synchronised ones and every rank gets the same scores.
+
+    Args:
+        model: the (possibly wrapped) model.
+        loss_fn: maps ``(model, batch)`` to per-sample losses.
+        batches: an iterable of batches.
+        params: the parameters to score.
+        backward: how to back-propagate a scalar loss.
+        num_batches: stop after this many batches (``None``: all).
+        absolute: sum ``|grad|`` per batch instead of ``grad`` (SalUn's saliency).
+        desc: progress-bar label.
+
+    Returns:
+        ``{name: summed gradient}``, fp32, on each parameter's device.
+
+    Raises:
+        ValueError: if no batch was seen or the loss is not finite.
+    """
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    seen = 0
+    for batch in tqdm(itertools.islice(batches, num_batches), total=num_batches, desc=desc, leave=False):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model, batch).mean()
+        if not torch.isfinite(loss):
+            raise ValueError(f"non-finite loss {loss.item()} while {desc}; check the data and model")
+        backward(loss)
+        for name, p in params.items():
+            if p.grad is not None:
+                sums[name].add_(p.grad.abs() if absolute else p.grad)
+        seen += 1
+    model.zero_grad(set_to_none=True)
+    if seen == 0:
+        raise ValueError(f"no batch to score ({desc}): the forget loader is empty")
+    return sums
+
+
+def connection_sensitivity(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    params: dict[str, nn.Parameter],
+    backward: Callable[[Tensor], None] = Tensor.backward,
+    num_batches: int | None = None,
+) -> dict[str, Tensor]:
+    """Connection sensitivity ``|theta * sum_batches grad|`` for each parameter (Eq. 2).
+
+    Returns:
+        ``{name: scores}`` with each parameter's shape, fp32.
+    """
+    grads = accumulate_gradients(model, loss_fn, batches, params, backward, num_batches, desc="sensitivity")
+    with torch.no_grad():
+        return {name: grads[name].mul_(params[name].detach().float()).abs_() for name in params}
+
+
+def resolve_num_batches(num_batches: int | None, fraction: float | None, loader_len: int | None) -> int | None:
+    """How many forget batches to score, from a count or a fraction of the loader (Remark 1)."""
+    if num_batches is not None and fraction is not None:
+        raise ValueError("give either sensitivity_batches or sensitivity_fraction, not both")
+    if fraction is None:
+        return num_batches
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"sensitivity_fraction={fraction} is outside (0, 1]")
+    if loader_len is None:
+        raise ValueError("sensitivity_fraction needs a loader with a length")
+    return max(1, round(fraction * loader_len))

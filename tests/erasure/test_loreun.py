@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from erasure.loreun import excess_loss, fit_exponential, loreun_weights, weighted_sum
+
+
+def test_forget_weights_favour_small_excess_loss():
+    losses = torch.tensor([0.5, 1.0, 3.0])
+    w = loreun_weights(losses, 1.0, eta=0.5, forget=True)
+    assert w.sum().item() == pytest.approx(1.0)
+    assert w[0] > w[1] > w[2]
+    # hand-computed Eq. 4 + normalisation
+    raw = torch.exp(-0.5 * (losses - 1.0))
+    torch.testing.assert_close(w, raw / raw.sum())
+
+
+def test_retain_weights_favour_large_excess_loss():
+    w = loreun_weights(torch.tensor([0.5, 1.0, 3.0]), 1.0, eta=0.5, forget=False)
+    assert w[2] > w[1] > w[0]
+    assert w.sum().item() == pytest.approx(1.0)
+
+
+def test_zero_eta_is_uniform_and_weighted_sum_is_mean():
+    losses = torch.tensor([1.0, 2.0, 6.0], requires_grad=True)
+    w = loreun_weights(losses, 0.0, eta=0.0, forget=True)
+    assert weighted_sum(losses, w).item() == pytest.approx(3.0)
+    assert not w.requires_grad
+
+
+def test_ratio_measure_per_sample_reference():
+    d = excess_loss(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 4.0]), "ratio")
+    assert d.tolist() == [2.0, 0.5]
+    with pytest.raises(ValueError, match="measure='bogus'"):
+        excess_loss(torch.ones(1), 1.0, "bogus")
+
+
+def test_exponential_fit_recovers_curve():
+    t = torch.arange(0, 1000, 100).float()
+    curve = fit_exponential(t, 0.8 * torch.exp(-0.003 * t))
+    assert curve.a == pytest.approx(0.8, rel=1e-6)
+    assert curve.b == pytest.approx(-0.003, rel=1e-6)
+    assert curve(torch.tensor([500.0])).item() == pytest.approx(0.8 * math.exp(-1.5), rel=1e-6)
+
+
+def test_exponential_fit_rejects_bad_losses():
+    with pytest.raises(ValueError, match="positive"):
+        fit_exponential([0, 100], [0.5, 0.0])

@@ -1,0 +1,167 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from erasure.config import MethodConfig
+from erasure.methods import METHODS, build_method, get_method
+from erasure.objective import Objective
+from erasure.projection import project
+
+
+class Regression(Objective):
+    """Squared error on (x, y) batches: simple enough to differentiate by hand."""
+
+    def loss(self, model, batch):
+        x, y = batch
+        return (model(x).squeeze(1) - y) ** 2
+
+    def relabeled_loss(self, model, batch):
+        x, y = batch
+        return (model(x).squeeze(1) + y) ** 2
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+
+
+def _batches(seed=1, n=4):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(6, 3, generator=gen), torch.randn(6, generator=gen)) for _ in range(n)]
+
+
+def _grads(model, loss):
+    return [g.clone() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+
+def test_unknown_method_lists_known():
+    with pytest.raises(ValueError, match="method='nope' is unknown; known methods: .*scissorhands"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_scissorhands_step_is_the_projected_gradient(lam):
+    model, objective = _model(), Regression()
+    forget, retain = _batches(1)[0], _batches(2)[0]
+    gf = _grads(model, objective.loss(model, forget).mean())
+    gr = _grads(model, objective.loss(model, retain).mean())
+    expected = project([r - lam * f for r, f in zip(gr, gf)], gf)
+    method = build_method(MethodConfig(method="scissorhands", lam=lam), objective)
+    method.compute_gradients(model, forget, retain)
+    stats = method.finalize_gradients(model)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, e)
+    got = [p.grad for p in model.parameters()]
+    assert sum(float((g * f).sum()) for g, f in zip(got, gf)) <= 1e-6
+    assert set(stats) >= {"v", "projected"}
+
+
+def test_scissorhands_gradient_accumulation_equals_one_big_batch():
+    objective = Regression()
+    (f1, r1), (f2, r2) = zip(_batches(1, 2), _batches(2, 2))
+    big = build_method(MethodConfig(method="scissorhands", lam=0.2), objective)
+    model_big = _model()
+    cat = lambda a, b: (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+    big.compute_gradients(model_big, cat(f1, f2), cat(r1, r2))
+    big.finalize_gradients(model_big)
+    small = build_method(MethodConfig(method="scissorhands", lam=0.2), objective)
+    model_small = _model()
+    half = lambda loss: (loss / 2).backward()  # what accelerator.backward does with 2 steps
+    small.compute_gradients(model_small, f1, r1, backward=half)
+    small.compute_gradients(model_small, f2, r2, backward=half)
+    small.finalize_gradients(model_small)
+    for a, b in zip(model_big.parameters(), model_small.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    # buffers are cleared for the next step
+    assert all(f is None or not f.any() for f in small.forget_grads)
+
+
+def test_minmax_ascends_then_descends_at_the_ascended_point():
+    objective = Regression()
+    model = _model()
+    forget, retain = _batches(1)[0], _batches(2)[0]
+    eta = 0.3
+    theta = [p.detach().clone() for p in model.parameters()]
+    ascended = copy.deepcopy(model)
+    gf = _grads(model, objective.loss(model, forget).mean())
+    with torch.no_grad():
+        for p, g in zip(ascended.parameters(), gf):
+            p.add_(eta * g)
+    expected = _grads(ascended, objective.loss(ascended, retain).mean())
+    method = build_method(MethodConfig(method="scissorhands_minmax", ascent_lr=eta), objective)
+    method.compute_gradients(model, forget, retain)
+    method.finalize_gradients(model)
+    for p, t, e in zip(model.parameters(), theta, expected):
+        assert torch.equal(p.detach(), t)  # restored to theta
+        torch.testing.assert_close(p.grad, e)
+    # and not the retain gradient at theta (the order matters)
+    at_theta = _grads(model, objective.loss(model, retain).mean())
+    assert not torch.allclose(at_theta[0], expected[0])
+
+
+def test_trimming_reinitialises_the_requested_share():
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    method = build_method(MethodConfig(method="scissorhands", kept_fraction=0.8), Regression())
+    summary = method.prepare(model, _batches(1), _batches(2))
+    scored = sum(p.numel() for p in model.parameters())
+    assert summary["scored"] == scored and summary["trimmed"] == round(0.2 * scored)
+    changed = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before))
+    assert 0 < changed <= summary["trimmed"]
+
+
+def test_salun_updates_only_salient_weights():
+    model = _model()
+    method = build_method(MethodConfig(method="salun", saliency_fraction=0.25), Regression())
+    summary = method.prepare(model, _batches(1), _batches(2))
+    assert summary["salient"] == round(0.25 * sum(p.numel() for p in model.parameters()))
+    method.compute_gradients(model, _batches(1)[0], _batches(2)[0])
+    method.finalize_gradients(model)
+    for name, p in model.named_parameters():
+        assert not p.grad[~method.masks[name]].any()
+    restored = build_method(MethodConfig(method="salun"), Regression())
+    restored.load_state_dict(method.state_dict())
+    assert all(torch.equal(restored.masks[k], v) for k, v in method.masks.items())
+
+
+def test_grad_ascent_stops_on_nan():
+    model = _model()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    method = build_method(MethodConfig(method="grad_ascent"), Regression())
+    with pytest.raises(FloatingPointError, match="diverged"):
+        method.compute_gradients(model, _batches(1)[0], None)
+
+
+def test_loreun_rejected_where_it_does_not_apply():
+    with pytest.raises(ValueError, match="loreun=True does not apply to method 'retrain'"):
+        build_method(MethodConfig(method="retrain", loreun=True), Regression())
+
+
+def test_loreun_changes_the_random_label_gradient():
+    forget, retain = _batches(1)[0], _batches(2)[0]
+    grads = []
+    for loreun in (False, True):
+        model = _model()
+        method = build_method(MethodConfig(method="random_label", loreun=loreun, eta_forget=2.0, eta_retain=2.0), Regression())
+        method.prepare(model, _batches(1), _batches(2))
+        method.compute_gradients(model, forget, retain)
+        grads.append(model[0].weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_runs_a_step(name):
+    model = _model()
+    method = build_method(MethodConfig(method=name, kept_fraction=0.9), Regression())
+    method.prepare(model, _batches(1), _batches(2))
+    method.on_train_begin(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    logs = method.compute_gradients(model, _batches(1)[0], _batches(2)[0])
+    method.finalize_gradients(model)
+    opt.step()
+    assert logs and all(isinstance(v, float) for v in logs.values())
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
