@@ -1,0 +1,158 @@
+"""Unlearn part of a classifier's training data: ``accelerate launch -m classification.unlearn``.
+
+Follows the diffusers training-example skeleton: parse -> Accelerator -> seed -> data and
+models -> method.prepare (trimming etc.) -> prepare -> loop with accumulate -> checkpoint-N
+-> resume -> export -> metrics -> end_training.
+
+Example (offline, seconds on a CPU):
+    accelerate launch --cpu -m classification.unlearn --method scissorhands \
+        --forget random --forget_fraction 0.1 --output_dir runs/digits-scissorhands
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from classification import references
+from classification.batches import TensorBatches, subset
+from classification.data import load_dataset, split_forget
+from classification.engine import make_optimizer, unlearn
+from classification.models import build_model
+from classification.objective import ClassificationObjective
+from classification.report import evaluate, write_results
+from erasure import jobconfig
+from erasure.config import MethodConfig
+from erasure.methods import build_method
+from erasure.output import OutputDir, check_finite, latest_checkpoint, save_checkpoint, save_model_atomic
+from erasure.state_io import load_state, save_state
+
+logger = logging.getLogger("classification.unlearn")
+
+
+@dataclass
+class ClassificationJobConfig:
+    """The job's own options (the method's are in :class:`MethodConfig`)."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "digits_cnn"
+    forget: str = "random"
+    forget_fraction: float = 0.1
+    forget_classes: tuple[int, ...] = ()
+    original_model: str | None = None  # a .safetensors of the trained model; trained (cached) if unset
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 0.05
+    cache_dir: str | None = None
+    output_dir: str = "runs/classification"
+    overwrite_output_dir: bool = False
+    num_train_epochs: int = 5
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    train_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = None
+    mixed_precision: str | None = None
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    compare_to_retrain: bool = True
+    relearn_max_epochs: int = 10
+    report_to: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.forget_classes = tuple(int(c) for c in self.forget_classes)
+        for name in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "pretrain_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.checkpointing_steps is not None and self.checkpointing_steps < 1:
+            raise ValueError(f"checkpointing_steps={self.checkpointing_steps} must be >= 1 (or unset)")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision='{self.mixed_precision}' must be one of no, fp16, bf16")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    job, method_config = jobconfig.parse((ClassificationJobConfig, MethodConfig), argv, __doc__)
+    output = OutputDir(job.output_dir, job.overwrite_output_dir, job.resume_from_checkpoint)
+    splits = load_dataset(job.dataset, job.data_dir, seed=job.seed)  # validates dataset + files
+    forget_idx, retain_idx = split_forget(splits.train_y, job.forget, job.forget_fraction, job.forget_classes, job.seed)
+    objective = ClassificationObjective(splits.num_classes, seed=job.seed)
+    method = build_method(method_config, objective)  # validates the method name
+
+    accelerator = Accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
+                              mixed_precision=job.mixed_precision, log_with=job.report_to,
+                              project_dir=str(output.path))
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_seed(job.seed)
+    output.prepare(accelerator)
+
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    batches = lambda idx, seed, x=splits.train_x, y=splits.train_y: TensorBatches(
+        x, y, idx, job.train_batch_size, True, seed, world, rank, device)
+    forget = batches(forget_idx, job.seed + 1)
+    retain = batches(subset(retain_idx, method_config.retain_fraction, job.seed), job.seed + 2)
+
+    model = build_model(job.model, splits.num_classes, splits.in_channels)
+    original_path = job.original_model or references.original_model(job, splits, accelerator)
+    references.load_weights(model, original_path)
+    model.to(device)
+
+    resume_dir = latest_checkpoint(output.path) if job.resume_from_checkpoint == "latest" else job.resume_from_checkpoint
+    started = time.perf_counter()
+    summary: dict = {}
+    if resume_dir is None:
+        model_ddp = accelerator.prepare(model)
+        summary = method.prepare(model_ddp, forget, retain, backward=accelerator.backward)
+    else:
+        model_ddp = accelerator.prepare(model)
+    optimizer = accelerator.prepare(make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], job.optimizer, job.learning_rate, job.momentum, job.weight_decay))
+    start_step = 0
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        method.load_state_dict(load_state(resume_dir))
+        start_step = int(Path(resume_dir).name.split("-")[-1])
+        summary = json.loads((Path(resume_dir) / "prepare_summary.json").read_text())
+        logger.info("resumed from %s at step %d", resume_dir, start_step)
+
+    if accelerator.is_main_process and job.report_to:
+        accelerator.init_trackers("scissorhands-classification", config=jobconfig.to_dict(job, method_config))
+
+    def on_step(step: int, logs: dict) -> None:
+        accelerator.log(logs, step=step)
+        if job.checkpointing_steps and step % job.checkpointing_steps == 0:
+            save_checkpoint(accelerator, output.path, step, job.checkpoints_total_limit,
+                            lambda d: (save_state(method.state_dict(), d),
+                                       (d / "prepare_summary.json").write_text(json.dumps(summary))))
+
+    unlearn(accelerator, model_ddp, method, optimizer, forget, retain, job.num_train_epochs, start_step,
+            job.max_grad_norm, on_step)
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - started
+    results = {}
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model_ddp).eval()
+        check_finite(model)
+        results = evaluate(job, method_config, splits, forget_idx, retain_idx, model, seconds, summary, accelerator)
+        save_model_atomic(model, output.path / "model.safetensors")
+        write_results(output.path, jobconfig.to_dict(job, method_config), results)
+        logger.info("wrote %s", output.path)
+    accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    jobconfig.run_cli(main)

@@ -1,0 +1,70 @@
+"""The two prompt types: one `Prompt` and a named, versioned, hashable `PromptSet`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt with the generation settings a benchmark pins (None = the job's default)."""
+
+    text: str
+    seed: int | None = None
+    guidance_scale: float | None = None
+    categories: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError(f"Prompt text must be a non-empty string, got {self.text!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"Prompt seed must be an int or None, got {self.seed!r}")
+        if self.guidance_scale is not None:
+            if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, (int, float)):
+                raise ValueError(f"Prompt guidance_scale must be a number or None, got {self.guidance_scale!r}")
+            # 7 and 7.0 must hash alike: store floats.
+            object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
+        object.__setattr__(self, "categories", tuple(self.categories))
+
+
+@dataclass
+class PromptSet:
+    """A named, versioned list of prompts; `sha256()` identifies its content in eval protocols."""
+
+    name: str
+    prompts: list[Prompt]
+    version: str | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            where = f" (from {self.source})" if self.source else ""
+            raise ValueError(f"Prompt set {self.name!r}{where} has no prompts")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return iter(self.prompts)
+
+    @property
+    def texts(self) -> list[str]:
+        """The prompt strings, in order."""
+        return [p.text for p in self.prompts]
+
+    def sha256(self) -> str:
+        """Hash of what determines generation: text, seed, guidance scale and categories, in order.
+
+        Name, version, source and `extra` are left out: `extra` holds source metadata whose
+        types differ between a CSV export and the Hub dataset for the same prompts.
+
+        Returns:
+            Hex SHA-256 of the canonical JSON of the prompts.
+        """
+        rows = [[p.text, p.seed, p.guidance_scale, list(p.categories)] for p in self.prompts]
+        canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,169 @@
+"""Prompt sets from files: .txt / .csv / .jsonl and the I2P benchmark (CSV or Hub dataset)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .base import Prompt, PromptSet
+
+logger = logging.getLogger(__name__)
+
+I2P_DATASET_ID = "AIML-TUDA/i2p"
+PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
+# Column / key aliases: our names first, then the I2P spelling.
+_SEED_KEYS = ("seed", "sd_seed")
+_GUIDANCE_KEYS = ("guidance_scale", "sd_guidance_scale")
+_RESERVED_KEYS = ("prompt", "categories", *_SEED_KEYS, *_GUIDANCE_KEYS)
+
+
+def _parse_seed(value: Any, where: str) -> int | None:
+    """Seeds arrive as int (JSON, Hub), "123" (CSV) or an integral float such as 123.0."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: seed {value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else _integral(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: seed {value!r} is not an integer") from err
+
+
+def _integral(value: Any) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not integral")
+    return int(number)
+
+
+def _parse_float(value: Any, where: str, key: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {key} {value!r} is not a number") from err
+
+
+def _first(row: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    return next((row[k] for k in keys if row.get(k) not in (None, "")), None)
+
+
+def prompt_from_record(row: Mapping[str, Any], where: str = "record") -> Prompt:
+    """Build a `Prompt` from a CSV row / JSON object / I2P record (`prompt` key required).
+
+    Args:
+        row: mapping with "prompt" and optionally seed/sd_seed, guidance_scale/sd_guidance_scale,
+            categories (list or comma-separated string); other keys go to `extra`.
+        where: location used in error messages, e.g. "file.csv:3".
+
+    Raises:
+        ValueError: missing prompt or unparsable seed / guidance scale.
+    """
+    text = row.get("prompt")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: missing or empty 'prompt' (keys: {sorted(row)})")
+    categories = row.get("categories") or ()
+    if isinstance(categories, str):
+        categories = [c.strip() for c in categories.split(",") if c.strip()]
+    return Prompt(
+        text=text.strip(),
+        seed=_parse_seed(_first(row, _SEED_KEYS), where),
+        guidance_scale=_parse_float(_first(row, _GUIDANCE_KEYS), where, "guidance_scale"),
+        categories=tuple(categories),
+        extra={k: v for k, v in row.items() if k not in _RESERVED_KEYS},
+    )
+
+
+def _records(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """Yield (location, record) pairs from a .txt, .csv or .jsonl prompt file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix == ".csv":
+            reader = csv.DictReader(f)
+            if "prompt" not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: CSV needs a 'prompt' column, found {reader.fieldnames}")
+            for row in reader:
+                if None in row:
+                    raise ValueError(f"{path}:{reader.line_num}: more fields than the header's {reader.fieldnames}")
+                yield f"{path}:{reader.line_num}", row
+            return
+        for line_num, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or (path.suffix == ".txt" and line.startswith("#")):
+                continue
+            try:
+                record = {"prompt": line} if path.suffix == ".txt" else json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_num}: invalid JSON ({err.msg})") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_num}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}:{line_num}", record
+
+
+def load_prompt_file(path: str | Path, name: str | None = None) -> PromptSet:
+    """Load prompts from .txt (one per line, blank and '#' lines skipped), .csv or .jsonl.
+
+    Args:
+        path: the file; .csv needs a `prompt` column, .jsonl objects a "prompt" key.
+        name: set name; defaults to the file stem.
+
+    Returns:
+        The prompt set, with `version=None` and `source` = the path.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unsupported suffix, malformed rows, or no prompts.
+    """
+    path = Path(path)
+    if path.suffix not in PROMPT_FILE_SUFFIXES:
+        raise ValueError(f"Unsupported prompt file {str(path)!r}; use one of {PROMPT_FILE_SUFFIXES}")
+    if not path.is_file():
+        raise FileNotFoundError(f"Prompt file {str(path)!r} does not exist")
+    prompts = [prompt_from_record(row, where) for where, row in _records(path)]
+    logger.info("Loaded %d prompts from %s", len(prompts), path)
+    return PromptSet(name or path.stem, prompts, version=None, source=str(path))
+
+
+def _load_i2p_records(source: str) -> list[Mapping[str, Any]]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            f"Loading I2P from the Hub ({source!r}) needs `datasets`: pip install scissorhands[i2p] "
+            "(or pass a local CSV path as `source`)"
+        ) from err
+    return list(datasets.load_dataset(source, split="train"))
+
+
+def load_i2p(source: str | Path = I2P_DATASET_ID, categories: str | Sequence[str] | None = None) -> PromptSet:
+    """The I2P benchmark prompts (seed and guidance scale from `sd_seed` / `sd_guidance_scale`).
+
+    Args:
+        source: a local CSV with the I2P columns, or a Hub dataset id (needs `datasets`).
+        categories: keep rows having any of these categories (e.g. "sexual"); None keeps all.
+
+    Raises:
+        ImportError: a Hub id without `datasets` installed.
+        ValueError: a requested category that no row has (the message lists those present).
+    """
+    is_path = isinstance(source, Path) or Path(source).suffix == ".csv" or Path(source).exists()
+    if is_path:
+        full = load_prompt_file(source, name="i2p")
+    else:
+        rows = _load_i2p_records(str(source))
+        prompts = [prompt_from_record(row, f"{source}[{i}]") for i, row in enumerate(rows)]
+        full = PromptSet("i2p", prompts, source=str(source))
+    if categories is None:
+        return full
+    wanted = [categories] if isinstance(categories, str) else list(categories)
+    present = sorted({c for p in full.prompts for c in p.categories})
+    unknown = [c for c in wanted if c not in present]
+    if unknown:
+        raise ValueError(f"Unknown I2P categories {unknown}; categories present: {present}")
+    kept = [p for p in full.prompts if set(p.categories) & set(wanted)]
+    return PromptSet(f"i2p:{','.join(wanted)}", kept, version=full.version, source=full.source)
