@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from classification import references
@@ -30,7 +29,9 @@ from classification.objective import ClassificationObjective
 from classification.report import evaluate, write_results
 from erasure import jobconfig
 from erasure.config import MethodConfig
+from erasure.launch import make_accelerator
 from erasure.methods import build_method
+from erasure.replicas import check_replicas
 from erasure.output import OutputDir, check_finite, latest_checkpoint, save_checkpoint, save_model_atomic
 from erasure.state_io import load_state, save_state
 
@@ -79,6 +80,8 @@ class ClassificationJobConfig:
             raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
         if self.checkpointing_steps is not None and self.checkpointing_steps < 1:
             raise ValueError(f"checkpointing_steps={self.checkpointing_steps} must be >= 1 (or unset)")
+        if self.original_model is not None and not Path(self.original_model).is_file():
+            raise FileNotFoundError(f"original_model={self.original_model}: no such file (a .safetensors state dict)")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision='{self.mixed_precision}' must be one of no, fp16, bf16")
 
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     objective = ClassificationObjective(splits.num_classes, seed=job.seed)
     method = build_method(method_config, objective)  # validates the method name
 
-    accelerator = Accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
+    accelerator = make_accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
                               mixed_precision=job.mixed_precision, log_with=job.report_to,
                               project_dir=str(output.path))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
@@ -113,11 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     resume_dir = latest_checkpoint(output.path) if job.resume_from_checkpoint == "latest" else job.resume_from_checkpoint
     started = time.perf_counter()
     summary: dict = {}
+    model_ddp = accelerator.prepare(model)
     if resume_dir is None:
-        model_ddp = accelerator.prepare(model)
         summary = method.prepare(model_ddp, forget, retain, backward=accelerator.backward)
-    else:
-        model_ddp = accelerator.prepare(model)
+        summary["replicas_after_prepare"] = check_replicas(model_ddp, accelerator, "after prepare")
     optimizer = accelerator.prepare(make_optimizer(
         [p for p in model.parameters() if p.requires_grad], job.optimizer, job.learning_rate, job.momentum, job.weight_decay))
     start_step = 0
@@ -142,11 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
             job.max_grad_norm, on_step)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
+    replicas = check_replicas(model_ddp, accelerator, "after training")
     results = {}
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model_ddp).eval()
         check_finite(model)
         results = evaluate(job, method_config, splits, forget_idx, retain_idx, model, seconds, summary, accelerator)
+        results["replicas_after_training"] = replicas
         save_model_atomic(model, output.path / "model.safetensors")
         write_results(output.path, jobconfig.to_dict(job, method_config), results)
         logger.info("wrote %s", output.path)

@@ -111,12 +111,9 @@ def to_dict(*instances: Any) -> dict[str, Any]:
 
 def run_cli(main: Any, argv: Sequence[str] | None = None) -> None:
     """Run a job's ``main``; bad input and divergence end with one clear line and exit 1."""
-    import logging
     import sys
 
     try:
         main(argv)
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:
-        logging.getLogger("scissorhands").error("%s: %s", type(err).__name__, err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(f"error: {err}")

@@ -1,0 +1,37 @@
+"""Check that data-parallel replicas hold bit-identical parameters (cheap insurance)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """sha256 of every parameter's bytes, in ``named_parameters`` order."""
+    digest = hashlib.sha256()
+    for name, param in getattr(model, "module", model).named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_replicas(model: nn.Module, accelerator: Any, when: str) -> list[str]:
+    """Gather each process's digest; raise if any differs.
+
+    Raises:
+        RuntimeError: naming the moment (``when``) at which replicas diverged.
+    """
+    from accelerate.utils import gather_object
+
+    digests = gather_object([parameter_digest(model)])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"data-parallel replicas differ {when}: {digests}")
+    if accelerator.num_processes > 1:
+        logger.info("%d replicas identical %s (%s)", len(digests), when, digests[0][:12])
+    return digests

@@ -1,0 +1,32 @@
+"""Bad input to the classification job: one clear line naming the argument, exit 1, no output."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(tmp_path, *args):
+    out = tmp_path / "out"
+    env = {**os.environ, "SCISSORHANDS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "classification.unlearn", "--output_dir", str(out), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    return proc, out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "nope"], "method='nope' is unknown; known methods: finetune"),
+    (["--dataset", "mnist"], "dataset='mnist'"),
+    (["--kept_fraction", "1.5"], "kept_fraction=1.5 must be in (0, 1)"),
+    (["--lam", "-1"], "lam=-1.0 must be a finite number >= 0"),
+    (["--forget", "class", "--forget_classes", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"], "whole training set"),
+    (["--forget", "random", "--forget_fraction", "0.0001"], "selects no sample to forget"),
+    (["--dataset", "cifar10", "--data_dir", "/nonexistent"], "cifar-10-batches-bin"),
+    (["--original_model", "/nonexistent/model.safetensors"], "/nonexistent/model.safetensors"),
+])
+def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, args, message):
+    proc, out = run(tmp_path, *args)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not out.exists()
