@@ -31,6 +31,9 @@ class MethodConfig:
     # repair
     lam: float = 0.1  # lambda of Eq. 3: L = L_r - lam * L_f
     forget_loss: str = "ascent"  # or "substitute": + lam * relabeled loss on D_f (public SD code)
+    # ascent on an unbounded loss (cross-entropy) diverges: per-sample forget losses above the
+    # cap stop contributing to the ascent term (None: no cap, as paper 000 writes it)
+    forget_loss_cap: float | None = None
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)
     retain_fraction: float = 1.0  # r of paper 001: share of D_r the repair may use
@@ -52,6 +55,8 @@ class MethodConfig:
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")
+        if self.forget_loss_cap is not None and not self.forget_loss_cap > 0:
+            raise ValueError(f"forget_loss_cap={self.forget_loss_cap} must be > 0 (or unset)")
         for name in ("retain_fraction", "saliency_fraction"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:

@@ -83,6 +83,11 @@ class UnlearningMethod:
         weights = loreun_weights(basis, self.objective.reference_loss(self.forget_reference, batch), self.config.eta_forget, True, self.objective.measure)
         return weighted_sum(losses, weights)
 
+    def capped(self, losses: Tensor) -> Tensor:
+        """Per-sample losses clamped at ``forget_loss_cap`` (no gradient above it)."""
+        cap = self.config.forget_loss_cap
+        return losses if cap is None else losses.clamp(max=cap)
+
     def reduce_retain(self, losses: Tensor, batch: Any) -> Tensor:
         """Mean of per-sample retain losses, or their LoReUn-weighted sum (Eq. 5, 6)."""
         if not self.config.loreun:

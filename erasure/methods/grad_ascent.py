@@ -13,7 +13,8 @@ class GradAscent(UnlearningMethod):
     uses_retain = False
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
-        loss_forget = self.reduce_forget(self.objective.loss(model, forget_batch), forget_batch)
+        losses = self.objective.loss(model, forget_batch)
+        loss_forget = self.reduce_forget(self.capped(losses), forget_batch, weighting_losses=losses)
         loss = finite_or_raise(-loss_forget, "negated forget loss (gradient ascent)")
         backward(loss)
         return {"loss_forget": loss_forget.item()}

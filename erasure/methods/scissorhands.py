@@ -50,7 +50,8 @@ class Scissorhands(UnlearningMethod):
     def forget_terms(self, model, forget_batch) -> tuple[Tensor, Tensor | None]:
         """(L_f, extra term added to the descent loss, or None)."""
         losses = self.objective.loss(model, forget_batch)
-        loss_forget = finite_or_raise(self.reduce_forget(losses, forget_batch), "forget loss")
+        capped = self.capped(losses) if self.config.forget_loss == "ascent" else losses
+        loss_forget = finite_or_raise(self.reduce_forget(capped, forget_batch, weighting_losses=losses), "forget loss")
         if self.config.forget_loss == "substitute":
             relabeled = self.reduce_forget(self.objective.relabeled_loss(model, forget_batch), forget_batch,
                                            weighting_losses=losses.detach())

@@ -1,0 +1,192 @@
+"""Paper-style benchmark on scikit-learn's digits: every method, two scenarios, several seeds.
+
+    python -m classification.benchmark --out results.json          # ~minutes on 2 CPU cores
+    python -m classification.benchmark --quick --out quick.json     # smoke run
+    python -m classification.benchmark --tune --out tuning.json     # hyperparameter search
+
+Hyperparameters come from ``configs/benchmark_digits.yaml``; ``--tune`` chooses them on
+validation runs (other seeds, and a validation split of the *training* data in place of
+the test set), never on the reported numbers. Output JSON:
+``{scenario: {method: {metric: {"mean": x, "std": y}}}}`` plus a ``meta`` entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import itertools
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from classification.batches import TensorBatches
+from classification.data import DatasetSplits, load_dataset, split_forget
+from classification.engine import fit, make_optimizer, unlearn
+from classification.metrics import unlearning_metrics
+from classification.models import build_model
+from classification.objective import ClassificationObjective
+from classification.report import compare, eval_batches, markdown_table
+from erasure.config import MethodConfig
+from erasure.launch import make_accelerator
+from erasure.methods import build_method
+
+logger = logging.getLogger("classification.benchmark")
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "benchmark_digits.yaml"
+METRICS = ("ua", "ra", "ta", "mia", "avg_gap", "tow", "rte")
+SCENARIOS = {"random": {"forget": "random", "forget_fraction": 0.1}, "class": {"forget": "class", "forget_classes": [3]}}
+
+
+def validation_splits(splits: DatasetSplits, seed: int) -> DatasetSplits:
+    """Hold out 20% of the training set as the 'test' set of tuning runs."""
+    perm = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(10_000 + seed))
+    cut = int(0.8 * len(perm))
+    train, val = perm[:cut], perm[cut:]
+    return DatasetSplits(splits.train_x[train], splits.train_y[train], splits.train_x[val], splits.train_y[val],
+                         splits.num_classes, splits.in_channels, splits.name + "-val")
+
+
+def run_method(entry: dict, splits: DatasetSplits, original: torch.nn.Module, forget_idx, retain_idx,
+               seed: int, accelerator) -> tuple[torch.nn.Module, float]:
+    """Unlearn with one method entry ({"method", lr, epochs, ...}); returns (model, seconds)."""
+    entry = dict(entry)
+    train = {k: entry.pop(k) for k in ("learning_rate", "num_train_epochs", "optimizer", "batch_size") if k in entry}
+    config = MethodConfig(seed=seed, **entry)
+    model = copy.deepcopy(original).train()
+    batches = lambda idx, s: TensorBatches(splits.train_x, splits.train_y, idx, train.get("batch_size", 64), True, s)
+    forget, retain = batches(forget_idx, seed + 1), batches(retain_idx, seed + 2)
+    started = time.perf_counter()
+    method = build_method(config, ClassificationObjective(splits.num_classes, seed))
+    method.prepare(model, forget, retain)
+    optimizer = make_optimizer(model.parameters(), train.get("optimizer", "sgd"), train["learning_rate"], 0.9, 5e-4)
+    unlearn(accelerator, model, method, optimizer, forget, retain, train["num_train_epochs"])
+    return model.eval(), time.perf_counter() - started
+
+
+@functools.lru_cache(maxsize=8)
+def seed_context(scenario: str, seed: int, pretrain_epochs: int, pretrain_lr: float, validation: bool) -> tuple:
+    """Data, forget split, original model, retrained reference and its metrics (cached)."""
+    splits = load_dataset("digits", seed=seed)
+    if validation:
+        splits = validation_splits(splits, seed)
+    spec = SCENARIOS[scenario]
+    forget_idx, retain_idx = split_forget(splits.train_y, spec["forget"], spec.get("forget_fraction", 0.1),
+                                          spec.get("forget_classes", ()), seed)
+    torch.manual_seed(seed)
+    train = lambda idx: fit(build_model("digits_cnn", splits.num_classes, 1),
+                            TensorBatches(splits.train_x, splits.train_y, idx, 64, True, seed),
+                            pretrain_epochs, pretrain_lr, show_progress=False)
+    original = train(torch.arange(len(splits.train_y)))
+    started = time.perf_counter()
+    torch.manual_seed(seed + 1)
+    retrained = train(retain_idx)
+    retrain_seconds = time.perf_counter() - started
+    loaders = eval_batches(splits, forget_idx, retain_idx)
+    reference = unlearning_metrics(retrained, *loaders, seed=seed)
+    return splits, forget_idx, retain_idx, original, loaders, reference, retrain_seconds
+
+
+def run_seed(scenario: str, seed: int, entries: dict[str, dict], defaults: dict, validation: bool, accelerator) -> dict:
+    """Every method entry for one scenario and seed, against the retrained reference."""
+    splits, forget_idx, retain_idx, original, loaders, reference, retrain_seconds = seed_context(
+        scenario, seed, defaults["pretrain_epochs"], defaults["pretrain_lr"], validation)
+    rows = {"retrain": {**reference, **compare(reference, reference, retrain_seconds, retrain_seconds)}}
+    for name, entry in entries.items():
+        torch.manual_seed(seed)
+        model, seconds = run_method(entry, splits, original, forget_idx, retain_idx, seed, accelerator)
+        metrics = unlearning_metrics(model, *loaders, seed=seed)
+        rows[name] = {**metrics, **compare(metrics, reference, seconds, retrain_seconds)}
+        logger.info("%s seed %d %-22s avg_gap %.2f", scenario, seed, name, rows[name]["avg_gap"])
+    return rows
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """{method: {metric: {"mean", "std"}}} over seeds (std = sample std, 0 for one seed)."""
+    out = {}
+    for name in per_seed[0]:
+        out[name] = {}
+        for metric in METRICS:
+            values = [rows[name][metric] for rows in per_seed]
+            out[name][metric] = {"mean": statistics.fmean(values),
+                                 "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
+def method_entries(config: dict, scenario: str, only: list[str] | None) -> dict[str, dict]:
+    entries = {}
+    for name, entry in config[scenario].items():
+        method, _, plugin = name.partition("+")
+        entries[name] = {"method": method, "loreun": plugin == "loreun", **entry}
+    unknown = sorted(set(only or ()) - set(entries))
+    if unknown:
+        raise SystemExit(f"error: --methods {unknown} not in {CONFIG.name}; known: {sorted(entries)}")
+    return {k: v for k, v in entries.items() if not only or k in only}
+
+
+def tune(config: dict, seeds: list[int], accelerator) -> dict:
+    """Grid search per method on validation runs; returns the chosen entries per scenario."""
+    chosen = {}
+    for scenario in SCENARIOS:
+        chosen[scenario] = {}
+        for name, base in method_entries(config, scenario, None).items():
+            grid = config.get("grid", {}).get(base["method"], {})
+            keys = sorted(grid)
+            best = None
+            for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+                entry = {**base, **dict(zip(keys, values))}
+                gaps = [run_seed(scenario, s, {name: entry}, config["defaults"], True, accelerator)[name]["avg_gap"]
+                        for s in seeds]
+                score = statistics.fmean(gaps)
+                if best is None or score < best[0]:
+                    best = (score, entry)
+            chosen[scenario][name] = {k: v for k, v in best[1].items() if k not in ("method", "loreun")}
+            logger.info("tuned %s/%s: %s (validation avg_gap %.2f)", scenario, name, chosen[scenario][name], best[0])
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results.json")
+    parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=None, help="subset of the config's method entries")
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs: a smoke run")
+    parser.add_argument("--tune", action="store_true", help="grid-search on validation runs and print the YAML")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models run fastest on one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    config = yaml.safe_load(Path(args.config).read_text())
+    accelerator = make_accelerator()
+    if args.tune:
+        chosen = tune(config, [100, 101], accelerator)
+        Path(args.out).write_text(json.dumps(chosen, indent=2))
+        print(yaml.safe_dump(chosen, sort_keys=True))
+        return chosen
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.quick:
+        config["defaults"]["pretrain_epochs"] = max(5, config["defaults"]["pretrain_epochs"] // 3)
+    started = time.perf_counter()
+    results: dict = {}
+    for scenario in SCENARIOS:
+        entries = method_entries(config, scenario, args.methods)
+        per_seed = [run_seed(scenario, seed, entries, config["defaults"], False, accelerator) for seed in seeds]
+        results[scenario] = aggregate(per_seed)
+        print(f"\n## {scenario} forgetting (digits, seeds {seeds})\n")
+        print(markdown_table(results[scenario]))
+    results["meta"] = {"seeds": seeds, "seconds": time.perf_counter() - started, "quick": args.quick,
+                       "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} threads",
+                       "torch": torch.__version__, "config": args.config}
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"total {results['meta']['seconds']:.0f}s -> {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
