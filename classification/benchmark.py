@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from classification.batches import TensorBatches
+from erasure.batches import TensorBatches
 from classification.data import DatasetSplits, load_dataset, split_forget
-from classification.engine import fit, make_optimizer, unlearn
+from classification.engine import fit, make_optimizer
+from erasure.loop import unlearn
 from classification.metrics import unlearning_metrics
 from classification.models import build_model
 from classification.objective import ClassificationObjective

@@ -13,7 +13,7 @@ Conventions, all reported in percent except where noted:
   (the inputs of ``tug_of_war``).
 
 Loaders are any iterables of dict batches ``{"x", "y", ...}``: a ``DataLoader`` over
-``classification.data.IndexedTensorDataset`` or ``classification.batches.TensorBatches``.
+``classification.data.IndexedTensorDataset`` or ``erasure.batches.TensorBatches``.
 """
 
 from __future__ import annotations

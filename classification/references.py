@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from classification.batches import TensorBatches
+from erasure.batches import TensorBatches
 from classification.data import DatasetSplits
 from classification.engine import fit
 from classification.models import build_model

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from classification.batches import TensorBatches
+from erasure.batches import TensorBatches
 from classification.data import DatasetSplits
 from classification.engine import relearn_epochs
 from classification.metrics import avg_gap, run_time_efficiency, tug_of_war, unlearning_metrics

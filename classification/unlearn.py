@@ -21,9 +21,10 @@ import torch
 from accelerate.utils import set_seed
 
 from classification import references
-from classification.batches import TensorBatches, subset
+from erasure.batches import TensorBatches, subset
 from classification.data import load_dataset, split_forget
-from classification.engine import make_optimizer, unlearn
+from classification.engine import make_optimizer
+from erasure.loop import unlearn
 from classification.models import build_model
 from classification.objective import ClassificationObjective
 from classification.report import evaluate, write_results
