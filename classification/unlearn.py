@@ -11,13 +11,11 @@ Example (offline, seconds on a CPU):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate.utils import set_seed
 
 from classification import references
@@ -32,9 +30,9 @@ from erasure import jobconfig
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
 from erasure.methods import build_method
+from erasure.output import OutputDir, check_finite, save_model_atomic
 from erasure.replicas import check_replicas
-from erasure.output import OutputDir, check_finite, latest_checkpoint, save_checkpoint, save_model_atomic
-from erasure.state_io import load_state, save_state
+from erasure.resume import checkpointer, resolve_resume, start_or_resume
 
 logger = logging.getLogger("classification.unlearn")
 
@@ -96,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     method = build_method(method_config, objective)  # validates the method name
 
     accelerator = make_accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
-                              mixed_precision=job.mixed_precision, log_with=job.report_to,
-                              project_dir=str(output.path))
+                                   mixed_precision=job.mixed_precision, log_with=job.report_to,
+                                   project_dir=str(output.path))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(job.seed)
@@ -114,33 +112,15 @@ def main(argv: list[str] | None = None) -> dict:
     references.load_weights(model, original_path)
     model.to(device)
 
-    resume_dir = latest_checkpoint(output.path) if job.resume_from_checkpoint == "latest" else job.resume_from_checkpoint
+    resume_dir = resolve_resume(output.path, job.resume_from_checkpoint)
     started = time.perf_counter()
-    summary: dict = {}
     model_ddp = accelerator.prepare(model)
-    if resume_dir is None:
-        summary = method.prepare(model_ddp, forget, retain, backward=accelerator.backward)
-        summary["replicas_after_prepare"] = check_replicas(model_ddp, accelerator, "after prepare")
     optimizer = accelerator.prepare(make_optimizer(
         [p for p in model.parameters() if p.requires_grad], job.optimizer, job.learning_rate, job.momentum, job.weight_decay))
-    start_step = 0
-    if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        method.load_state_dict(load_state(resume_dir))
-        start_step = int(Path(resume_dir).name.split("-")[-1])
-        summary = json.loads((Path(resume_dir) / "prepare_summary.json").read_text())
-        logger.info("resumed from %s at step %d", resume_dir, start_step)
-
+    summary, start_step = start_or_resume(accelerator, model_ddp, method, forget, retain, resume_dir)
     if accelerator.is_main_process and job.report_to:
         accelerator.init_trackers("scissorhands-classification", config=jobconfig.to_dict(job, method_config))
-
-    def on_step(step: int, logs: dict) -> None:
-        accelerator.log(logs, step=step)
-        if job.checkpointing_steps and step % job.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output.path, step, job.checkpoints_total_limit,
-                            lambda d: (save_state(method.state_dict(), d),
-                                       (d / "prepare_summary.json").write_text(json.dumps(summary))))
-
+    on_step = checkpointer(accelerator, output.path, job.checkpointing_steps, job.checkpoints_total_limit, method, summary)
     unlearn(accelerator, model_ddp, method, optimizer, forget, retain, job.num_train_epochs, start_step,
             job.max_grad_norm, on_step)
     accelerator.wait_for_everyone()

@@ -24,7 +24,7 @@ def steps_per_epoch(method: UnlearningMethod, forget: TensorBatches, retain: Ten
 def unlearn(accelerator, model: nn.Module, method: UnlearningMethod, optimizer: torch.optim.Optimizer,
             forget: TensorBatches, retain: TensorBatches, epochs: int, start_step: int = 0,
             max_grad_norm: float | None = None, on_step: Callable[[int, dict], None] | None = None,
-            batch_hook: BatchHook | None = None) -> dict[str, float]:
+            batch_hook: BatchHook | None = None, max_steps: int | None = None) -> dict[str, float]:
     """The repair / unlearning loop, resumable at any optimizer step.
 
     Each optimizer step consumes ``gradient_accumulation_steps`` micro-batch pairs; the
@@ -34,6 +34,7 @@ def unlearn(accelerator, model: nn.Module, method: UnlearningMethod, optimizer: 
         accelerator: an ``accelerate.Accelerator`` (model and optimizer already prepared).
         start_step: optimizer steps already taken (resume).
         on_step: called as ``on_step(global_step, logs)`` after each optimizer step.
+        max_steps: stop after this many optimizer steps (diffusers' ``max_train_steps``).
         batch_hook: ``(micro_step, forget_batch, retain_batch) -> (forget_batch, retain_batch)``,
             e.g. to attach the noise and timesteps a diffusion step shares between both.
 
@@ -42,7 +43,7 @@ def unlearn(accelerator, model: nn.Module, method: UnlearningMethod, optimizer: 
     """
     accumulation = accelerator.gradient_accumulation_steps
     per_epoch = steps_per_epoch(method, forget, retain, accumulation)
-    total = epochs * per_epoch
+    total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
     method.on_train_begin(total)
     primary, secondary = (retain, forget) if method.uses_retain else (forget, retain)
     progress = tqdm(total=total, initial=start_step, desc=f"unlearn[{method.name}]", leave=False,

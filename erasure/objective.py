@@ -33,6 +33,10 @@ class Objective:
         classifier; another prompt's prediction for diffusion), shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no relabeled loss; random-label methods need one")
 
+    def guided_loss(self, model: nn.Module, frozen: nn.Module, batch: Any) -> Tensor:
+        """Per-sample loss against a frozen model's negatively guided prediction (ESD)."""
+        raise NotImplementedError(f"{type(self).__name__} has no guided loss; ESD needs a diffusion objective")
+
     @torch.no_grad()
     def fit_reference(self, model: nn.Module, batches: Iterable[Any], num_batches: int | None = None) -> dict[str, float]:
         """LoReUn Step 1: parameters of the original model's reference loss.

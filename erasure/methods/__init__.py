@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from erasure.config import MethodConfig
 from erasure.methods.base import UnlearningMethod
+from erasure.methods.esd import ESD
 from erasure.methods.finetune import Finetune
 from erasure.methods.grad_ascent import GradAscent
 from erasure.methods.l1_sparse import L1Sparse
@@ -18,7 +19,7 @@ from erasure.methods.scissorhands import Scissorhands
 from erasure.methods.scissorhands_minmax import ScissorhandsMinMax
 from erasure.objective import Objective
 
-_CLASSES = (Scissorhands, ScissorhandsMinMax, Finetune, GradAscent, RandomLabel, SalUn, L1Sparse, Retrain)
+_CLASSES = (Scissorhands, ScissorhandsMinMax, Finetune, GradAscent, RandomLabel, SalUn, L1Sparse, Retrain, ESD)
 METHODS: dict[str, type[UnlearningMethod]] = {cls.name: cls for cls in _CLASSES}
 
 

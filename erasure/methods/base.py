@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Iterable
 
-import torch
 from torch import Tensor, nn
 
 from erasure.config import MethodConfig
@@ -36,6 +35,8 @@ class UnlearningMethod:
     uses_forget: ClassVar[bool] = True
     uses_retain: ClassVar[bool] = True
     supports_loreun: ClassVar[bool] = True
+    # run prepare() again when resuming (it must not change the model then)
+    prepare_on_resume: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
         if config.loreun and not self.supports_loreun:

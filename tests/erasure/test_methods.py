@@ -21,6 +21,12 @@ class Regression(Objective):
         x, y = batch
         return (model(x).squeeze(1) + y) ** 2
 
+    def guided_loss(self, model, frozen, batch):
+        x, _ = batch
+        with torch.no_grad():
+            target = frozen(x).squeeze(1) - 1.0
+        return (model(x).squeeze(1) - target) ** 2
+
 
 def _model(seed=0):
     torch.manual_seed(seed)
