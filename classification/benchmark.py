@@ -130,12 +130,12 @@ def method_entries(config: dict, scenario: str, only: list[str] | None) -> dict[
     return {k: v for k, v in entries.items() if not only or k in only}
 
 
-def tune(config: dict, seeds: list[int], accelerator) -> dict:
+def tune(config: dict, seeds: list[int], accelerator, only: list[str] | None = None) -> dict:
     """Grid search per method on validation runs; returns the chosen entries per scenario."""
     chosen = {}
     for scenario in SCENARIOS:
         chosen[scenario] = {}
-        for name, base in method_entries(config, scenario, None).items():
+        for name, base in method_entries(config, scenario, only).items():
             grid = config.get("grid", {}).get(base["method"], {})
             keys = sorted(grid)
             best = None
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = yaml.safe_load(Path(args.config).read_text())
     accelerator = make_accelerator()
     if args.tune:
-        chosen = tune(config, [100, 101], accelerator)
+        chosen = tune(config, [100, 101], accelerator, args.methods)
         Path(args.out).write_text(json.dumps(chosen, indent=2))
         print(yaml.safe_dump(chosen, sort_keys=True))
         return chosen

@@ -29,7 +29,7 @@ from classification.report import evaluate, write_results
 from erasure import jobconfig
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
-from erasure.methods import build_method
+from erasure.methods import build_method, validate_method
 from erasure.output import OutputDir, check_finite, save_model_atomic
 from erasure.replicas import check_replicas
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     splits = load_dataset(job.dataset, job.data_dir, seed=job.seed)  # validates dataset + files
     forget_idx, retain_idx = split_forget(splits.train_y, job.forget, job.forget_fraction, job.forget_classes, job.seed)
     objective = ClassificationObjective(splits.num_classes, seed=job.seed)
-    method = build_method(method_config, objective)  # validates the method name
+    validate_method(method_config)
+    method = build_method(method_config, objective)
 
     accelerator = make_accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
                                    mixed_precision=job.mixed_precision, log_with=job.report_to,

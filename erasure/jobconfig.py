@@ -78,8 +78,12 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def parse(classes: Sequence[type], argv: Sequence[str] | None = None, description: str = "") -> tuple[Any, ...]:
-    """Parse YAML + flags into one instance of each dataclass in ``classes``.
+def parse(classes: Sequence[type], argv: Sequence[str] | None = None, description: str = "",
+          defaults: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """Parse defaults, then YAML, then flags into one instance of each dataclass in ``classes``.
+
+    ``defaults`` overrides dataclass defaults for one domain (e.g. kept_fraction=0.995 for
+    Stable Diffusion) and is itself overridden by the YAML file and the flags.
 
     Raises:
         SystemExit(2): via argparse for unknown flags.
@@ -96,7 +100,7 @@ def parse(classes: Sequence[type], argv: Sequence[str] | None = None, descriptio
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in the YAML config; valid options: {sorted(known)}")
-    values.update(args)
+    values = {**(defaults or {}), **values, **args}
     return tuple(build(cls, values) for cls in classes)
 
 

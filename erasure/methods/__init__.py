@@ -43,9 +43,18 @@ def get_method(name: str) -> type[UnlearningMethod]:
         raise ValueError(f"method='{name}' is unknown; known methods: {', '.join(sorted(METHODS))}") from None
 
 
+def validate_method(config: MethodConfig) -> type[UnlearningMethod]:
+    """Check the method name and plug-in choice before any work is done."""
+    cls = get_method(config.method)
+    if config.loreun and not cls.supports_loreun:
+        raise ValueError(f"loreun=True does not apply to method '{cls.name}'; LoReUn works with: "
+                         f"{', '.join(sorted(n for n, c in METHODS.items() if c.supports_loreun))}")
+    return cls
+
+
 def build_method(config: MethodConfig, objective: Objective) -> UnlearningMethod:
     """Instantiate ``config.method`` for ``objective``."""
     return get_method(config.method)(config, objective)
 
 
-__all__ = ["METHODS", "MethodConfig", "UnlearningMethod", "build_method", "get_method", "register_method"]
+__all__ = ["METHODS", "MethodConfig", "UnlearningMethod", "build_method", "get_method", "register_method", "validate_method"]

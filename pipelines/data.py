@@ -1,0 +1,176 @@
+"""Training data of the erase job: the latents, prompts and metadata of one image folder.
+
+A folder from `pipelines.generate` already holds `latents.safetensors` (image file name ->
+final latents [C, h, w], scaled by the VAE's scaling factor), so nothing is re-encoded. A
+user's own folder (png/jpg files, optionally `metadata.jsonl` rows with "file" and "prompt")
+is encoded once with the VAE (`latent_dist.mean * scaling_factor`) and cached the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .image_folder import LATENTS_FILE, METADATA_FILE, read_rows, replace_atomic
+
+__all__ = ["IMAGE_SUFFIXES", "ConceptImageSet", "concept_pair"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+ENCODE_BATCH_SIZE = 8
+
+
+@dataclass
+class ConceptImageSet:
+    """Latents [N, C, h, w] with their prompts, image file names and metadata rows (same order)."""
+
+    latents: torch.Tensor
+    prompts: list[str]
+    files: list[str]
+    metadata: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.latents), len(self.prompts), len(self.files), len(self.metadata)}
+        if len(sizes) != 1:
+            raise ValueError(f"latents ({len(self.latents)}), prompts ({len(self.prompts)}), files "
+                             f"({len(self.files)}) and metadata ({len(self.metadata)}) differ in length")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @classmethod
+    def load(cls, folder: str | Path, vae: Any = None, resolution: int | None = None,
+             prompt: str | None = None) -> ConceptImageSet:
+        """Read a folder's latents, or encode its images with `vae` and cache them.
+
+        Args:
+            folder: an image folder (`pipelines.generate` output or png/jpg files).
+            vae: an `AutoencoderKL`; needed only when the folder has no latents.safetensors.
+            resolution: resize (shorter side) and center-crop images to this size before encoding;
+                None requires all images to share one size.
+            prompt: the prompt of images whose metadata row has none (or of all, without metadata).
+
+        Raises:
+            FileNotFoundError: no such folder.
+            ValueError: naming the file: an empty folder, unreadable or mismatched images, metadata
+                rows without an image or a prompt, an unfinished generation run, latents that do not
+                match the metadata, or no latents and no `vae`.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such image folder")
+        rows = _rows(folder, prompt)
+        files = [row["file"] for row in rows]
+        if (folder / LATENTS_FILE).is_file():
+            latents = _stored_latents(folder / LATENTS_FILE, files, resolution)
+        else:
+            latents = _encode_folder(folder, files, vae, resolution)
+        return cls(latents, [row["prompt"] for row in rows], files, rows)
+
+
+def concept_pair(data_dir: str | Path, vae: Any = None,
+                 resolution: int | None = None) -> tuple[ConceptImageSet, ConceptImageSet]:
+    """The (forget, retain) sets of a `pipelines.generate` output folder (`forget/`, `retain/`)."""
+    forget = ConceptImageSet.load(Path(data_dir) / "forget", vae, resolution)
+    return forget, ConceptImageSet.load(Path(data_dir) / "retain", vae, resolution)
+
+
+def _rows(folder: Path, prompt: str | None) -> list[dict[str, Any]]:
+    """Metadata rows (file, prompt, ...): metadata.jsonl, else one row per image file."""
+    metadata = folder / METADATA_FILE
+    unfinished = sorted(p.name for p in folder.glob("metadata-*.jsonl"))
+    if unfinished:
+        raise ValueError(f"{folder}: unfinished generation run ({unfinished[0]} not merged yet); "
+                         "rerun pipelines.generate with the same settings to finish it")
+    if metadata.is_file():
+        rows = read_rows(metadata)
+    else:
+        images = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        rows = [{"file": name} for name in images]
+    if not rows:
+        raise ValueError(f"{folder}: empty image folder (no rows in {METADATA_FILE} and no {IMAGE_SUFFIXES} files)")
+    for number, row in enumerate(rows, start=1):
+        where = f"{metadata}:{number}" if metadata.is_file() else str(folder / row["file"])
+        if not isinstance(row.get("file"), str):
+            raise ValueError(f"{where}: metadata row without a 'file' name")
+        row.setdefault("prompt", prompt)
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise ValueError(f"{where}: no prompt for {row['file']} (add a 'prompt' to {METADATA_FILE} "
+                             "or pass prompt=...)")
+    duplicates = sorted(name for name, count in Counter(row["file"] for row in rows).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"{metadata}: files listed more than once: {duplicates[:5]}")
+    return rows
+
+
+def _stored_latents(path: Path, files: list[str], resolution: int | None) -> torch.Tensor:
+    """The cached latents of `files`, stacked in their order."""
+    with safe_open(str(path), framework="pt") as handle:
+        cached_at = (handle.metadata() or {}).get("resolution")
+    # resolution=None takes the cache as it is; a given one must match what it was encoded at.
+    if resolution is not None and cached_at is not None and cached_at != str(resolution):
+        raise ValueError(f"{path}: encoded at resolution {cached_at}, asked for {resolution}; delete it to re-encode")
+    stored = load_file(str(path))
+    missing = [f for f in files if f not in stored]
+    if missing or len(stored) != len(files):
+        raise ValueError(f"{path}: holds latents of {len(stored)} images but the metadata lists {len(files)} "
+                         f"(without latents: {missing[:5]}); regenerate the folder, or delete {path.name} to "
+                         "re-encode the images with a VAE")
+    shapes = {tuple(stored[f].shape) for f in files}
+    if len(shapes) != 1:
+        raise ValueError(f"{path}: latents of different shapes {sorted(shapes)}")
+    return torch.stack([stored[f] for f in files])
+
+
+def _load_image(path: Path, resolution: int | None) -> torch.Tensor:
+    """An RGB image as [3, H, W] in [-1, 1], resized (shorter side) and center-cropped if asked."""
+    if not path.is_file():
+        raise ValueError(f"{path}: listed in {METADATA_FILE} but missing")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from err
+    if resolution is not None:
+        scale = resolution / min(image.size)
+        width, height = (max(resolution, round(s * scale)) for s in image.size)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+    return pixels.permute(2, 0, 1)
+
+
+def _encode_folder(folder: Path, files: list[str], vae: Any, resolution: int | None) -> torch.Tensor:
+    """Encode the images once with `vae` and cache the latents as latents.safetensors."""
+    if vae is None:
+        raise ValueError(f"{folder}: no {LATENTS_FILE}; pass vae= to encode its {len(files)} images")
+    images = []
+    for name in files:
+        image = _load_image(folder / name, resolution)
+        if images and image.shape != images[0].shape:
+            raise ValueError(f"{folder / name}: size {tuple(image.shape[1:])} differs from {files[0]}'s "
+                             f"{tuple(images[0].shape[1:])}; pass resolution= to resize and crop")
+        images.append(image)
+    latents = []
+    param = next(vae.parameters())
+    with torch.no_grad():
+        for start in range(0, len(images), ENCODE_BATCH_SIZE):
+            batch = torch.stack(images[start:start + ENCODE_BATCH_SIZE]).to(param.device, param.dtype)
+            latents.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+    latents = torch.cat(latents)
+    stored = {name: latent.contiguous() for name, latent in zip(files, latents)}
+    header = {"resolution": str(resolution or "native"), "scaling_factor": str(vae.config.scaling_factor)}
+    replace_atomic(folder / LATENTS_FILE, lambda tmp: save_file(stored, str(tmp), metadata=header))
+    logger.info("%s: encoded %d images, cached in %s", folder, len(files), LATENTS_FILE)
+    return latents

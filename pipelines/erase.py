@@ -1,0 +1,269 @@
+"""Erase a concept from a Stable Diffusion UNet: ``accelerate launch -m pipelines.erase``.
+
+    accelerate launch -m pipelines.erase --pretrained_model_name_or_path CompVis/stable-diffusion-v1-4 \\
+        --data_dir data/nudity --concept nudity --method scissorhands --output_dir erased-nudity \\
+        --mixed_precision bf16 --gradient_checkpointing
+
+``--data_dir`` is the output of ``pipelines.generate`` (``forget/`` and ``retain/`` with cached
+latents); ``--forget_dir/--retain_dir`` take any image folders (encoded once and cached).
+Skeleton of the diffusers training examples: parse -> Accelerator -> seed -> load -> prepare ->
+method.prepare (trimming) -> loop with accumulate -> checkpoint-N -> resume -> export ->
+model card -> push -> end_training. The math lives in ``erasure/`` and ``pipelines/objective.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from erasure import jobconfig
+from erasure.batches import TensorBatches, subset
+from erasure.config import MethodConfig
+from erasure.launch import make_accelerator
+from erasure.loop import unlearn
+from erasure.methods import build_method, validate_method
+from erasure.output import OutputDir, check_finite
+from erasure.replicas import check_replicas
+from erasure.resume import checkpointer, resolve_resume, start_or_resume
+from pipelines.card import public_config, push_to_hub, write_card
+from pipelines.data import ConceptImageSet
+from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
+from pipelines.sampling import load_pipeline
+
+logger = logging.getLogger("pipelines.erase")
+
+SCOPES = {"full": lambda name: True, "xattn": lambda name: "attn2" in name, "noxattn": lambda name: "attn2" not in name}
+EXPORTS = ("pipeline", "unet")
+# the papers' defaults for Stable Diffusion (paper 000 §8.1.2; public code: k = 0.995 for nudity)
+DOMAIN_DEFAULTS = {"kept_fraction": 0.995, "lam": 0.1}
+
+
+@dataclass
+class EraseConfig:
+    """Options of the erase job (the method's are in :class:`MethodConfig`)."""
+
+    pretrained_model_name_or_path: str = "default"  # "default": the embedded digits model, built once
+    revision: str | None = None
+    data_dir: str | None = None
+    forget_dir: str | None = None
+    retain_dir: str | None = None
+    resolution: int | None = None
+    concept: str | None = None
+    substitute_prompt: str | None = None
+    relabel_target: str = "noise"
+    negative_guidance: float = 1.0
+    trainable: str = "full"
+    export: str = "pipeline"
+    output_dir: str = "runs/erase"
+    overwrite_output_dir: bool = False
+    learning_rate: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    use_8bit_adam: bool = False
+    train_batch_size: int = 16
+    num_train_epochs: int = 5
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str | None = None
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_token: str | None = None
+    report_to: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data_dir is None and (self.forget_dir is None or self.retain_dir is None):
+            raise ValueError("give --data_dir (pipelines.generate output) or both --forget_dir and --retain_dir")
+        for name in ("data_dir", "forget_dir", "retain_dir"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_dir():
+                raise FileNotFoundError(f"{name}={value}: no such folder")
+        if self.trainable not in SCOPES:
+            raise ValueError(f"trainable='{self.trainable}' is unknown; choose one of {list(SCOPES)}")
+        if self.export not in EXPORTS:
+            raise ValueError(f"export='{self.export}' is unknown; choose one of {list(EXPORTS)}")
+        if self.relabel_target not in RELABEL_TARGETS:
+            raise ValueError(f"relabel_target='{self.relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
+        for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision='{self.mixed_precision}' must be one of no, fp16, bf16")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs --hub_model_id (e.g. your-name/sd-v1-4-erased-nudity)")
+
+    def data_dirs(self) -> tuple[Path, Path]:
+        if self.data_dir is not None:
+            return Path(self.data_dir) / "forget", Path(self.data_dir) / "retain"
+        return Path(self.forget_dir), Path(self.retain_dir)
+
+
+def resolve_model(name: str) -> str:
+    """``default`` -> the embedded digits pipeline (built and cached on first use)."""
+    if name != "default":
+        return name
+    from pipelines.default_model import build_default_model
+
+    return str(build_default_model())
+
+
+def encode_prompts(pipe, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Text embeddings [P, L, D] from the frozen text encoder, computed once."""
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+    encoder = pipe.text_encoder.to(device)
+    with torch.no_grad():
+        return encoder(tokens.to(device))[0].float().cpu()
+
+
+def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device):
+    """Prompt table, substitute mapping and the diffusion objective."""
+    from diffusers import DDPMScheduler
+
+    substitute = config.substitute_prompt
+    prompts = sorted(set(forget.prompts) | set(retain.prompts) | {""} | ({substitute} if substitute else set()))
+    ids = {p: i for i, p in enumerate(prompts)}
+    retain_ids = sorted({ids[p] for p in retain.prompts})
+    relabel = torch.arange(len(prompts))
+    for k, prompt in enumerate(sorted(set(forget.prompts))):  # forget prompt -> substitute (or a retain prompt)
+        relabel[ids[prompt]] = ids[substitute] if substitute else retain_ids[k % len(retain_ids)]
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    objective = DiffusionObjective(scheduler, encode_prompts(pipe, prompts, device), relabel, ids[""],
+                                   config.relabel_target, config.negative_guidance, config.seed)
+    label = lambda s: torch.tensor([ids[p] for p in s.prompts])
+    return objective, label(forget), label(retain)
+
+
+def noise_hook(objective: DiffusionObjective, seed: int, rank: int):
+    """Attach the same noise and timesteps to the forget and retain batch of a micro-step."""
+
+    def hook(micro_step: int, forget_batch: dict, retain_batch: dict):
+        batches = [b for b in (forget_batch, retain_batch) if b is not None]
+        size = max(len(b["x"]) for b in batches)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + rank * 10_007 + micro_step)
+        like = batches[0]["x"]
+        noise = torch.randn((size, *like.shape[1:]), generator=gen).to(like)
+        steps = torch.randint(0, objective.scheduler.config.num_train_timesteps, (size,), generator=gen).to(like.device)
+        attach = lambda b: None if b is None else {**b, "noise": noise[: len(b["x"])], "timesteps": steps[: len(b["x"])]}
+        return attach(forget_batch), attach(retain_batch)
+
+    return hook
+
+
+def make_optimizer(params, config: EraseConfig):
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ImportError("use_8bit_adam needs bitsandbytes: pip install scissorhands[adam8bit]") from err
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    return optimizer_class(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                           weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+
+
+def export(pipe, unet, config: EraseConfig, output: Path) -> None:
+    """Write the diffusers folder atomically: everything into a temp folder, then renamed into
+    place with ``model_index.json`` (what makes it loadable) last."""
+    staging = output / f".export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    if config.export == "unet":
+        unet.save_pretrained(staging / "unet", safe_serialization=True)
+    else:
+        pipe.unet = unet
+        pipe.save_pretrained(staging, safe_serialization=True)
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json")
+    for entry in entries:
+        target = output / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config, method_config = jobconfig.parse((EraseConfig, MethodConfig), argv, __doc__, defaults=DOMAIN_DEFAULTS)
+    output = OutputDir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
+    validate_method(method_config)
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   mixed_precision=config.mixed_precision, log_with=config.report_to,
+                                   project_dir=config.output_dir)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_seed(config.seed)
+    model_id = resolve_model(config.pretrained_model_name_or_path)
+    pipe = load_pipeline(model_id)
+    forget_dir, retain_dir = config.data_dirs()
+    pipe.vae.to(accelerator.device)
+    forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution)
+    retain = ConceptImageSet.load(retain_dir, pipe.vae, config.resolution)
+    if forget.latents.shape[1:] != retain.latents.shape[1:]:
+        raise ValueError(f"forget latents {tuple(forget.latents.shape[1:])} and retain latents "
+                         f"{tuple(retain.latents.shape[1:])} differ: generate both sets at one resolution")
+    pipe.vae.to("cpu")
+    objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device)
+    output.prepare(accelerator)
+
+    unet = pipe.unet
+    for name, param in unet.named_parameters():
+        param.requires_grad_(SCOPES[config.trainable](name))
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    method = build_method(method_config, objective)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    batches = lambda s, labels, seed, idx=None: TensorBatches(
+        s.latents, labels, torch.arange(len(labels)) if idx is None else idx, config.train_batch_size, True, seed,
+        world, rank, device)
+    forget_batches = batches(forget, forget_labels, config.seed + 1)
+    retain_idx = subset(torch.arange(len(retain_labels)), method_config.retain_fraction, config.seed)
+    retain_batches = batches(retain, retain_labels, config.seed + 2, retain_idx)
+
+    started = time.perf_counter()
+    unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))
+    resume_dir = resolve_resume(output.path, config.resume_from_checkpoint)
+    summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
+    if accelerator.is_main_process and config.report_to:
+        tracked = public_config(jobconfig.to_dict(config, method_config))
+        accelerator.init_trackers("scissorhands-erase", config={k: v for k, v in tracked.items() if v is not None})
+    on_step = checkpointer(accelerator, output.path, config.checkpointing_steps, config.checkpoints_total_limit,
+                           method, summary)
+    unlearn(accelerator, unet_ddp, method, optimizer, forget_batches, retain_batches, config.num_train_epochs,
+            start_step, config.max_grad_norm, on_step, noise_hook(objective, config.seed, rank), config.max_train_steps)
+    accelerator.wait_for_everyone()
+    summary["seconds"] = time.perf_counter() - started
+    summary["replicas_after_training"] = check_replicas(unet_ddp, accelerator, "after training")
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(unet_ddp).eval()
+        check_finite(unet)
+        export(pipe, unet, config, output.path)
+        settings = {**jobconfig.to_dict(config, method_config), "pretrained_model_name_or_path": model_id}
+        data = {"forget_dir": str(forget_dir), "retain_dir": str(retain_dir), "forget_images": len(forget),
+                "retain_images": len(retain), "forget_prompts": sorted(set(forget.prompts)),
+                "retain_prompts": sorted(set(retain.prompts))}
+        write_card(output.path, settings, summary, data)
+        if config.push_to_hub:
+            push_to_hub(output.path, config.hub_model_id, config.hub_token)
+        logger.info("exported the erased %s to %s", config.export, output.path)
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    jobconfig.run_cli(main)

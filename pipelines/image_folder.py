@@ -1,0 +1,183 @@
+"""Resumable image folders: `{index:06d}.png`, per-process metadata rows, merged at the end.
+
+Layout of a finished folder (what `pipelines.data.ConceptImageSet.load` reads):
+
+    000000.png, 000001.png, ...
+    metadata.jsonl         one JSON row per image, sorted by index (file, index, prompt, seed,
+                           guidance_scale, model, scheduler, num_inference_steps, height, width,
+                           categories, extra)
+    latents.safetensors   (optional) a dict: image file name -> final latents [C, h, w], float32,
+                           already multiplied by the VAE's scaling factor
+
+While a run is in progress each process appends to `metadata-{rank}.jsonl` and stores latents
+in `latents-parts/{index:06d}.safetensors`; `finalize` merges both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .sampling import SampleItem
+
+__all__ = ["LATENTS_FILE", "METADATA_FILE", "ImageFolderWriter", "read_rows", "replace_atomic"]
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.jsonl"
+LATENTS_FILE = "latents.safetensors"
+LATENT_PARTS = "latents-parts"  # one file per sample until `finalize` merges them
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metadata jsonl; a torn last line (a crash mid-write) is skipped with a warning."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from err
+            logger.warning("%s:%d: ignoring a torn last line (interrupted write)", path, number)
+    return rows
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (a crash mid-append) so the next row starts a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            logger.warning("%s: dropping a torn last line (interrupted write)", path)
+            handle.truncate(path.read_bytes().rfind(b"\n") + 1)
+
+
+def replace_atomic(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)`, then rename over `path` (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ImageFolderWriter:
+    """Resumable image folder: `{index:06d}.png`, one `metadata-{rank}.jsonl` per process.
+
+    Each sample is written as latents (optional) -> png -> metadata row; only a sample with all
+    of them counts as done, so a crash at any point leaves at worst an unrecorded image that the
+    next run overwrites. `finalize` (main process, after all ranks finished) merges everything
+    into `metadata.jsonl` (sorted by index, one row per index) and `latents.safetensors`
+    (a dict: image file name -> latents [C, h, w]).
+
+    Args:
+        folder: the image folder (created if missing).
+        rank: this process's index (names its metadata file).
+        run_info: fields added to every row (model, scheduler, num_inference_steps, ...).
+        with_latents: store each sample's latents; then a sample without latents is not done.
+    """
+
+    def __init__(self, folder: str | Path, rank: int = 0, run_info: Mapping[str, Any] | None = None,
+                 with_latents: bool = False) -> None:
+        self.folder = Path(folder)
+        self.rank = rank
+        self.run_info = dict(run_info or {})
+        self.with_latents = with_latents
+
+    def _rows(self) -> list[dict[str, Any]]:
+        """Recorded rows, merged file first then rank files; later rows win per index."""
+        paths = [self.folder / METADATA_FILE, *sorted(self.folder.glob("metadata-*.jsonl"))]
+        by_index = {row["index"]: row for path in paths if path.is_file() for row in read_rows(path)}
+        return [by_index[i] for i in sorted(by_index) if (self.folder / by_index[i]["file"]).is_file()]
+
+    def _latent_files(self) -> set[str]:
+        names = {p.stem + ".png" for p in (self.folder / LATENT_PARTS).glob("*.safetensors")}
+        if (self.folder / LATENTS_FILE).is_file():
+            with safe_open(str(self.folder / LATENTS_FILE), framework="pt") as handle:
+                names.update(handle.keys())
+        return names
+
+    def done(self) -> set[int]:
+        """Indices whose image is written and recorded (and whose latents are stored, if kept)."""
+        rows = self._rows()
+        if self.with_latents:
+            stored = self._latent_files()
+            rows = [row for row in rows if row["file"] in stored]
+        return {row["index"] for row in rows}
+
+    def write(self, item: SampleItem, image: Image.Image, latents: torch.Tensor | None = None) -> dict[str, Any]:
+        """Store one sample; returns its metadata row.
+
+        Raises:
+            ValueError: latents missing although the writer keeps them.
+        """
+        if self.with_latents and latents is None:
+            raise ValueError(f"{self.folder}: with_latents=True but sample {item.index} came without latents")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{item.index:06d}.png"
+        if latents is not None:
+            (self.folder / LATENT_PARTS).mkdir(exist_ok=True)
+            part = self.folder / LATENT_PARTS / f"{item.index:06d}.safetensors"
+            replace_atomic(part, lambda tmp: save_file({name: latents.contiguous()}, str(tmp)))
+        replace_atomic(self.folder / name, lambda tmp: image.save(tmp, format="PNG"))
+        row = {
+            "file": name, "index": item.index, "prompt": item.prompt.text, "seed": item.seed,
+            "guidance_scale": item.guidance_scale, **self.run_info, "height": image.height,
+            "width": image.width, "categories": list(item.prompt.categories), "extra": item.prompt.extra,
+        }
+        self._append(row)
+        return row
+
+    def _append(self, row: dict[str, Any]) -> None:
+        path = self.folder / f"metadata-{self.rank}.jsonl"
+        _drop_torn_tail(path)
+        with open(path, "ab") as handle:
+            handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finalize(self) -> list[dict[str, Any]]:
+        """Merge rank files (and latents parts) into metadata.jsonl (and latents.safetensors).
+
+        Call on the main process once every rank has finished writing.
+
+        Returns:
+            The merged rows, sorted by index.
+        """
+        rows = [row for row in self._rows() if row["index"] in self.done()]
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if self.with_latents:
+            self._merge_latents([row["file"] for row in rows])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        replace_atomic(self.folder / METADATA_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        for path in self.folder.glob("metadata-*.jsonl"):
+            path.unlink()
+        logger.info("%s: %d images recorded", self.folder, len(rows))
+        return rows
+
+    def _merge_latents(self, files: list[str]) -> None:
+        merged_path = self.folder / LATENTS_FILE
+        merged = load_file(str(merged_path)) if merged_path.is_file() else {}
+        parts = sorted((self.folder / LATENT_PARTS).glob("*.safetensors"))
+        for part in parts:
+            merged.update(load_file(str(part)))
+        merged = {name: merged[name] for name in files}
+        replace_atomic(merged_path, lambda tmp: save_file(merged, str(tmp)))
+        for part in parts:
+            part.unlink()
+        if (self.folder / LATENT_PARTS).is_dir():
+            (self.folder / LATENT_PARTS).rmdir()

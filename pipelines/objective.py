@@ -1,0 +1,131 @@
+"""The diffusion adapter: per-sample epsilon (or v) MSE of a UNet on cached latents.
+
+A batch is ``{"x": latents [B,C,h,w], "y": prompt ids [B], "index", "noise", "timesteps"}``;
+prompt ids index a table of text embeddings computed once with the frozen text encoder.
+The job attaches the same noise and timesteps to the forget and the retain batch of a step
+(paper 000 §4.3: both terms of L = L_r - lam L_f see the same corruption).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from erasure.loreun import fit_exponential
+from erasure.objective import Objective
+
+RELABEL_TARGETS = ("noise", "prediction")
+
+
+class DiffusionObjective(Objective):
+    """Per-sample diffusion losses of a UNet (any SD 1.x / 2.x; epsilon or v prediction).
+
+    Args:
+        scheduler: the training noise scheduler (``DDPMScheduler``) of the base model.
+        embeddings: text embeddings [P, L, D], one per prompt id.
+        relabel_ids: for each prompt id, the id of its substitute prompt (random-label
+            methods and ``forget_loss="substitute"``), e.g. the retain prompt.
+        uncond_id: id of the empty prompt (ESD's unconditional prediction).
+        relabel_target: ``"noise"`` (SalUn: fit the noise under the substitute prompt) or
+            ``"prediction"`` (public Scissorhands code: match the current model's detached
+            prediction under the substitute prompt).
+    """
+
+    measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
+
+    def __init__(self, scheduler: Any, embeddings: Tensor, relabel_ids: Tensor, uncond_id: int,
+                 relabel_target: str = "noise", negative_guidance: float = 1.0, seed: int = 0) -> None:
+        if relabel_target not in RELABEL_TARGETS:
+            raise ValueError(f"relabel_target='{relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
+        self.scheduler = scheduler
+        self.embeddings = embeddings
+        self.relabel_ids = relabel_ids
+        self.uncond_id = uncond_id
+        self.relabel_target = relabel_target
+        self.negative_guidance = negative_guidance
+        self.seed = seed
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _embed(self, ids: Tensor, like: Tensor) -> Tensor:
+        return self.embeddings.to(like.device)[ids.to(self.embeddings.device)].to(like.device)
+
+    def _with_noise(self, batch: dict) -> dict:
+        """Batches of the one-off passes (sensitivity, saliency) carry no noise: draw it per
+        sample from the sample's index, so every run and every process scores the same."""
+        if "noise" in batch:
+            return batch
+        noise, steps = [], []
+        for index in batch["index"].tolist():
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            noise.append(torch.randn(batch["x"].shape[1:], generator=gen))
+            steps.append(torch.randint(0, self.scheduler.config.num_train_timesteps, (), generator=gen))
+        like = batch["x"]
+        return {**batch, "noise": torch.stack(noise).to(like), "timesteps": torch.stack(steps).to(like.device)}
+
+    def _noisy_and_target(self, batch: dict) -> tuple[Tensor, Tensor]:
+        latents, noise, t = batch["x"], batch["noise"], batch["timesteps"]
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(latents, noise, t)
+        return noisy, target
+
+    @staticmethod
+    def _mse(pred: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+    def _predict(self, unet: nn.Module, noisy: Tensor, t: Tensor, ids: Tensor) -> Tensor:
+        return unet(noisy, t, self._embed(ids, noisy)).sample
+
+    # -- Objective ------------------------------------------------------------------------
+    def loss(self, unet: nn.Module, batch: dict) -> Tensor:
+        batch = self._with_noise(batch)
+        noisy, target = self._noisy_and_target(batch)
+        return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
+
+    def relabeled_loss(self, unet: nn.Module, batch: dict) -> Tensor:
+        batch = self._with_noise(batch)
+        noisy, target = self._noisy_and_target(batch)
+        substitute = self.relabel_ids.to(batch["y"].device)[batch["y"]]
+        if self.relabel_target == "prediction":
+            with torch.no_grad():
+                target = self._predict(unet, noisy, batch["timesteps"], substitute)
+            return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
+        return self._mse(self._predict(unet, noisy, batch["timesteps"], substitute), target)
+
+    def guided_loss(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> Tensor:
+        """ESD (Gandikota et al. 2023): eps(x_t, c) -> eps*(x_t) - eta (eps*(x_t, c) - eps*(x_t))."""
+        batch = self._with_noise(batch)
+        noisy, _ = self._noisy_and_target(batch)
+        t = batch["timesteps"]
+        with torch.no_grad():
+            uncond = self._predict(frozen, noisy, t, torch.full_like(batch["y"], self.uncond_id))
+            cond = self._predict(frozen, noisy, t, batch["y"])
+            target = uncond - self.negative_guidance * (cond - uncond)
+        return self._mse(self._predict(unet, noisy, t, batch["y"]), target)
+
+    @torch.no_grad()
+    def fit_reference(self, unet: nn.Module, batches: Iterable[Any], num_batches: int | None = None,
+                      timesteps: tuple[int, ...] | None = None) -> dict[str, float]:
+        """LoReUn Step 1 for diffusion: mean loss at fixed timesteps, fitted by a*exp(b t)."""
+        train_steps = self.scheduler.config.num_train_timesteps
+        timesteps = timesteps or tuple(range(train_steps // 20, train_steps, train_steps // 10))
+        gen = torch.Generator().manual_seed(0)
+        sums = {t: 0.0 for t in timesteps}
+        count = 0
+        for batch in itertools.islice(batches, num_batches or 4):
+            for t in timesteps:
+                noise = torch.randn(batch["x"].shape, generator=gen).to(batch["x"])
+                steps = torch.full((len(batch["x"]),), t, device=batch["x"].device, dtype=torch.long)
+                sums[t] += float(self.loss(unet, {**batch, "noise": noise, "timesteps": steps}).sum())
+            count += len(batch["x"])
+        if count == 0:
+            raise ValueError("cannot fit a LoReUn reference loss on an empty loader")
+        curve = fit_exponential(list(sums), [v / count for v in sums.values()])
+        return {"a": curve.a, "b": curve.b}
+
+    def reference_loss(self, reference: dict[str, float], batch: dict) -> Tensor:
+        return reference["a"] * torch.exp(reference["b"] * batch["timesteps"].float())

@@ -1,0 +1,253 @@
+"""Sampling shared by generation and evaluation: load a pipeline, plan seeded samples, generate in
+batches, write resumable image folders.
+
+Reproducibility contract: every sample owns one CPU `torch.Generator` seeded with its own seed,
+so a sample's initial noise depends on nothing but that seed (not on the batch it lands in,
+the process that draws it, or the device). Batching changes only floating-point summation order
+in the UNet, never the noise.
+
+    pipe = load_pipeline("CompVis/stable-diffusion-v1-4", scheduler="ddim")
+    items = plan_samples(get_prompt_set("i2p:sexual"), images_per_prompt=1)
+    writer = ImageFolderWriter("out/i2p", run_info={"model": "CompVis/stable-diffusion-v1-4"})
+    todo = [i for i in items if i.index not in writer.done()]
+    for item, image, _ in generate(pipe, todo, batch_size=8, num_inference_steps=50):
+        writer.write(item, image)
+    writer.finalize()
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from prompts.base import Prompt, PromptSet
+
+from .image_folder import LATENTS_FILE, METADATA_FILE, ImageFolderWriter
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+__all__ = [
+    "LATENTS_FILE", "METADATA_FILE", "SCHEDULERS", "ImageFolderWriter", "SampleItem", "generate",
+    "load_pipeline", "plan_samples", "set_scheduler", "shard",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Scheduler names accepted by `--scheduler`, mapped to diffusers class names.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "ddpm": "DDPMScheduler",
+}
+# Config overrides on a swap: SD v1's own PNDM skips the Runge-Kutta warm-up steps.
+SCHEDULER_OVERRIDES: dict[str, dict[str, Any]] = {"pndm": {"skip_prk_steps": True}}
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def _import_diffusers() -> Any:
+    try:
+        import diffusers
+    except ImportError as err:
+        raise ImportError("Stable Diffusion pipelines need diffusers: pip install scissorhands[diffusion]") from err
+    return diffusers
+
+
+def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> StableDiffusionPipeline:
+    """Swap the pipeline's scheduler for `SCHEDULERS[name]`, keeping its beta schedule.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler={name!r} is not known; choose one of {sorted(SCHEDULERS)}")
+    scheduler_class = getattr(_import_diffusers(), SCHEDULERS[name])
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **SCHEDULER_OVERRIDES.get(name, {}))
+    return pipe
+
+
+def load_pipeline(
+    name_or_path: str | Path,
+    torch_dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    scheduler: str | None = None,
+) -> StableDiffusionPipeline:
+    """`StableDiffusionPipeline.from_pretrained` without the safety checker, plus a scheduler swap.
+
+    Args:
+        name_or_path: a local diffusers folder (with model_index.json) or a Hub id.
+        torch_dtype: weight dtype, e.g. torch.float16; None keeps the stored one.
+        device: where to move the pipeline; None leaves it on the CPU.
+        scheduler: a key of `SCHEDULERS`; None keeps the pipeline's own.
+
+    Raises:
+        ValueError: a folder that is no diffusers pipeline, a Hub id that cannot be loaded, or an
+            unknown scheduler.
+    """
+    path = Path(name_or_path)
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler={scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise ValueError(
+            f"pretrained_model_name_or_path={str(name_or_path)!r} is not a diffusers pipeline folder "
+            "(no model_index.json)")
+    pipeline_class = _import_diffusers().StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype  # at load time, so fp32-kept modules stay fp32
+    try:
+        with warnings.catch_warnings():
+            # Newer diffusers renamed the keyword to `dtype` (the old one warns); it works in all versions.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = pipeline_class.from_pretrained(str(name_or_path), **kwargs)
+    except (OSError, ValueError) as err:
+        if path.exists():
+            raise
+        raise ValueError(
+            f"pretrained_model_name_or_path={str(name_or_path)!r} is neither a local folder nor a Hub id "
+            f"that could be loaded (offline, unknown or gated?): {err}") from err
+    if scheduler is not None:
+        set_scheduler(pipe, scheduler)
+    return pipe.to(device) if device is not None else pipe
+
+
+@dataclass(frozen=True)
+class SampleItem:
+    """One image to draw: its index in the output folder, prompt, seed and guidance scale."""
+
+    index: int
+    prompt: Prompt
+    seed: int
+    guidance_scale: float
+
+
+def plan_samples(
+    prompt_set: PromptSet,
+    images_per_prompt: int = 1,
+    base_seed: int = 0,
+    default_guidance: float = 7.5,
+    fixed_guidance: bool = False,
+) -> list[SampleItem]:
+    """Seeded samples for a prompt set, ordered round-robin: index = k * len(prompt_set) + i.
+
+    Image k of prompt i gets the prompt's own seed + k when it has one (I2P's sd_seed), else
+    base_seed + index. Round-robin order means the first n items spread n images evenly over
+    the prompts, and a plan for more images extends a plan for fewer (same indices, seeds).
+
+    Args:
+        prompt_set: the prompts.
+        images_per_prompt: images per prompt (>= 1).
+        base_seed: seed offset for prompts without their own seed.
+        default_guidance: guidance for prompts without their own (or for all, see below).
+        fixed_guidance: use `default_guidance` even where a prompt has its own.
+
+    Raises:
+        ValueError: images_per_prompt < 1.
+    """
+    if images_per_prompt < 1:
+        raise ValueError(f"images_per_prompt={images_per_prompt}: expected at least 1")
+    items = []
+    for k in range(images_per_prompt):
+        for i, prompt in enumerate(prompt_set):
+            index = k * len(prompt_set) + i
+            seed = prompt.seed + k if prompt.seed is not None else base_seed + index
+            own = prompt.guidance_scale is not None and not fixed_guidance
+            items.append(SampleItem(index, prompt, seed, prompt.guidance_scale if own else default_guidance))
+    return items
+
+
+def shard(items: Sequence[T], num_processes: int, process_index: int) -> list[T]:
+    """This process's share: `items[process_index::num_processes]`.
+
+    Raises:
+        ValueError: process_index outside [0, num_processes).
+    """
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index={process_index} outside [0, num_processes={num_processes})")
+    return list(items[process_index::num_processes])
+
+
+def _batches(items: Sequence[SampleItem], batch_size: int) -> list[list[SampleItem]]:
+    """Chunks of at most batch_size items sharing a guidance scale (order kept within a scale)."""
+    groups: dict[float, list[SampleItem]] = {}
+    for item in items:
+        groups.setdefault(item.guidance_scale, []).append(item)
+    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def generate(
+    pipe: StableDiffusionPipeline,
+    items: Sequence[SampleItem],
+    batch_size: int,
+    num_inference_steps: int,
+    height: int | None = None,
+    width: int | None = None,
+    output_type: str = "pil",
+    return_latents: bool = False,
+    show_progress: bool = True,
+) -> Iterator[tuple[SampleItem, Any, torch.Tensor | None]]:
+    """Draw `items` in batches that share a guidance scale; one seeded CPU generator per sample.
+
+    The pipeline runs with output_type="latent" and the VAE decodes here, so the final latents
+    (scaled by the VAE's scaling factor: what the UNet is trained on) come for free. The
+    pipeline's own progress bar is switched off; one bar counts samples.
+
+    Args:
+        pipe: a Stable Diffusion pipeline.
+        items: what to draw (from `plan_samples`, possibly `shard`-ed or filtered).
+        batch_size: samples per pipeline call.
+        num_inference_steps: denoising steps.
+        height, width: image size; None uses the pipeline's default.
+        output_type: "pil", "np", "pt" (decoded images) or "latent" (the latents themselves).
+        return_latents: also yield each sample's latents [C, h, w] (float32, CPU).
+        show_progress: show the progress bar (e.g. only on the local main process).
+
+    Yields:
+        (item, image, latents or None), batch by batch (not necessarily in index order).
+
+    Raises:
+        ValueError: batch_size < 1 or an unknown output_type.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected at least 1")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}")
+    pipe.set_progress_bar_config(disable=True)
+    return _draw(pipe, items, batch_size, num_inference_steps, height, width, output_type, return_latents,
+                 show_progress)
+
+
+def _draw(pipe: StableDiffusionPipeline, items: Sequence[SampleItem], batch_size: int, num_inference_steps: int,
+          height: int | None, width: int | None, output_type: str, return_latents: bool,
+          show_progress: bool) -> Iterator[tuple[SampleItem, Any, torch.Tensor | None]]:
+    """The loop of `generate` (a generator, so that `generate` validates its arguments at the call)."""
+    with tqdm(total=len(items), desc="sampling", unit="img", disable=not show_progress) as progress:
+        for batch in _batches(items, batch_size):
+            generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+            latents = pipe(
+                prompt=[item.prompt.text for item in batch], guidance_scale=batch[0].guidance_scale,
+                num_inference_steps=num_inference_steps, height=height, width=width,
+                generator=generators, output_type="latent",
+            ).images
+            images = latents if output_type == "latent" else _decode(pipe, latents, output_type)
+            for item, image, latent in zip(batch, images, latents):
+                yield item, image, latent.detach().float().cpu() if return_latents else None
+            progress.update(len(batch))
+
+
+def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, output_type: str) -> Any:
+    """What the pipeline would return for `output_type`, from its final latents."""
+    vae = pipe.vae
+    with torch.no_grad():
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(decoded))

@@ -1,0 +1,159 @@
+"""The erase job on a tiny pipeline: export, resume, DDP, Hub push and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines import erase
+from pipelines.generate import main as generate_main
+
+TRAIN = ["--train_batch_size", "4", "--learning_rate", "1e-4", "--num_train_epochs", "2", "--kept_fraction", "0.99"]
+
+
+@pytest.fixture(scope="module")
+def concept_data(tiny_pipeline_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "digits7"
+    generate_main(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--concept", "digits:7",
+                   "--output_dir", str(out), "--num_images", "8", "--num_inference_steps", "2", "--batch_size", "4"])
+    return out
+
+
+def run(tiny_pipeline_dir, concept_data, out, *extra):
+    return erase.main(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
+                       "--output_dir", str(out), "--concept", "digit seven", *TRAIN, *extra])
+
+
+def launch(args, *launch_flags, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    flags = list(launch_flags) or ["--cpu", "--num_processes", "1"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "-m", "pipelines.erase", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def erased(tiny_pipeline_dir, concept_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("erase") / "run"
+    summary = run(tiny_pipeline_dir, concept_data, out, "--checkpointing_steps", "2", "--checkpoints_total_limit", "5")
+    return out, summary
+
+
+def test_export_loads_with_plain_diffusers_and_generates(erased, tiny_pipeline_dir):
+    from diffusers import StableDiffusionPipeline
+
+    out, summary = erased
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    image = pipe("a handwritten digit seven", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (32, 32, 3)
+    base = load_file(tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    new = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(base[k], new[k]) for k in base)
+    assert not list(out.glob(".export-*"))
+
+
+def test_card_and_config_record_the_run(erased):
+    out, summary = erased
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "base_model:" in card and "scissorhands" in card
+    assert "digit seven" in card
+    config = json.loads((out / "erase_config.json").read_text())
+    assert config["config"]["kept_fraction"] == 0.99
+    assert config["prepare"]["trimmed_fraction"] == pytest.approx(0.01, abs=1e-4)
+    assert config["data"]["forget_images"] == 8
+    assert summary["trimmed_fraction"] == pytest.approx(0.01, abs=1e-4)
+
+
+def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept_data, tmp_path):
+    out, _ = erased
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
+            "--output_dir", str(resumed), "--concept", "digit seven", *TRAIN, "--resume_from_checkpoint", "latest"])
+    a = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path):
+    out = tmp_path / "ddp"
+    launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
+            "--output_dir", str(out), *TRAIN, "--train_batch_size", "2"], "--multi_gpu", "--num_processes", "2")
+    prepare = json.loads((out / "erase_config.json").read_text())["prepare"]
+    for key in ("replicas_after_prepare", "replicas_after_training"):
+        assert len(prepare[key]) == 2 and prepare[key][0] == prepare[key][1]
+
+
+@pytest.mark.parametrize("method", ["scissorhands_minmax", "salun", "esd", "random_label", "grad_ascent"])
+def test_baselines_run_in_the_same_harness(tiny_pipeline_dir, concept_data, tmp_path, method):
+    extra = ["--trainable", "noxattn"] if method == "esd" else []
+    run(tiny_pipeline_dir, concept_data, tmp_path / method, "--method", method, "--max_train_steps", "1", *extra)
+    assert (tmp_path / method / "model_index.json").is_file()
+
+
+def test_loreun_and_substitute_forget_loss(tiny_pipeline_dir, concept_data, tmp_path):
+    summary = run(tiny_pipeline_dir, concept_data, tmp_path / "sub", "--forget_loss", "substitute",
+                  "--relabel_target", "prediction", "--loreun", "true", "--max_train_steps", "1")
+    assert summary["trimmed"] > 0
+
+
+def test_unet_only_export(tiny_pipeline_dir, concept_data, tmp_path):
+    run(tiny_pipeline_dir, concept_data, tmp_path / "u", "--export", "unet", "--max_train_steps", "1")
+    assert (tmp_path / "u" / "unet" / "config.json").is_file()
+    assert not (tmp_path / "u" / "model_index.json").exists()
+
+
+def test_push_to_hub_uploads_without_token_in_files(tiny_pipeline_dir, concept_data, tmp_path, monkeypatch):
+    calls = {}
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("repo", repo_id))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder",
+                        lambda self, **kw: calls.setdefault("upload", kw) and "https://hub/commit")
+    out = tmp_path / "hub"
+    run(tiny_pipeline_dir, concept_data, out, "--max_train_steps", "1", "--push_to_hub", "true",
+        "--hub_model_id", "me/erased", "--hub_token", "hf_SECRET123")
+    assert calls["repo"] == "me/erased"
+    assert calls["upload"]["folder_path"] == str(out) and "checkpoint-*" in calls["upload"]["ignore_patterns"]
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".md", ".txt"):
+            assert "hf_SECRET123" not in path.read_text(errors="ignore"), path
+
+
+def _fail(args, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.erase", "--output_dir", str(out), *args],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert not out.exists() or not any(out.iterdir())
+    return proc.stderr
+
+
+def test_bad_inputs_fail_clearly(tiny_pipeline_dir, concept_data, tmp_path):
+    base = ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data)]
+    assert "lam=-1.0" in _fail([*base, "--lam", "-1"], tmp_path)
+    assert "method='nope'" in _fail([*base, "--method", "nope"], tmp_path)
+    assert "not a diffusers pipeline" in _fail(["--pretrained_model_name_or_path", str(concept_data),
+                                                "--data_dir", str(concept_data)], tmp_path)
+    assert "data_dir=/nonexistent" in _fail(["--data_dir", "/nonexistent"], tmp_path)
+    empty = tmp_path / "empty"
+    (empty / "forget").mkdir(parents=True)
+    shutil.copytree(concept_data / "retain", empty / "retain")
+    assert str(empty / "forget") in _fail([*base[:2], "--data_dir", str(empty)], tmp_path)
+
+
+def test_nan_during_repair_stops_without_export(tiny_pipeline_dir, concept_data, tmp_path):
+    stderr = _fail(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
+                    *TRAIN, "--learning_rate", "1e30", "--max_grad_norm", "0", "--lam", "10"], tmp_path)
+    assert "diverged" in stderr or "NaN" in stderr

@@ -1,0 +1,128 @@
+"""The generation job: in-process end to end with resume, through `accelerate launch`, bad input."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from erasure.jobconfig import run_cli
+from pipelines.generate import main
+from pipelines.sampling import load_pipeline
+from prompts.sets import load_concept
+
+ROW_FIELDS = {"file", "index", "prompt", "seed", "guidance_scale", "scheduler", "num_inference_steps", "model",
+              "height", "width", "categories", "extra"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job_args(pipeline_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--pretrained_model_name_or_path", str(pipeline_dir), "--output_dir", str(output_dir),
+            "--num_inference_steps", "2", "--batch_size", "4", *extra]
+
+
+def rows_of(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+
+
+def test_nudity_end_to_end_then_resume(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "nudity"
+    infos = main(job_args(tiny_pipeline_dir, out, "--concept", "nudity", "--num_images", "5"))
+    forget, retain = rows_of(out / "forget"), rows_of(out / "retain")
+    assert [r["prompt"] for r in forget] == ["nudity", "naked", "erotic", "sexual", "nudity"]  # round-robin
+    assert [r["seed"] for r in forget] == [0, 1, 2, 3, 4] == [r["seed"] for r in retain]
+    assert {r["prompt"] for r in retain} == {"a person wearing clothes"}
+    assert set(forget[0]) == ROW_FIELDS
+    assert (forget[0]["model"], forget[0]["scheduler"], forget[0]["num_inference_steps"]) == (
+        str(tiny_pipeline_dir), "DDIMScheduler", 2)
+    assert (forget[0]["height"], forget[0]["width"], forget[0]["guidance_scale"]) == (32, 32, 7.5)
+    assert sorted(p.name for p in (out / "forget").iterdir()) == [
+        *(f"{i:06d}.png" for i in range(5)), "info.json", "latents.safetensors", "metadata.jsonl"]
+
+    info = json.loads((out / "forget" / "info.json").read_text())
+    assert info == infos["forget"]
+    assert info["complete"] and info["num_written"] == 5 and info["concept"] == "nudity"
+    assert info["prompt_set"]["sha256"] == load_concept("nudity")[0].sha256() == info["protocol"]["prompt_set_sha256"]
+    assert infos["retain"]["prompt_set"]["sha256"] == load_concept("nudity")[1].sha256()
+
+    # The stored latents are the final ones, scaled: decoding them gives the saved image.
+    latents = load_file(str(out / "forget" / "latents.safetensors"))
+    assert sorted(latents) == [r["file"] for r in forget] and latents["000000.png"].shape == (4, 16, 16)
+    pipe = load_pipeline(tiny_pipeline_dir)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents["000001.png"][None] / pipe.vae.config.scaling_factor).sample
+    image = np.asarray(pipe.image_processor.postprocess(decoded, output_type="pil")[0], dtype=int)
+    saved = np.asarray(Image.open(out / "forget" / "000001.png"), dtype=int)
+    assert np.abs(image - saved).max() <= 1  # decoded in a batch of 4 there, of 1 here
+
+    # Resume: one more image per set is drawn, the first five are left alone.
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "forget").glob("*.png")}
+    main(job_args(tiny_pipeline_dir, out, "--concept", "nudity", "--num_images", "6"))
+    assert {p: (out / "forget" / p).stat().st_mtime_ns for p in before} == before
+    assert [r["index"] for r in rows_of(out / "forget")] == list(range(6))
+    assert len(load_file(str(out / "retain" / "latents.safetensors"))) == 6
+
+    with pytest.raises(ValueError, match="holds images made with other settings .seed: 0 -> 1"):
+        main(job_args(tiny_pipeline_dir, out, "--concept", "nudity", "--num_images", "6", "--seed", "1"))
+
+
+def launch(pipeline_dir: Path, output_dir: Path, *launch_flags: str) -> None:
+    """`accelerate launch <flags> -m pipelines.generate` for digits:7 with three images per set."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags, "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.generate",
+               *job_args(pipeline_dir, output_dir, "--concept", "digits:7", "--num_images", "3", "--batch_size", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_accelerate_launch(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "digits"
+    launch(tiny_pipeline_dir, out, "--cpu", "--num_processes", "1")
+    assert [r["prompt"] for r in rows_of(out / "forget")] == ["a handwritten digit seven"] * 3
+    assert [r["prompt"] for r in rows_of(out / "retain")] == [
+        "a handwritten digit zero", "a handwritten digit one", "a handwritten digit two"]
+    assert len(load_file(str(out / "retain" / "latents.safetensors"))) == 3
+    assert json.loads((out / "forget" / "info.json").read_text())["complete"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="two processes on one machine need gloo on the CPU")
+def test_two_processes_make_the_same_folder_as_one(tiny_pipeline_dir, tmp_path):
+    main(job_args(tiny_pipeline_dir, tmp_path / "one", "--concept", "digits:7", "--num_images", "3", "--batch_size", "2"))
+    # `--multi_gpu` on a CPU-only machine: two gloo processes (`--cpu` would run just one).
+    launch(tiny_pipeline_dir, tmp_path / "two", "--multi_gpu", "--num_processes", "2")
+    for role in ("forget", "retain"):
+        assert rows_of(tmp_path / "two" / role) == rows_of(tmp_path / "one" / role)
+        one, two = (load_file(str(tmp_path / d / role / "latents.safetensors")) for d in ("one", "two"))
+        assert sorted(one) == sorted(two) == ["000000.png", "000001.png", "000002.png"]
+        for name in one:  # batched as [0, 1], [2] here and [0, 2] | [1] there: equal up to summation order
+            torch.testing.assert_close(one[name], two[name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (["--concept", "nudity", "--num_images", "0"], "num_images=0"),
+    (["--concept", "cats"], "concept='cats' is not known"),
+    (["--concept", "imagenette:zebra"], "concept='imagenette:zebra': Unknown imagenette class 'zebra'"),
+    (["--forget_prompts", "{empty}", "--retain_prompts", "{empty}"], "forget_prompts=.*has no prompts"),
+    (["--concept", "nudity", "--pretrained_model_name_or_path", "{not_a_pipeline}"],
+     "pretrained_model_name_or_path=.*no model_index.json"),
+])
+def test_bad_input_fails_cleanly(bad, field, tiny_pipeline_dir, tmp_path, capsys):
+    """Each exits non-zero naming the field, before anything is written."""
+    (tmp_path / "empty.txt").write_text("# only a comment\n")
+    (tmp_path / "not_a_pipeline").mkdir()
+    bad = [a.format(empty=tmp_path / "empty.txt", not_a_pipeline=tmp_path / "not_a_pipeline") for a in bad]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, job_args(tiny_pipeline_dir, out, *bad))
+    code = exit_info.value.code  # sys.exit("error: ...") exits with status 1, or an int status
+    assert code not in (0, None)
+    assert re.search(field, code if isinstance(code, str) else capsys.readouterr().err)
+    assert not out.exists()
