@@ -1,0 +1,26 @@
+"""Fixtures of the eval tests: one torch thread, and the tiny random-weight Stable Diffusion folder."""
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+from pipelines.tiny import build_tiny_pipeline
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions run several times faster on one thread when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved `build_tiny_pipeline(seed=0)` (32x32 images, 4x16x16 latents), shared by the session."""
+    folder = tmp_path_factory.mktemp("tiny-sd") / "pipeline"
+    build_tiny_pipeline(seed=0).save_pretrained(folder)
+    return folder
