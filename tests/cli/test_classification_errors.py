@@ -16,7 +16,7 @@ def run(tmp_path, *args):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--method", "nope"], "method='nope' is unknown; known methods: finetune"),
+    (["--method", "nope"], "method='nope' is unknown; known methods: esd, finetune"),
     (["--dataset", "mnist"], "dataset='mnist'"),
     (["--kept_fraction", "1.5"], "kept_fraction=1.5 must be in (0, 1)"),
     (["--lam", "-1"], "lam=-1.0 must be a finite number >= 0"),
