@@ -29,7 +29,7 @@ import torch
 
 from erasure import jobconfig
 from pipelines.generate import PRECISIONS
-from pipelines.image_folder import ImageFolderWriter, replace_atomic
+from pipelines.image_folder import ImageFolderWriter, refuse_changed_protocol, replace_atomic
 from pipelines.sampling import SCHEDULERS, SampleItem, generate, load_pipeline, plan_samples, shard
 from prompts.base import PromptSet
 from prompts.sets import get_prompt_set
@@ -174,15 +174,9 @@ def check_resumable(folder: Path, protocol: dict[str, Any]) -> None:
     if not path.is_file():
         return
     previous = json.loads(path.read_text(encoding="utf-8"))
-    fixed = {k: v for k, v in protocol.items() if k not in GROWING_KEYS}
-    differ = {k: (previous.get(k), v) for k, v in fixed.items() if previous.get(k) != v}
-    differ.pop("prompt_set", None)
-    if previous.get("prompt_set", {}).get("sha256") != protocol["prompt_set"]["sha256"]:
-        differ["prompt_set.sha256"] = (previous.get("prompt_set", {}).get("sha256"), protocol["prompt_set"]["sha256"])
-    if differ:
-        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
-        raise ValueError(f"output_dir: {folder} holds images sampled with other settings ({changes}); "
-                         "use another --output_dir or delete that folder")
+    comparable = lambda p: {**{k: v for k, v in p.items() if k not in GROWING_KEYS and k != "prompt_set"},
+                            "prompt_set.sha256": (p.get("prompt_set") or {}).get("sha256")}
+    refuse_changed_protocol(folder, comparable(previous), comparable(protocol))
 
 
 def write_protocol(folder: Path, protocol: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from erasure import jobconfig
 from prompts.base import PromptSet
 from prompts.sets import digit_prompts, imagenette_prompts, load_concept, load_prompt_file
 
-from .image_folder import LATENTS_FILE, ImageFolderWriter, replace_atomic
+from .image_folder import LATENTS_FILE, ImageFolderWriter, refuse_changed_protocol, replace_atomic
 from .sampling import SCHEDULERS, generate, load_pipeline, plan_samples, shard
 
 logger = logging.getLogger(__name__)
@@ -153,12 +153,7 @@ def check_resumable(folder: Path, protocol: dict[str, Any]) -> None:
     info_path = folder / INFO_FILE
     if not info_path.is_file():
         return
-    previous = json.loads(info_path.read_text(encoding="utf-8")).get("protocol", {})
-    differ = {k: (previous.get(k), v) for k, v in protocol.items() if previous.get(k) != v}
-    if differ:
-        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
-        raise ValueError(f"output_dir: {folder} holds images made with other settings ({changes}); "
-                         "use another --output_dir or delete that folder")
+    refuse_changed_protocol(folder, json.loads(info_path.read_text(encoding="utf-8")).get("protocol", {}), protocol)
 
 
 def write_info(folder: Path, info: dict[str, Any]) -> None:

@@ -181,3 +181,16 @@ class ImageFolderWriter:
             part.unlink()
         if (self.folder / LATENT_PARTS).is_dir():
             (self.folder / LATENT_PARTS).rmdir()
+
+
+def refuse_changed_protocol(folder: Path, previous: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse to add images to ``folder`` when it was made under another protocol.
+
+    Raises:
+        ValueError: naming every field that differs, old -> new.
+    """
+    differ = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+    if differ:
+        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
+        raise ValueError(f"output_dir: {folder} holds images made with other settings ({changes}); "
+                         "use another --output_dir or delete that folder")

@@ -1,4 +1,4 @@
-"""Fixtures of the pipeline tests: a tiny random-weight Stable Diffusion folder, built once."""
+"""Shared test fixtures: one torch thread, and a tiny random-weight Stable Diffusion folder."""
 
 from pathlib import Path
 from typing import Iterator
