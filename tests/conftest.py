@@ -9,9 +9,11 @@ import torch
 from pipelines.tiny import build_tiny_pipeline
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread() -> Iterator[None]:
-    """Tiny convolutions run several times faster on one thread when the CPU is shared."""
+    """One torch thread for the whole session (module fixtures included): tiny convolutions run
+    several times faster on one thread when the CPU is shared, and in-process results then
+    match the single-threaded subprocesses bit for bit (resume and determinism tests)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

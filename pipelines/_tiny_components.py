@@ -1,0 +1,171 @@
+"""Tiny Stable Diffusion components built from config: tokenizer, text encoder, VAE, UNet.
+
+Everything here is made locally (no Hub access): a CLIP BPE vocabulary written by hand, a
+random frozen CLIP text encoder, and untrained ``AutoencoderKL`` / ``UNet2DConditionModel``
+sized for 32x32 images with 8x8 latents. ``pipelines/_tiny_training.py`` trains the last two.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+END_OF_WORD = "</w>"
+# Words beyond the digit prompts, so that common prompt phrasings stay whole-word tokens.
+# (Each must survive the merge chains of the others: build_tokenizer checks.)
+GENERIC_WORDS = (
+    "photo", "of", "an", "image", "the", "picture", "drawing", "number", "written", "hand",
+    "in", "style", "black", "white", "and", "with", "on",
+)  # fmt: skip
+
+
+def byte_level_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes used by GPT-2/CLIP byte-level BPE, in CLIP's order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def bpe_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
+    """A CLIP BPE vocabulary in which each of ``words`` is one whole-word token.
+
+    Every byte character, with and without ``</w>``, is in the vocabulary (so any text
+    tokenises); each word gets a left-to-right merge chain (``h a`` -> ``ha``, ``ha n`` ->
+    ``han``, ...) whose last merge yields ``word</w>``.
+
+    Returns:
+        ``(vocab, merges)``: token -> id, and merge lines ``"left right"`` in rank order.
+    """
+    alphabet = byte_level_alphabet()
+    vocab: dict[str, int] = {}
+    for token in [*alphabet, *(char + END_OF_WORD for char in alphabet)]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    for word in words:
+        if not word.isascii() or not word.isalpha() or word != word.lower():
+            raise ValueError(f"vocabulary words must be lowercase ascii letters, got {word!r}")
+        prefix = word[0]
+        for position in range(1, len(word)):
+            piece = word[position] + (END_OF_WORD if position == len(word) - 1 else "")
+            merge = f"{prefix} {piece}"
+            if merge not in merges:
+                merges.append(merge)
+            prefix += piece
+            vocab.setdefault(prefix, len(vocab))
+    for special in (BOS_TOKEN, EOS_TOKEN):
+        vocab.setdefault(special, len(vocab))
+    return vocab, merges
+
+
+def build_tokenizer(folder: str | Path, words: tuple[str, ...], model_max_length: int = 16):
+    """Write ``vocab.json`` + ``merges.txt`` into ``folder`` and load a ``CLIPTokenizer`` from them.
+
+    Pads with ``<|endoftext|>`` like CLIP. ``folder`` is also where ``save_pretrained`` may go.
+
+    Raises:
+        RuntimeError: if a word of ``words`` does not come out as a single token.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe_vocab_and_merges(words)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=model_max_length,
+        pad_token=EOS_TOKEN,
+    )
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if ids != [vocab[word + END_OF_WORD]]:
+            raise RuntimeError(f"word {word!r} tokenised to {tokenizer.convert_ids_to_tokens(ids)}, not one token")
+    return tokenizer
+
+
+def build_text_encoder(tokenizer, hidden_size: int, num_layers: int, num_heads: int, token_embedding_std: float):
+    """A randomly initialised, frozen ``CLIPTextModel`` sized for ``tokenizer``.
+
+    CLIP initialises token and position embeddings alike (std 0.02), so in a random 2-layer
+    encoder prompts that differ by one word come out nearly parallel (cosine ~0.99 for
+    "zero"/"six"). Drawing token embeddings with ``token_embedding_std`` (1.0 by default)
+    lets the word dominate its position, which the UNet's cross-attention can then read.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        projection_dim=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text_encoder = CLIPTextModel(config)
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight.normal_(0.0, token_embedding_std)
+    return text_encoder.requires_grad_(False).eval()
+
+
+def build_vae(image_size: int, block_out_channels: tuple[int, ...], latent_channels: int = 4):
+    """An untrained ``AutoencoderKL`` on RGB images; it downsamples by ``2 ** (len(blocks) - 1)``."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+        block_out_channels=tuple(block_out_channels),
+        latent_channels=latent_channels,
+        layers_per_block=1,
+        norm_num_groups=min(block_out_channels),
+        sample_size=image_size,
+    )
+
+
+def build_unet(
+    latent_size: int, block_out_channels: tuple[int, int], cross_attention_dim: int, latent_channels: int = 4
+):
+    """An untrained two-level ``UNet2DConditionModel`` with cross-attention at the latent resolution."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        layers_per_block=1,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def build_schedulers(num_train_timesteps: int = 1000):
+    """The DDPM training scheduler (linear betas, as in DDPM for 32x32 images) and the DDIM one
+    the saved pipeline samples with (SD-style "leading" spacing, no clipping)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    train_scheduler = DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+        clip_sample=False,
+    )
+    sample_scheduler = DDIMScheduler.from_config(
+        train_scheduler.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"
+    )
+    return train_scheduler, sample_scheduler

@@ -1,0 +1,130 @@
+"""Training loops for the tiny default model: the VAE (reconstruction + KL) and the UNet (DDPM).
+
+Both are plain single-process loops over tensors held in memory (the data set is 1,797
+images); ``pipelines/default_model.py`` wires them into a cached build.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+
+def epoch_batches(num_items: int, batch_size: int, num_steps: int, generator: torch.Generator):
+    """Yield ``num_steps`` index batches from successive seeded permutations (deterministic order)."""
+    steps_done = 0
+    while True:
+        for batch in torch.randperm(num_items, generator=generator).split(batch_size):
+            if steps_done == num_steps:
+                return
+            if len(batch) < batch_size:  # keep every step the same size; the tail joins the next epoch
+                break
+            yield batch
+            steps_done += 1
+
+
+def warmup_lambda(warmup_steps: int):
+    """Linear warm-up to the base learning rate, then constant."""
+    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def train_vae(
+    vae, images: torch.Tensor, steps: int, batch_size: int, learning_rate: float, kl_weight: float, generator
+):
+    """Fit ``vae`` to ``images`` in [-1, 1]: MSE reconstruction + ``kl_weight`` * KL (LDM, Sec. 3).
+
+    Returns:
+        ``vae`` in eval mode.
+    """
+    vae.train()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(steps // 10))
+    progress = tqdm(epoch_batches(len(images), batch_size, steps, generator), total=steps, desc="tiny VAE")
+    for batch in progress:
+        posterior = vae.encode(images[batch]).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        mse = torch.nn.functional.mse_loss(reconstruction, images[batch])
+        loss = mse + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        progress.set_postfix(mse=f"{mse.item():.4f}", refresh=False)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means of ``images`` (unscaled): the cached UNet training latents."""
+    return torch.cat([vae.encode(chunk).latent_dist.mode() for chunk in images.split(batch_size)])
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """Last hidden states ``[len(prompts), max_length, hidden]`` exactly as the SD pipeline computes them."""
+    input_ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(input_ids)[0]
+
+
+@torch.no_grad()
+def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model``, parameter by parameter."""
+    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1.0 - decay)
+
+
+def train_unet(unet, scheduler, latents, labels, prompt_embeds, config, generator):
+    """Epsilon-prediction DDPM training (Ho et al. 2020, Eq. 14) with classifier-free dropout.
+
+    Args:
+        unet: the ``UNet2DConditionModel`` to train.
+        scheduler: a ``DDPMScheduler`` providing ``add_noise`` and ``num_train_timesteps``.
+        latents: scaled latents ``[N, C, h, w]``.
+        labels: class ids ``[N]`` indexing ``prompt_embeds``.
+        prompt_embeds: ``[num_classes + 1, L, D]``; the last row is the empty prompt, used for a
+            ``config.unet_uncond_probability`` share of samples (Ho & Salimans 2022, Sec. 3.2).
+        config: a ``DefaultModelConfig`` (``unet_*`` fields).
+        generator: the ``torch.Generator`` for batches, timesteps, noise and dropout.
+
+    Returns:
+        The exponential moving average of the weights (decay ``config.unet_ema_decay``), in eval mode.
+    """
+    unet.train()
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=config.unet_learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.unet_warmup_steps))
+    empty_prompt = prompt_embeds.shape[0] - 1
+    num_timesteps = scheduler.config.num_train_timesteps
+    batches = epoch_batches(len(latents), config.unet_batch_size, config.unet_steps, generator)
+    progress = tqdm(batches, total=config.unet_steps, desc="tiny UNet")
+    for step, batch in enumerate(progress):
+        clean, conditions = latents[batch], labels[batch].clone()
+        dropped = torch.rand(len(batch), generator=generator) < config.unet_uncond_probability
+        conditions[dropped] = empty_prompt
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, num_timesteps, (len(batch),), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds[conditions]).sample
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        # EMA warm-up as in diffusers' EMAModel: early averages do not drag in the random init.
+        update_ema(ema_unet, unet, min(config.unet_ema_decay, (1 + step) / (10 + step)))
+        progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return ema_unet.eval()
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """``1 / std`` of the latents, so the diffusion sees unit-variance data (LDM, Sec. 4.3.2)."""
+    std = latents.float().std().item()
+    if not math.isfinite(std) or std <= 0:
+        raise RuntimeError(f"latent std is {std}: the VAE collapsed; train it longer or lower the KL weight")
+    return 1.0 / std

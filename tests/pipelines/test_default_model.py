@@ -1,0 +1,199 @@
+"""The offline default model: tokenizer, cached atomic build, judge. One few-step build is shared."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from diffusers import StableDiffusionPipeline  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import CLIPTokenizer  # noqa: E402
+
+from eval.digits_classifier import DigitsJudge, load_digits_judge  # noqa: E402
+from pipelines import default_model  # noqa: E402
+from pipelines._tiny_components import END_OF_WORD, GENERIC_WORDS, build_tokenizer  # noqa: E402
+from pipelines._tiny_training import epoch_batches, latent_scaling_factor  # noqa: E402
+from pipelines.default_model import (  # noqa: E402
+    BUILD_MARKER,
+    DIGIT_WORDS,
+    PROMPT_WORDS,
+    DefaultModelConfig,
+    build_default_model,
+    default_judge_path,
+    default_model_path,
+    digit_prompt,
+    is_complete_build,
+    recognition_rates,
+)
+
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core CI box loses a lot to them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fast_build(tmp_path_factory, one_thread):
+    return build_default_model(tmp_path_factory.mktemp("fast") / "model", seed=0, config=DefaultModelConfig.fast())
+
+
+def test_digit_prompt():
+    assert digit_prompt(7) == "a handwritten digit seven"
+    assert [digit_prompt(d).split()[-1] for d in range(10)] == list(DIGIT_WORDS)
+    with pytest.raises(ValueError, match="0..9"):
+        digit_prompt(10)
+
+
+def test_tokenizer_whole_words_and_round_trip(tmp_path):
+    tokenizer = build_tokenizer(tmp_path / "vocab", (*PROMPT_WORDS, *GENERIC_WORDS), model_max_length=16)
+    vocab = tokenizer.get_vocab()
+    ids = tokenizer(digit_prompt(3), padding="max_length", max_length=16).input_ids
+    words = ["a", "handwritten", "digit", "three"]
+    expected = [tokenizer.bos_token_id, *(vocab[w + END_OF_WORD] for w in words)]
+    assert ids == expected + [tokenizer.eos_token_id] * (16 - len(expected))
+    assert tokenizer.pad_token == "<|endoftext|>"
+    # Any text tokenises into known pieces (no unknown token inside the sequence).
+    odd = tokenizer("Zebra, 42% naïve!").input_ids
+    assert tokenizer.eos_token_id not in odd[1:-1] and len(odd) > 8
+    from_vocab_files = CLIPTokenizer.from_pretrained(tmp_path / "vocab", model_max_length=16)
+    tokenizer.save_pretrained(tmp_path / "saved")
+    reloaded = CLIPTokenizer.from_pretrained(tmp_path / "saved")
+    assert reloaded.model_max_length == 16
+    for other in (from_vocab_files, reloaded):
+        assert other(digit_prompt(3), padding="max_length", max_length=16).input_ids == ids
+
+
+def test_config_validation_and_hash():
+    with pytest.raises(ValueError, match="unet_steps"):
+        DefaultModelConfig(unet_steps=0)
+    with pytest.raises(ValueError, match="text_heads"):
+        DefaultModelConfig(text_hidden_size=30, text_heads=4)
+    with pytest.raises(ValueError, match="image_size"):
+        DefaultModelConfig(image_size=36)
+    assert DefaultModelConfig().config_hash(0) == DefaultModelConfig().config_hash(0)
+    assert DefaultModelConfig().config_hash(0) != DefaultModelConfig().config_hash(1)
+    assert DefaultModelConfig().config_hash(0) != DefaultModelConfig.fast().config_hash(0)
+
+
+def test_default_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCISSORHANDS_CACHE", str(tmp_path))
+    assert default_model_path(seed=3) == tmp_path / "default-v1-seed3"
+    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v1-seed3-")
+    assert default_judge_path(seed=3) == tmp_path / "default-v1-seed3" / "judge"
+
+
+def test_epoch_batches_and_scaling_factor():
+    batches = list(epoch_batches(10, 4, 5, torch.Generator().manual_seed(0)))
+    assert len(batches) == 5 and all(len(b) == 4 for b in batches)
+    assert sorted(torch.cat(batches[:2]).tolist()) == sorted(set(torch.cat(batches[:2]).tolist()))
+    assert latent_scaling_factor(torch.tensor([1.0, -1.0, 1.0, -1.0])) == pytest.approx(1 / 1.1547, rel=1e-3)
+    with pytest.raises(RuntimeError, match="collapsed"):
+        latent_scaling_factor(torch.zeros(4))
+
+
+def test_fast_build_loads_and_generates_32px(fast_build):
+    assert is_complete_build(fast_build, DefaultModelConfig.fast().config_hash(0))
+    pipeline = StableDiffusionPipeline.from_pretrained(fast_build)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    out = pipeline([digit_prompt(1), digit_prompt(2)], num_inference_steps=2, generator=generator, output_type="pt")
+    assert out.images.shape == (2, 3, 32, 32)
+    assert 0.0 <= out.images.min() and out.images.max() <= 1.0
+    pil = pipeline(digit_prompt(5), num_inference_steps=2, generator=generator).images[0]
+    assert pil.size == (32, 32)
+    assert (fast_build / "tokenizer" / "vocab.json").is_file() and (fast_build / "tokenizer" / "merges.txt").is_file()
+
+
+def test_recognition_rates_are_one_fraction_per_digit(fast_build):
+    pipeline = StableDiffusionPipeline.from_pretrained(fast_build)
+    judge = load_digits_judge(default_judge_path(fast_build))
+    rates = recognition_rates(pipeline, judge, images_per_digit=2, num_inference_steps=1)
+    assert len(rates) == 10 and all(rate in (0.0, 0.5, 1.0) for rate in rates)
+
+
+def test_cache_is_reused_without_rebuilding(fast_build, monkeypatch):
+    marker_mtime = os.stat(fast_build / BUILD_MARKER).st_mtime_ns
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete build was rebuilt")
+
+    monkeypatch.setattr(default_model, "_build_into", fail)
+    assert build_default_model(fast_build, seed=0, config=DefaultModelConfig.fast()) == fast_build
+    assert os.stat(fast_build / BUILD_MARKER).st_mtime_ns == marker_mtime
+
+
+def test_incomplete_or_foreign_folder_is_never_reused(fast_build, tmp_path):
+    half_written = tmp_path / "model"
+    half_written.mkdir()
+    (half_written / "model_index.json").write_text("{}")  # what a crash before the marker leaves
+    assert not is_complete_build(half_written, DefaultModelConfig.fast().config_hash(0))
+    with pytest.raises(FileExistsError, match="force=True"):
+        build_default_model(half_written, seed=0, config=DefaultModelConfig.fast())
+    # A complete build of another config (seed 1 here) is not taken either.
+    with pytest.raises(FileExistsError, match="found"):
+        build_default_model(fast_build, seed=1, config=DefaultModelConfig.fast())
+
+
+def test_interrupted_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(default_model, "_train_pipeline", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_default_model(tmp_path / "model", seed=0, config=DefaultModelConfig.fast())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_rebuild_is_reproducible(fast_build, tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.txt").write_text("left by someone else")
+    build_default_model(target, seed=0, force=True, config=DefaultModelConfig.fast())
+    assert not (target / "stale.txt").exists()
+    first, second = load_file(fast_build / UNET_WEIGHTS), load_file(target / UNET_WEIGHTS)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    record = json.loads((target / BUILD_MARKER).read_text())
+    assert record["config_hash"] == DefaultModelConfig.fast().config_hash(0)
+
+
+def test_judge_shapes_inputs_and_round_trip(fast_build):
+    judge = load_digits_judge(default_judge_path(fast_build))
+    rgb = torch.rand(5, 3, 32, 32)
+    assert judge.predict(rgb).shape == (5,) and judge.predict(rgb).dtype == torch.long
+    assert judge.features(rgb).shape == (5, judge.config.channels[-1])
+    # Grey, larger and PIL inputs reach the same 32x32 grey view.
+    grey = rgb.mean(dim=1, keepdim=True)
+    assert torch.allclose(judge.features(grey), judge.features(rgb), atol=1e-5)
+    assert judge.predict(torch.rand(2, 1, 64, 64)).shape == (2,)
+    from PIL import Image
+
+    pil = [Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()) for _ in range(3)]
+    assert judge.features(pil).shape == (3, judge.config.channels[-1])
+    with pytest.raises(ValueError, match="images must be"):
+        judge.predict(torch.rand(2, 2, 32, 32))
+    with pytest.raises(FileNotFoundError, match="build_digits_judge"):
+        load_digits_judge(fast_build / "unet")
+    assert isinstance(DigitsJudge(), torch.nn.Module)
+
+
+@pytest.mark.slow
+def test_full_default_model_draws_recognisable_digits():
+    folder = build_default_model(seed=0)
+    record = json.loads((folder / BUILD_MARKER).read_text())
+    assert record["judge_test_accuracy"] >= 0.97
+    pipeline = StableDiffusionPipeline.from_pretrained(folder)
+    judge = load_digits_judge(default_judge_path(folder))
+    rates = recognition_rates(pipeline, judge, images_per_digit=16, num_inference_steps=20, guidance_scale=5.0)
+    assert sum(rates) / len(rates) >= 0.8, rates
