@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from erasure.output import OutputDir, write_text_atomic
@@ -49,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--guidance_scale", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="torch threads (tiny models on a busy 2-core machine run fastest on 1)")
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags passed to pipelines.erase (must come last)")
     args = parser.parse_args(argv)
@@ -77,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     if args.overwrite_output_dir and output.path.exists():
         shutil.rmtree(output.path)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
     model_dir = build_default_model()
     judge = load_digits_judge(default_judge_path())
     label = DIGIT_WORDS.index(args.digit)
