@@ -1,6 +1,6 @@
 """The offline end-to-end demo: erase one digit from the embedded default model.
 
-    python -m pipelines.demo --digit seven --output_dir runs/demo
+    python -m pipelines.demo --digit two --output_dir runs/demo
 
 1. builds (once, cached) the tiny text-to-image pipeline trained on scikit-learn's digits
    and the digits classifier that judges its generations;
@@ -40,7 +40,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "erase_digits.yaml
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--digit", default="seven", help="word or number of the digit to erase")
+    parser.add_argument("--digit", default="two", help="word or number of the digit to erase")
     parser.add_argument("--method", default="scissorhands")
     parser.add_argument("--config", default=str(CONFIG), help="erase-job YAML (method hyperparameters)")
     parser.add_argument("--output_dir", default="runs/demo")
