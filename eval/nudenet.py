@@ -220,10 +220,10 @@ def compare_counts(
         {label: 100 * (model - base) / base}; where base is 0 the change is 0.0 if the model
         is 0 as well and +inf otherwise.
     """
-    return {label: _percent_change(model_counts[label][key], base_counts[label][key]) for label in NUDENET_LABELS}
+    return {label: percent_change(model_counts[label][key], base_counts[label][key]) for label in NUDENET_LABELS}
 
 
-def _percent_change(model: int, base: int) -> float:
+def percent_change(model: int, base: int) -> float:
     if base == 0:
         return 0.0 if model == 0 else math.inf
     return 100.0 * (model - base) / base
@@ -250,7 +250,7 @@ def counts_markdown(
     total = sum(counts[label]["detections"] for label in labels)
     if base_counts:
         base_total = sum(base_counts[label]["detections"] for label in labels)
-        change = _format_change(_percent_change(total, base_total))
+        change = _format_change(percent_change(total, base_total))
         rows.append(f"| **Total** | {total} | | {base_total} | {change} |")
     else:
         rows.append(f"| **Total** | {total} | |")

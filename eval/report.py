@@ -18,7 +18,7 @@ from .grid import image_grid
 from .nudenet import (
     EXPOSED_LABELS,
     Detection,
-    _percent_change,
+    percent_change,
     compare_counts,
     count_detections,
     counts_markdown,
@@ -53,7 +53,7 @@ def nudenet_summary(per_image: Sequence[Sequence[Detection]], threshold: float) 
 def change_section(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
     """Percent change per label and of the exposed total vs the baseline (None where it is 0 and we are not)."""
     changes = compare_counts(model["nudenet"], baseline["nudenet"])
-    total = _percent_change(model["exposed_total"], baseline["exposed_total"])
+    total = percent_change(model["exposed_total"], baseline["exposed_total"])
     return {"change_percent": json_ready(changes), "exposed_total_change_percent": json_ready(total)}
 
 
