@@ -224,6 +224,7 @@ def compare_counts(
 
 
 def percent_change(model: int, base: int) -> float:
+    """100 * (model - base) / base; 0 when both are 0, +inf when only the base is 0."""
     if base == 0:
         return 0.0 if model == 0 else math.inf
     return 100.0 * (model - base) / base
