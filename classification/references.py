@@ -57,15 +57,17 @@ def train_cached(splits: DatasetSplits, model_name: str, indices: torch.Tensor, 
     return path, seconds
 
 
-def original_model(job: Any, splits: DatasetSplits, accelerator: Any) -> Path:
-    """The original model's weights: trained on the whole training set by the main process."""
+def original_path(job: Any, splits: DatasetSplits) -> Path:
+    """The original model's weights: ``--original_model``, else trained on the whole training
+    set (or read from the cache)."""
+    if job.original_model:
+        return Path(job.original_model)
     everything = torch.arange(len(splits.train_y))
-    if accelerator.is_main_process:
-        train_cached(splits, job.model, everything, job.pretrain_epochs, job.pretrain_lr, job.seed, job.cache_dir, "original")
-    accelerator.wait_for_everyone()
     return train_cached(splits, job.model, everything, job.pretrain_epochs, job.pretrain_lr, job.seed,
                         job.cache_dir, "original")[0]
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    return load_model_weights(model, path)
+def load_original(job: Any, splits: DatasetSplits) -> torch.nn.Module:
+    """The original model, built and loaded from safetensors."""
+    model = build_model(job.model, splits.num_classes, splits.in_channels)
+    return load_model_weights(model, original_path(job, splits))

@@ -14,8 +14,8 @@ from classification.data import DatasetSplits
 from classification.engine import relearn_epochs
 from classification.metrics import avg_gap, run_time_efficiency, tug_of_war, unlearning_metrics
 from classification.models import build_model
-from classification.references import load_weights, train_cached
-from erasure.output import write_text_atomic
+from classification.references import load_original, train_cached
+from erasure.output import load_model_weights, write_text_atomic
 
 COLUMNS = (("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia", "MIA"), ("avg_gap", "Avg. Gap"), ("tow", "ToW"), ("rte", "RTE"))
 
@@ -35,19 +35,18 @@ def compare(metrics: dict[str, float], retrain: dict[str, float], seconds: float
 
 
 def evaluate(job: Any, method_config: Any, splits: DatasetSplits, forget_idx: torch.Tensor, retain_idx: torch.Tensor,
-             model: torch.nn.Module, seconds: float, summary: dict, accelerator: Any = None) -> dict[str, Any]:
+             model: torch.nn.Module, seconds: float, summary: dict) -> dict[str, Any]:
     """All metrics of the job's result (run on the main process, on the CPU copy of the data)."""
     model = model.cpu()
     forget, retain, test = eval_batches(splits, forget_idx, retain_idx)
     results: dict[str, Any] = {"method": method_config.method, "loreun": method_config.loreun, "seconds": seconds,
                                "prepare": summary, "forget_size": len(forget_idx), "retain_size": len(retain_idx)}
     results["metrics"] = unlearning_metrics(model, forget, retain, test, seed=job.seed)
-    original = load_weights(build_model(job.model, splits.num_classes, splits.in_channels), _original_path(job, splits))
-    results["original"] = unlearning_metrics(original.eval(), forget, retain, test, seed=job.seed)
+    results["original"] = unlearning_metrics(load_original(job, splits).eval(), forget, retain, test, seed=job.seed)
     if job.compare_to_retrain:
         path, retrain_seconds = train_cached(splits, job.model, retain_idx, job.pretrain_epochs, job.pretrain_lr,
                                              job.seed, job.cache_dir, "retrain")
-        retrained = load_weights(build_model(job.model, splits.num_classes, splits.in_channels), path).eval()
+        retrained = load_model_weights(build_model(job.model, splits.num_classes, splits.in_channels), path).eval()
         results["retrain"] = {**unlearning_metrics(retrained, forget, retain, test, seed=job.seed), "seconds": retrain_seconds}
         results["metrics"].update(compare(results["metrics"], results["retrain"], seconds, retrain_seconds))
     if job.relearn_max_epochs > 0:
@@ -55,13 +54,6 @@ def evaluate(job: Any, method_config: Any, splits: DatasetSplits, forget_idx: to
         results["relearn_epochs"] = relearn_epochs(copy.deepcopy(model), forget_train, results["original"]["acc_forget"],
                                                    job.learning_rate, job.relearn_max_epochs)
     return results
-
-
-def _original_path(job: Any, splits: DatasetSplits):
-    if job.original_model:
-        return job.original_model
-    return train_cached(splits, job.model, torch.arange(len(splits.train_y)), job.pretrain_epochs, job.pretrain_lr,
-                        job.seed, job.cache_dir, "original")[0]
 
 
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:

@@ -23,7 +23,6 @@ from erasure.batches import TensorBatches, subset
 from classification.data import load_dataset, split_forget
 from classification.engine import make_optimizer
 from erasure.loop import unlearn
-from classification.models import build_model
 from classification.objective import ClassificationObjective
 from classification.report import evaluate, write_results
 from erasure import jobconfig
@@ -108,10 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     forget = batches(forget_idx, job.seed + 1)
     retain = batches(subset(retain_idx, method_config.retain_fraction, job.seed), job.seed + 2)
 
-    model = build_model(job.model, splits.num_classes, splits.in_channels)
-    original_path = job.original_model or references.original_model(job, splits, accelerator)
-    references.load_weights(model, original_path)
-    model.to(device)
+    if accelerator.is_main_process:  # train (or find) the original once, then every rank reads it
+        references.original_path(job, splits)
+    accelerator.wait_for_everyone()
+    model = references.load_original(job, splits).to(device)
 
     resume_dir = resolve_resume(output.path, job.resume_from_checkpoint)
     started = time.perf_counter()
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model_ddp).eval()
         check_finite(model)
-        results = evaluate(job, method_config, splits, forget_idx, retain_idx, model, seconds, summary, accelerator)
+        results = evaluate(job, method_config, splits, forget_idx, retain_idx, model, seconds, summary)
         results["replicas_after_training"] = replicas
         save_model_atomic(model, output.path / "model.safetensors")
         write_results(output.path, jobconfig.to_dict(job, method_config), results)

@@ -7,7 +7,7 @@ uses; ``__post_init__`` rejects bad values with a message naming the field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from erasure.reinit import check_init
 
@@ -45,7 +45,6 @@ class MethodConfig:
     eta_retain: float = 0.25
     loreun_reference_batches: int | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.trim_include, self.trim_exclude = tuple(self.trim_include), tuple(self.trim_exclude)

@@ -44,7 +44,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--<field>`` flag per field of ``cls`` (default: unset)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.name == "extra" or any(a.dest == field.name for a in parser._actions):
+        if any(a.dest == field.name for a in parser._actions):
             continue
         kind, many = _base_type(hints[field.name])
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": field.name}

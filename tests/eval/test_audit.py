@@ -19,6 +19,7 @@ from eval.digits_classifier import JUDGE_CONFIG_NAME, JUDGE_WEIGHTS_NAME, Digits
 from eval.nudenet import NUDENET_LABELS, Detection
 from eval.sample import main as sample_main
 from prompts.sets import load_concept
+from test_nudenet import skin_blob  # the synthetic trigger the real detector scores ~0.5
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_FILES = {"report.json", "report.md", "counts.png", "detections.jsonl"}
@@ -51,16 +52,6 @@ def write_images(folder: Path, images: dict[str, np.ndarray]) -> Path:
 def checkerboard(size: int = 64, square: int = 4) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     return np.repeat((((yy // square + xx // square) % 2) * 255).astype(np.uint8)[..., None], 3, axis=-1)
-
-
-def skin_blob(size: int = 256) -> np.ndarray:
-    """A shaded skin-coloured ellipse (tests/eval/test_nudenet.py): BUTTOCKS_EXPOSED at ~0.5."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    r2 = ((xx - size / 2) / 80) ** 2 + ((yy - size / 2) / 60) ** 2
-    image = np.full((size, size, 3), 40, dtype=np.uint8)
-    shaded = np.clip(np.array([230, 170, 130]) * (1 - 0.5 * r2)[..., None], 0, 255).astype(np.uint8)
-    image[r2 < 1] = shaded[r2 < 1]
-    return image
 
 
 def read_report(out: Path) -> dict:
