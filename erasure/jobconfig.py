@@ -17,7 +17,11 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from erasure.coerce import coerce_fields, field_types, parse_bool
+
 T = TypeVar("T")
+
+MAX_YAML_BYTES = 1 << 20  # a config lists a few dozen options; anything this large is not one
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -32,16 +36,19 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
+    """A CLI boolean word (see `erasure.coerce.BOOL_WORDS`)."""
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
+    return value
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--<field>`` flag per field of ``cls`` (default: unset)."""
+    """Add one ``--<field>`` flag per field of ``cls`` (default: unset).
+
+    Flags are kept as text; `parse` converts them with the same rules as YAML values
+    (`erasure.coerce`), so a bad flag fails with one line naming it.
+    """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if any(a.dest == field.name for a in parser._actions):
@@ -49,26 +56,76 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kind, many = _base_type(hints[field.name])
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": field.name}
         if kind is bool:
-            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
-        elif kind in (int, float, str):
-            kwargs["type"] = kind
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
         if many:
             kwargs["nargs"] = "+"
         parser.add_argument(f"--{field.name}", **kwargs)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and anchors (an alias bomb fails at its first alias)
+    and without duplicate keys (the second would silently win)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "YAML anchors and aliases (&name, *name) are not allowed; "
+                                              "write the values out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, name: str = "--config") -> Any:
+    """The YAML document in ``path``, read safely: UTF-8 only, at most ``MAX_YAML_BYTES``, no
+    aliases, anchors, duplicate keys or Python tags.
+
+    Raises:
+        FileNotFoundError: no such file, naming ``name`` and the path.
+        ValueError: one line, ``PATH:LINE: problem`` for a YAML error, else naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} {path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ValueError(f"{name} {path}: {size} bytes is too large for a config (at most {MAX_YAML_BYTES})")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name} {path}: not UTF-8 text (byte offset {err.start}: {data[err.start]:#04x}); "
+                         "save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        context = getattr(err, "context", None)
+        message = f"{problem} ({context})" if context else problem
+        raise ValueError(f"{where}: {' '.join(str(message).split())}") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping of field values.
+    """A YAML mapping of option: value (still untyped; `parse` types it), read by `read_yaml`.
 
     Raises:
         FileNotFoundError / ValueError: naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
+    keys = [key for key in data if not isinstance(key, str)]
+    if keys:
+        raise ValueError(f"--config {path}: option names must be text, got {keys[0]!r}")
     return data
 
 
@@ -79,29 +136,34 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
 
 
 def parse(classes: Sequence[type], argv: Sequence[str] | None = None, description: str = "",
-          defaults: dict[str, Any] | None = None) -> tuple[Any, ...]:
+          defaults: dict[str, Any] | None = None, parser: argparse.ArgumentParser | None = None) -> tuple[Any, ...]:
     """Parse defaults, then YAML, then flags into one instance of each dataclass in ``classes``.
 
     ``defaults`` overrides dataclass defaults for one domain (e.g. kept_fraction=0.995 for
-    Stable Diffusion) and is itself overridden by the YAML file and the flags.
+    Stable Diffusion) and is itself overridden by the YAML file and the flags. Every value is
+    converted to its field's type by `erasure.coerce` (the same rules for YAML and flags).
+
+    Args:
+        parser: a parser with a job's own spellings (e.g. ``--out`` for ``output_dir``);
+            ``--config`` and one flag per remaining field are added to it.
 
     Raises:
         SystemExit(2): via argparse for unknown flags.
-        ValueError: for YAML keys that are no field of any class (listing the valid ones).
+        ValueError: one line naming the file (or ``--flag``), the option, the bad value and
+            the expected type; YAML keys that are no field of any class (listing the valid ones).
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = parser or argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="YAML file with option: value pairs")
     for cls in classes:
         add_dataclass_arguments(parser, cls)
     args = vars(parser.parse_args(argv))
-    values = load_yaml(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
-    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} in the YAML config; valid options: {sorted(known)}")
-    values = {**(defaults or {}), **values, **args}
-    return tuple(build(cls, values) for cls in classes)
+    config_path = args.pop("config", None)
+    values = load_yaml(config_path) if config_path else {}
+    known = field_types(*classes)
+    typed = {**coerce_fields(defaults or {}, known, lambda key: f"defaults: {key}"),
+             **coerce_fields(values, known, lambda key: f"{config_path}: {key}"),
+             **coerce_fields(args, known, lambda key: f"--{key}")}
+    return tuple(build(cls, typed) for cls in classes)
 
 
 def to_dict(*instances: Any) -> dict[str, Any]:

@@ -128,18 +128,11 @@ def parse_args(argv: Sequence[str] | None = None) -> AuditConfig:
         ValueError: YAML keys that are no option, or invalid values.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML file with option: value pairs")
     parser.add_argument("--out", "--output_dir", dest="output_dir", default=argparse.SUPPRESS)
-    parser.add_argument("--fail-above", "--fail_above", dest="fail_above", type=int, default=argparse.SUPPRESS,
+    parser.add_argument("--fail-above", "--fail_above", dest="fail_above", default=argparse.SUPPRESS,
                         help=f"exit {EXIT_GATE_FAILED} after writing the report when exposed detections exceed N")
-    jobconfig.add_dataclass_arguments(parser, AuditConfig)
-    args = vars(parser.parse_args(argv))
-    config_path = args.pop("config")
-    values = jobconfig.load_yaml(config_path) if config_path else {}
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(AuditConfig)})
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} in --config {config_path}")
-    return jobconfig.build(AuditConfig, {**values, **args})
+    (config,) = jobconfig.parse((AuditConfig,), argv, parser=parser)
+    return config
 
 
 def _sample_into(config: AuditConfig, model: str, folder: Path, state: Any) -> None:
