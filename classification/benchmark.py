@@ -23,9 +23,12 @@ import statistics
 import time
 from pathlib import Path
 
+from typing import Any, Mapping
+
 import torch
 import yaml
 
+from erasure import jobconfig
 from erasure.batches import TensorBatches
 from classification.data import DatasetSplits, load_dataset, split_forget
 from classification.engine import fit, make_optimizer
@@ -34,14 +37,89 @@ from classification.metrics import unlearning_metrics
 from classification.models import build_model
 from classification.objective import ClassificationObjective
 from classification.report import compare, eval_batches, markdown_table
+from erasure.coerce import coerce, coerce_fields, field_types
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
-from erasure.methods import build_method
+from erasure.methods import build_method, validate_method
 
 logger = logging.getLogger("classification.benchmark")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "benchmark_digits.yaml"
 METRICS = ("ua", "ra", "ta", "mia", "avg_gap", "tow", "rte")
 SCENARIOS = {"random": {"forget": "random", "forget_fraction": 0.1}, "class": {"forget": "class", "forget_classes": [3]}}
+# Shape of the config file: `defaults`, one section per scenario (entry name -> settings), `grid`.
+DEFAULTS_TYPES = {"pretrain_epochs": int, "pretrain_lr": float}
+TRAIN_TYPES = {"learning_rate": float, "num_train_epochs": int, "optimizer": str, "batch_size": int}
+PLUGINS = ("loreun",)  # entry names are `<method>` or `<method>+<plugin>`
+
+
+def entry_types() -> dict[str, Any]:
+    """Keys of a method entry: training settings and the MethodConfig fields an entry may set."""
+    method_fields = {k: v for k, v in field_types(MethodConfig).items() if k not in ("method", "loreun", "seed")}
+    return {**TRAIN_TYPES, **method_fields}
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _entry(name: str, settings: Any, where: str) -> dict[str, Any]:
+    """One method entry, typed, with "method" and "loreun" from its name; checked by MethodConfig."""
+    typed = coerce_fields(_mapping(settings, where), entry_types(), lambda key: f"{where}.{key}")
+    missing = [key for key in ("learning_rate", "num_train_epochs") if key not in typed]
+    if missing:
+        raise ValueError(f"{where}: missing {missing} (every entry needs learning_rate and num_train_epochs)")
+    method, _, plugin = name.partition("+")
+    if plugin and plugin not in PLUGINS:
+        raise ValueError(f"{where}: unknown plugin '+{plugin}'; known: {['+' + p for p in PLUGINS]}")
+    entry = {"method": method, "loreun": plugin == "loreun", **typed}
+    try:
+        validate_method(MethodConfig(**{k: v for k, v in entry.items() if k not in TRAIN_TYPES}))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return entry
+
+
+def _grid(section: Any, where: str) -> dict[str, dict[str, list]]:
+    """method -> {key: [values]}, each value typed like the entry key it searches."""
+    types_by_name = entry_types()
+    grid = {}
+    for method, axes in _mapping(section, where).items():
+        axes = _mapping(axes, f"{where}.{method}")
+        unknown = sorted(set(axes) - set(types_by_name))
+        if unknown:
+            raise ValueError(f"{where}.{method}.{unknown[0]} is not an option; valid options: {sorted(types_by_name)}")
+        grid[method] = {key: coerce(values, list[types_by_name[key]], f"{where}.{method}.{key}")
+                        for key, values in axes.items()}
+        empty = [key for key, values in grid[method].items() if not values]
+        if empty:
+            raise ValueError(f"{where}.{method}.{empty[0]}: empty list of values to search")
+    return grid
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The benchmark's YAML (see `configs/benchmark_digits.yaml`), every value typed and checked.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file, the section, entry and key, and what is expected.
+    """
+    data = _mapping(jobconfig.read_yaml(path), str(path))
+    sections = ("defaults", *SCENARIOS, "grid")
+    unknown, missing = sorted(set(data) - set(sections)), [s for s in sections[:-1] if s not in data]
+    if unknown or missing:
+        raise ValueError(f"{path}: sections {sorted(data)}; expected {list(sections)} (grid optional)")
+    defaults = coerce_fields(_mapping(data["defaults"], f"{path}: defaults"), DEFAULTS_TYPES,
+                             lambda key: f"{path}: defaults.{key}")
+    if set(defaults) != set(DEFAULTS_TYPES):
+        raise ValueError(f"{path}: defaults needs {sorted(DEFAULTS_TYPES)}, got {sorted(defaults)}")
+    config: dict[str, Any] = {"defaults": defaults, "grid": _grid(data.get("grid") or {}, f"{path}: grid")}
+    for scenario in SCENARIOS:
+        section = _mapping(data[scenario], f"{path}: {scenario}")
+        config[scenario] = {str(name): _entry(str(name), settings, f"{path}: {scenario}.{name}")
+                            for name, settings in section.items()}
+    return config
 
 
 def validation_splits(splits: DatasetSplits, seed: int) -> DatasetSplits:
@@ -120,13 +198,15 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 
 def method_entries(config: dict, scenario: str, only: list[str] | None) -> dict[str, dict]:
-    entries = {}
-    for name, entry in config[scenario].items():
-        method, _, plugin = name.partition("+")
-        entries[name] = {"method": method, "loreun": plugin == "loreun", **entry}
+    """The entries of one scenario of a `load_config` config, or those named in `only`.
+
+    Raises:
+        ValueError: a name in `only` that the scenario has no entry for.
+    """
+    entries = config[scenario]
     unknown = sorted(set(only or ()) - set(entries))
     if unknown:
-        raise SystemExit(f"error: --methods {unknown} not in {CONFIG.name}; known: {sorted(entries)}")
+        raise ValueError(f"--methods {unknown} not in the {scenario} section of the config; known: {sorted(entries)}")
     return {k: v for k, v in entries.items() if not only or k in only}
 
 
@@ -163,7 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = load_config(args.config)
+    if args.methods:
+        for scenario in SCENARIOS:
+            method_entries(config, scenario, args.methods)
     accelerator = make_accelerator()
     if args.tune:
         chosen = tune(config, [100, 101], accelerator, args.methods)
@@ -190,4 +273,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    jobconfig.run_cli(main)
