@@ -129,8 +129,10 @@ def resolve_prompt_set(prompts: str, categories: Sequence[str] = ()) -> PromptSe
     try:
         prompt_set = get_prompt_set(prompts)
         return filter_categories(prompt_set, categories) if categories else prompt_set
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        raise type(err)(f"prompts={prompts!r}: {err}") from err
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        # the base class, not type(err): subclasses such as UnicodeDecodeError take other arguments
+        kind = next(k for k in (FileNotFoundError, ImportError, ValueError) if isinstance(err, k))
+        raise kind(f"prompts={prompts!r}: {err}") from err
 
 
 def prompt_set_record(prompt_set: PromptSet) -> dict[str, Any]:

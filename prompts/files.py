@@ -1,8 +1,14 @@
-"""Prompt sets from files: .txt / .csv / .jsonl and the I2P benchmark (CSV or Hub dataset)."""
+"""Prompt sets from files: .txt / .csv / .jsonl and the I2P benchmark (CSV or Hub dataset).
+
+Prompt files are UTF-8 text (a UTF-8 byte-order mark is accepted); a prompt is at most
+``MAX_PROMPT_CHARS`` characters (CLIP reads 77 tokens, so anything longer is not a prompt).
+"""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -18,6 +24,7 @@ PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
 _SEED_KEYS = ("seed", "sd_seed")
 _GUIDANCE_KEYS = ("guidance_scale", "sd_guidance_scale")
 _RESERVED_KEYS = ("prompt", "categories", *_SEED_KEYS, *_GUIDANCE_KEYS)
+MAX_PROMPT_CHARS = 2000
 
 
 def _parse_seed(value: Any, where: str) -> int | None:
@@ -80,17 +87,47 @@ def prompt_from_record(row: Mapping[str, Any], where: str = "record") -> Prompt:
     )
 
 
+def read_text_file(path: Path) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped).
+
+    Raises:
+        ValueError: one line naming the file and the byte offset of the first byte that is
+            not UTF-8 text (or is a NUL byte, as in binary files).
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        offset = err.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        hint = " (it starts with a UTF-16 byte-order mark)" if utf16 else ""
+        raise ValueError(f"{path}: byte offset {offset} ({data[offset]:#04x}) is not UTF-8{hint}; "
+                         "prompt files must be UTF-8 text") from None
+    if "\0" in text:
+        offset = data.index(b"\0")
+        raise ValueError(f"{path}: byte offset {offset} is a NUL byte (a binary file?); prompt files must be "
+                         "UTF-8 text")
+    return text
+
+
+def _csv_records(path: Path, f: io.StringIO) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    reader = csv.DictReader(f)
+    try:
+        if "prompt" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: CSV needs a 'prompt' column, found {reader.fieldnames}")
+        for row in reader:
+            if None in row:
+                raise ValueError(f"{path}:{reader.line_num}: more fields than the header's {reader.fieldnames}")
+            yield f"{path}:{reader.line_num}", row
+    except csv.Error as err:  # e.g. a field over csv's size limit: not a prompt file
+        raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+
+
 def _records(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
     """Yield (location, record) pairs from a .txt, .csv or .jsonl prompt file."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text_file(path), newline="") as f:
         if path.suffix == ".csv":
-            reader = csv.DictReader(f)
-            if "prompt" not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: CSV needs a 'prompt' column, found {reader.fieldnames}")
-            for row in reader:
-                if None in row:
-                    raise ValueError(f"{path}:{reader.line_num}: more fields than the header's {reader.fieldnames}")
-                yield f"{path}:{reader.line_num}", row
+            yield from _csv_records(path, f)
             return
         for line_num, line in enumerate(f, start=1):
             line = line.strip()
@@ -105,6 +142,13 @@ def _records(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
             yield f"{path}:{line_num}", record
 
 
+def _bounded(row: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    text = row.get("prompt")
+    if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{where}: prompt of {len(text)} characters; at most {MAX_PROMPT_CHARS} are allowed")
+    return row
+
+
 def load_prompt_file(path: str | Path, name: str | None = None) -> PromptSet:
     """Load prompts from .txt (one per line, blank and '#' lines skipped), .csv or .jsonl.
 
@@ -117,14 +161,15 @@ def load_prompt_file(path: str | Path, name: str | None = None) -> PromptSet:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unsupported suffix, malformed rows, or no prompts.
+        ValueError: unsupported suffix, not UTF-8 text (naming the byte offset), malformed rows,
+            a prompt over ``MAX_PROMPT_CHARS`` characters (naming file:line), or no prompts.
     """
     path = Path(path)
     if path.suffix not in PROMPT_FILE_SUFFIXES:
         raise ValueError(f"Unsupported prompt file {str(path)!r}; use one of {PROMPT_FILE_SUFFIXES}")
     if not path.is_file():
         raise FileNotFoundError(f"Prompt file {str(path)!r} does not exist")
-    prompts = [prompt_from_record(row, where) for where, row in _records(path)]
+    prompts = [prompt_from_record(_bounded(row, where), where) for where, row in _records(path)]
     logger.info("Loaded %d prompts from %s", len(prompts), path)
     return PromptSet(name or path.stem, prompts, version=None, source=str(path))
 

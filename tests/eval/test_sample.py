@@ -139,3 +139,12 @@ def test_two_launched_processes_split_the_images(tiny_pipeline_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     main(sample_args(tiny_pipeline_dir, "digits:zero,one,two", tmp_path / "one", "--batch_size", "2"))
     assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")
+
+
+def test_a_prompt_file_that_is_not_utf8_is_a_one_line_value_error(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a cat\n".encode("utf-16"))
+    with pytest.raises(ValueError) as caught:  # was a TypeError: UnicodeDecodeError rebuilt with one argument
+        resolve_prompt_set(str(path))
+    assert str(caught.value) == (f"prompts={str(path)!r}: {path}: byte offset 0 (0xff) is not UTF-8 (it starts "
+                                 "with a UTF-16 byte-order mark); prompt files must be UTF-8 text")

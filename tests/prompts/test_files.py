@@ -127,3 +127,52 @@ def test_i2p_hub_path_uses_load_dataset(monkeypatch):
     kept = load_i2p("AIML-TUDA/i2p", categories="sexual")
     assert calls == [("AIML-TUDA/i2p", "train")]
     assert kept.texts == ["a statue"] and kept.prompts[0].seed == 12
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("utf16.txt", "a cat\n".encode("utf-16"),
+     "utf16.txt: byte offset 0 (0xff) is not UTF-8 (it starts with a UTF-16 byte-order mark); prompt files must be"),
+    ("latin1.csv", "prompt\nun café\n".encode("latin-1"), "latin1.csv: byte offset 13 (0xe9) is not UTF-8;"),
+    ("bom-latin1.txt", b"\xef\xbb\xbfab\xe9\n", "bom-latin1.txt: byte offset 5 (0xe9) is not UTF-8;"),
+    ("image.jsonl", b"\x89PNG\r\n\x1a\n\0\0", "image.jsonl: byte offset 0 (0x89) is not UTF-8;"),
+    ("zeros.txt", b"a cat\n\0\0\0", "zeros.txt: byte offset 6 is a NUL byte"),
+])
+def test_files_that_are_not_utf8_fail_with_file_and_byte_offset(tmp_path: Path, name: str, content: bytes,
+                                                              message: str):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as caught:
+        load_prompt_file(path)
+    assert str(caught.value).startswith(str(tmp_path / message))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("prompt,seed\nun café,3\n".encode("utf-8-sig"))
+    (only,) = load_prompt_file(path).prompts
+    assert (only.text, only.seed) == ("un café", 3)
+
+
+@pytest.mark.parametrize("name", ["long.txt", "long.csv", "long.jsonl"])
+def test_a_prompt_over_the_bound_is_refused_with_file_and_line(tmp_path: Path, name: str):
+    from prompts.files import MAX_PROMPT_CHARS
+
+    def write(prompt: str) -> int:
+        lines = {"long.txt": ["a cat", prompt], "long.csv": ["prompt", "a cat", prompt],
+                 "long.jsonl": [json.dumps({"prompt": "a cat"}), json.dumps({"prompt": prompt})]}[name]
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return len(lines)
+
+    line = write("x" * (MAX_PROMPT_CHARS + 1))
+    with pytest.raises(ValueError, match=f"{name}:{line}: prompt of {MAX_PROMPT_CHARS + 1} characters; at most"):
+        load_prompt_file(tmp_path / name)
+    write("x" * MAX_PROMPT_CHARS)
+    assert len(load_prompt_file(tmp_path / name).prompts[-1].text) == MAX_PROMPT_CHARS
+
+
+def test_a_csv_field_over_the_csv_module_limit_is_a_value_error(tmp_path: Path):
+    path = tmp_path / "huge.csv"
+    path.write_text("prompt\n" + "x" * (csv.field_size_limit() + 1) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="huge.csv:.*malformed CSV"):
+        load_prompt_file(path)
