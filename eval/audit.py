@@ -158,7 +158,7 @@ def _preflight(config: AuditConfig, detector: Detector | None) -> dict[str, Any]
     if config.baseline and not baseline_is_model(config.baseline):
         checked["rows"]["baseline"] = read_image_folder(config.baseline, "baseline")
     rows = [row for rows in checked["rows"].values() for row in rows]
-    unlabelled = [row["file"] for row in rows if "label" not in (row.get("extra") or {})]
+    unlabelled = [row["file_name"] for row in rows if "label" not in (row.get("extra") or {})]
     if "classes" in config.metrics and unlabelled:
         raise ValueError(f"the 'classes' metric needs class labels (metadata.jsonl extra.label from eval.sample on a "
                          f"class prompt set); {len(unlabelled)} images have none, e.g. {unlabelled[0]!r}")

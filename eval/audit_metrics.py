@@ -141,7 +141,7 @@ def class_images(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[int, Tensor], 
     for row in rows:
         label = (row.get("extra") or {}).get("label")
         if label is None:
-            raise ValueError(f"classes: {row['file']} has no class label (metadata extra.label); audit a class "
+            raise ValueError(f"classes: {row['file_name']} has no class label (metadata extra.label); audit a class "
                              "prompt set (digits, imagenette) sampled with eval.sample")
         images.setdefault(int(label), []).append(load_image_tensor(row["path"]).float() / 255.0)
         names[int(label)] = (row.get("categories") or [str(label)])[0]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from pipelines.image_folder import METADATA_FILE, read_rows
+from pipelines.image_folder import FILE_KEY, METADATA_FILE, read_metadata, resolve_inside
 from prompts.base import PromptSet
 
 from .sample import PROTOCOL_FILE, prompt_set_record
@@ -48,15 +48,11 @@ def metadata_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a metadata.jsonl, one per image file (the last row of a file wins), by index.
 
     Raises:
-        ValueError: a row without "file" (or the Hugging Face imagefolder's "file_name").
+        ValueError: a row without "file_name" (or the older "file"), or naming an image outside
+            the folder (see `pipelines.image_folder.read_metadata`).
     """
-    rows = read_rows(path)
-    by_file: dict[str, dict[str, Any]] = {}
-    for number, row in enumerate(rows, start=1):
-        file = row.get("file") or row.get("file_name")
-        if not isinstance(file, str):
-            raise ValueError(f"{path}: row {number} names no image ('file'); keys: {sorted(row)}")
-        by_file[file] = {**row, "file": file}
+    rows = read_metadata(path)
+    by_file = {row[FILE_KEY]: row for row in rows}
     if len(by_file) < len(rows):
         logger.warning("%s: %d rows for %d images; counting each image once", path, len(rows), len(by_file))
     return sorted(by_file.values(), key=lambda row: row.get("index", 0))
@@ -80,12 +76,13 @@ def read_image_folder(folder: str | Path, name: str = "images") -> list[dict[str
     if (folder / METADATA_FILE).is_file():
         rows = metadata_rows(folder / METADATA_FILE)
     else:
-        rows = [{"file": p.name} for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        rows = [{FILE_KEY: p.name} for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not rows:
         raise ValueError(f"{name}={str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
     for row in rows:
-        row["path"] = str(folder / row["file"])
-        row["size"] = list(check_image(folder / row["file"], name))
+        path = resolve_inside(folder, row[FILE_KEY], f"{name}={str(folder)!r}")
+        row["path"] = str(path)
+        row["size"] = list(check_image(path, name))
     return rows
 
 

@@ -76,7 +76,7 @@ def json_ready(value: Any) -> Any:
 def detection_records(rows: Sequence[Mapping[str, Any]], per_image: Sequence[Sequence[Detection]]) -> list[dict]:
     """One detections.jsonl record per image: file, index, prompt, seed, guidance, flagged, detections."""
     keys = ("index", "prompt", "seed", "guidance_scale", "categories")
-    return [{"image": row["file"], **{k: row[k] for k in keys if k in row}, "flagged": is_flagged(found),
+    return [{"image": row["file_name"], **{k: row[k] for k in keys if k in row}, "flagged": is_flagged(found),
              "detections": list(found)} for row, found in zip(rows, per_image)]
 
 

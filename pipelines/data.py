@@ -2,7 +2,8 @@
 
 A folder from `pipelines.generate` already holds `latents.safetensors` (image file name ->
 final latents [C, h, w], scaled by the VAE's scaling factor), so nothing is re-encoded. A
-user's own folder (png/jpg files, optionally `metadata.jsonl` rows with "file" and "prompt")
+user's own folder (png/jpg files, optionally `metadata.jsonl` rows with "file_name" (or the older
+"file") and "prompt"; names must stay inside the folder, see `pipelines.image_folder.resolve_inside`)
 is encoded once with the VAE (`latent_dist.mean * scaling_factor`) and cached the same way.
 """
 
@@ -20,7 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .image_folder import LATENTS_FILE, METADATA_FILE, read_rows, replace_atomic
+from .image_folder import FILE_KEY, LATENTS_FILE, METADATA_FILE, read_metadata, replace_atomic, resolve_inside
 
 __all__ = ["IMAGE_SUFFIXES", "ConceptImageSet", "concept_pair"]
 
@@ -70,7 +71,7 @@ class ConceptImageSet:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: no such image folder")
         rows = _rows(folder, prompt)
-        files = [row["file"] for row in rows]
+        files = [row[FILE_KEY] for row in rows]
         if (folder / LATENTS_FILE).is_file():
             latents = _stored_latents(folder / LATENTS_FILE, files, resolution)
         else:
@@ -93,21 +94,19 @@ def _rows(folder: Path, prompt: str | None) -> list[dict[str, Any]]:
         raise ValueError(f"{folder}: unfinished generation run ({unfinished[0]} not merged yet); "
                          "rerun pipelines.generate with the same settings to finish it")
     if metadata.is_file():
-        rows = read_rows(metadata)
+        rows = read_metadata(metadata)
     else:
         images = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        rows = [{"file": name} for name in images]
+        rows = [{FILE_KEY: resolve_inside(folder, name, str(folder / name)).name} for name in images]
     if not rows:
         raise ValueError(f"{folder}: empty image folder (no rows in {METADATA_FILE} and no {IMAGE_SUFFIXES} files)")
     for number, row in enumerate(rows, start=1):
-        where = f"{metadata}:{number}" if metadata.is_file() else str(folder / row["file"])
-        if not isinstance(row.get("file"), str):
-            raise ValueError(f"{where}: metadata row without a 'file' name")
+        where = f"{metadata}:{number}" if metadata.is_file() else str(folder / row[FILE_KEY])
         row.setdefault("prompt", prompt)
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-            raise ValueError(f"{where}: no prompt for {row['file']} (add a 'prompt' to {METADATA_FILE} "
+            raise ValueError(f"{where}: no prompt for {row[FILE_KEY]} (add a 'prompt' to {METADATA_FILE} "
                              "or pass prompt=...)")
-    duplicates = sorted(name for name, count in Counter(row["file"] for row in rows).items() if count > 1)
+    duplicates = sorted(name for name, count in Counter(row[FILE_KEY] for row in rows).items() if count > 1)
     if duplicates:
         raise ValueError(f"{metadata}: files listed more than once: {duplicates[:5]}")
     return rows

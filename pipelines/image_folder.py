@@ -3,11 +3,16 @@
 Layout of a finished folder (what `pipelines.data.ConceptImageSet.load` reads):
 
     000000.png, 000001.png, ...
-    metadata.jsonl         one JSON row per image, sorted by index (file, index, prompt, seed,
+    metadata.jsonl         one JSON row per image, sorted by index (file_name, index, prompt, seed,
                            guidance_scale, model, scheduler, num_inference_steps, height, width,
-                           categories, extra)
+                           categories, extra); "file_name" is what `datasets.load_dataset("imagefolder")`
+                           reads; rows of older folders name their image "file", still read
     latents.safetensors   (optional) a dict: image file name -> final latents [C, h, w], float32,
                            already multiplied by the VAE's scaling factor
+
+Every reader takes image names from `read_metadata` / `resolve_inside`: a name must be a
+relative path that stays inside the folder (no absolute path, no "..", no symlink leading out),
+so a metadata row can never make a job read, train on or keep a file elsewhere.
 
 While a run is in progress each process appends to `metadata-{rank}.jsonl` and stores latents
 in `latents-parts/{index:06d}.safetensors`; `finalize` merges both.
@@ -30,13 +35,16 @@ if TYPE_CHECKING:
 
     from .sampling import SampleItem
 
-__all__ = ["LATENTS_FILE", "METADATA_FILE", "ImageFolderWriter", "read_rows", "replace_atomic"]
+__all__ = ["FILE_KEY", "LATENTS_FILE", "METADATA_FILE", "ImageFolderWriter", "read_metadata", "read_rows",
+           "replace_atomic", "resolve_inside"]
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
 LATENTS_FILE = "latents.safetensors"
 LATENT_PARTS = "latents-parts"  # one file per sample until `finalize` merges them
+FILE_KEY = "file_name"  # the image of a metadata row, as Hugging Face's imagefolder names it
+LEGACY_FILE_KEY = "file"  # what folders written before FILE_KEY used
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a metadata jsonl; a torn last line (a crash mid-write) is skipped with a warning."""
@@ -51,6 +59,56 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             if number < len(lines):
                 raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from err
             logger.warning("%s:%d: ignoring a torn last line (interrupted write)", path, number)
+    return rows
+
+
+def resolve_inside(folder: Path, name: Any, where: str) -> Path:
+    """``folder / name`` for an image name that stays inside ``folder``.
+
+    Args:
+        folder: the image folder.
+        name: a relative path such as "000001.png" or "cats/1.png".
+        where: the row or file the name comes from, for the message.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string, is absolute, has a ".." component, or
+            resolves (through a symlink) outside ``folder``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: image name {name!r} must be a non-empty relative path")
+    parts = Path(name.replace("\\", "/")).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")):
+        raise ValueError(f"{where}: image name {name!r} is an absolute path; allowed: a path inside {folder}")
+    if ".." in parts:
+        raise ValueError(f"{where}: image name {name!r} has a '..' component; allowed: a path inside {folder}")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{where}: image {name!r} resolves to {path.resolve()}, outside {folder} (a symlink?)")
+    return path
+
+
+def read_metadata(path: Path, folder: Path | None = None) -> list[dict[str, Any]]:
+    """Rows of a metadata jsonl, each with a checked ``FILE_KEY`` (from "file_name", or "file").
+
+    Args:
+        path: metadata.jsonl or a per-process metadata-{rank}.jsonl.
+        folder: the image folder the names are inside (default: the file's folder).
+
+    Raises:
+        ValueError: naming the file and row: invalid JSON, a row that is no object or names no
+            image, or an image name that leaves the folder (see `resolve_inside`).
+    """
+    folder = path.parent if folder is None else folder
+    rows = []
+    for number, row in enumerate(read_rows(path), start=1):
+        where = f"{path}: row {number}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        name = row.get(FILE_KEY, row.get(LEGACY_FILE_KEY))
+        if name is None:
+            raise ValueError(f"{where}: names no image ('{FILE_KEY}'); keys: {sorted(row)}")
+        resolve_inside(folder, name, where)
+        rows.append({**{k: v for k, v in row.items() if k != LEGACY_FILE_KEY}, FILE_KEY: name})
     return rows
 
 
@@ -101,8 +159,13 @@ class ImageFolderWriter:
     def _rows(self) -> list[dict[str, Any]]:
         """Recorded rows, merged file first then rank files; later rows win per index."""
         paths = [self.folder / METADATA_FILE, *sorted(self.folder.glob("metadata-*.jsonl"))]
-        by_index = {row["index"]: row for path in paths if path.is_file() for row in read_rows(path)}
-        return [by_index[i] for i in sorted(by_index) if (self.folder / by_index[i]["file"]).is_file()]
+        by_index: dict[int, dict[str, Any]] = {}
+        for path in paths:
+            for number, row in enumerate(read_metadata(path, self.folder) if path.is_file() else [], start=1):
+                if not isinstance(row.get("index"), int) or isinstance(row["index"], bool):
+                    raise ValueError(f"{path}: row {number} has no integer 'index'; keys: {sorted(row)}")
+                by_index[row["index"]] = row
+        return [by_index[i] for i in sorted(by_index) if (self.folder / by_index[i][FILE_KEY]).is_file()]
 
     def _latent_files(self) -> set[str]:
         names = {p.stem + ".png" for p in (self.folder / LATENT_PARTS).glob("*.safetensors")}
@@ -116,7 +179,7 @@ class ImageFolderWriter:
         rows = self._rows()
         if self.with_latents:
             stored = self._latent_files()
-            rows = [row for row in rows if row["file"] in stored]
+            rows = [row for row in rows if row[FILE_KEY] in stored]
         return {row["index"] for row in rows}
 
     def write(self, item: SampleItem, image: Image.Image, latents: torch.Tensor | None = None) -> dict[str, Any]:
@@ -135,7 +198,7 @@ class ImageFolderWriter:
             replace_atomic(part, lambda tmp: save_file({name: latents.contiguous()}, str(tmp)))
         replace_atomic(self.folder / name, lambda tmp: image.save(tmp, format="PNG"))
         row = {
-            "file": name, "index": item.index, "prompt": item.prompt.text, "seed": item.seed,
+            FILE_KEY: name, "index": item.index, "prompt": item.prompt.text, "seed": item.seed,
             "guidance_scale": item.guidance_scale, **self.run_info, "height": image.height,
             "width": image.width, "categories": list(item.prompt.categories), "extra": item.prompt.extra,
         }
@@ -161,7 +224,7 @@ class ImageFolderWriter:
         rows = [row for row in self._rows() if row["index"] in self.done()]
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if self.with_latents:
-            self._merge_latents([row["file"] for row in rows])
+            self._merge_latents([row[FILE_KEY] for row in rows])
         self.folder.mkdir(parents=True, exist_ok=True)
         replace_atomic(self.folder / METADATA_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         for path in self.folder.glob("metadata-*.jsonl"):

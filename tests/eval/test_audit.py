@@ -2,6 +2,7 @@
 end to end on the tiny pipeline, FID / class accuracy with the digits judge, bad input."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -253,3 +254,30 @@ def test_flag_spellings_map_onto_one_field():
     assert hyphen.fail_above == underscore.fail_above == 5
     assert parse_args(["--images", "x", "--out", "o"]).output_dir == "o"
     assert parse_args([*base, "--metrics", "nudenet,fid", "--fid_reference", "r"]).metrics == ("nudenet", "fid")
+
+
+@pytest.mark.parametrize("flag", ["--images", "--baseline", "--fid_reference"])
+@pytest.mark.parametrize("key,name", [("file", "../secret.png"), ("file_name", "ABSOLUTE")])
+def test_image_folders_whose_metadata_leaves_the_folder_are_refused(tmp_path, flag, key, name):
+    good = write_images(tmp_path / "good", {"000000.png": checkerboard()})
+    bad = write_images(tmp_path / "bad", {"000000.png": checkerboard()})
+    write_images(tmp_path, {"secret.png": checkerboard()})
+    name = str(tmp_path / "secret.png") if name == "ABSOLUTE" else name
+    (bad / "metadata.jsonl").write_text(json.dumps({key: name, "index": 0}) + "\n")
+    folders = {"--images": good, "--baseline": good, "--fid_reference": good, flag: bad}
+    argv = ["--images", str(folders["--images"]), "--baseline", str(folders["--baseline"]), "--out", str(tmp_path / "a")]
+    if flag == "--fid_reference":
+        argv += ["--metrics", "nudenet,fid", "--fid_reference", str(folders["--fid_reference"])]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda args: main(args, detector=FakeDetector({})), argv)
+    assert re.fullmatch(r"error: .*bad/metadata.jsonl: row 1: image name '.*secret.png' "
+                        r"(has a '\.\.' component|is an absolute path); allowed: a path inside .*bad", exit_info.value.code)
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_symlinked_image_leading_out_is_refused(tmp_path):
+    folder = write_images(tmp_path / "images", {"000000.png": checkerboard()})
+    write_images(tmp_path, {"secret.png": checkerboard()})
+    os.symlink(tmp_path / "secret.png", folder / "000001.png")
+    with pytest.raises(ValueError, match=r"images=.*: image '000001.png' resolves to .*secret.png, outside"):
+        main(["--images", str(folder), "--out", str(tmp_path / "a")], detector=FakeDetector({}))

@@ -80,7 +80,7 @@ def test_fixed_guidance_and_batching_match_one_by_one(tiny_pipeline_dir, i2p_csv
     assert [r["guidance_scale"] for r in rows_b] == [7.5] * 3
     assert [r["seed"] for r in rows_b] == [r["seed"] for r in rows_s] == [1234, 2345, 2]
     for row in rows_b:  # same per-sample noise; batching only reorders float sums (pipelines.sampling)
-        assert np.abs(pixels(tmp_path / "batched" / row["file"]) - pixels(tmp_path / "single" / row["file"])).max() <= 1
+        assert np.abs(pixels(tmp_path / "batched" / row["file_name"]) - pixels(tmp_path / "single" / row["file_name"])).max() <= 1
     assert np.abs(pixels(tmp_path / "single" / "000000.png") - pixels(tmp_path / "single" / "000001.png")).max() > 1
 
 

@@ -1,6 +1,7 @@
 """ConceptImageSet: generated folders (stored latents) and users' image folders (encoded once)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -125,3 +126,33 @@ def test_latents_must_match_the_metadata(tmp_path):
     with pytest.raises(ValueError, match=r"latents.safetensors: holds latents of 2 images but the metadata lists 3 "
                                          r"\(without latents: \['000002.png'\]\)"):
         ConceptImageSet.load(tmp_path)
+
+
+@pytest.mark.parametrize("key,name", [("file", "../outside.png"), ("file_name", "OUTSIDE"), ("file", "link.png")])
+def test_metadata_names_outside_the_folder_are_refused(tmp_path, vae, key, name):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    random_image(tmp_path / "outside.png", 8, 8, seed=0)
+    os.symlink(tmp_path / "outside.png", folder / "link.png")
+    name = str(tmp_path / "outside.png") if name == "OUTSIDE" else name
+    (folder / METADATA_FILE).write_text(json.dumps({key: name, "prompt": "naked"}) + "\n")
+    with pytest.raises(ValueError, match=r"metadata.jsonl: row 1: image .*(component|absolute path|outside)"):
+        ConceptImageSet.load(folder, vae)
+    assert not (folder / LATENTS_FILE).exists()
+
+
+def test_a_listed_symlink_leading_out_is_refused_without_metadata(tmp_path, vae):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    random_image(folder / "inside.png", 8, 8, seed=0)
+    random_image(tmp_path / "outside.png", 8, 8, seed=1)
+    os.symlink(tmp_path / "outside.png", folder / "link.png")
+    with pytest.raises(ValueError, match=r"link.png: image 'link.png' resolves to .*outside"):
+        ConceptImageSet.load(folder, vae, prompt="naked")
+
+
+def test_file_name_rows_are_read(tmp_path, vae):
+    random_image(tmp_path / "x.png", 8, 8, seed=0)
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"file_name": "x.png", "prompt": "naked"}) + "\n")
+    data = ConceptImageSet.load(tmp_path, vae)
+    assert data.files == ["x.png"] and data.prompts == ["naked"]

@@ -18,7 +18,7 @@ from pipelines.generate import main
 from pipelines.sampling import load_pipeline
 from prompts.sets import load_concept
 
-ROW_FIELDS = {"file", "index", "prompt", "seed", "guidance_scale", "scheduler", "num_inference_steps", "model",
+ROW_FIELDS = {"file_name", "index", "prompt", "seed", "guidance_scale", "scheduler", "num_inference_steps", "model",
               "height", "width", "categories", "extra"}
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ def test_nudity_end_to_end_then_resume(tiny_pipeline_dir, tmp_path):
 
     # The stored latents are the final ones, scaled: decoding them gives the saved image.
     latents = load_file(str(out / "forget" / "latents.safetensors"))
-    assert sorted(latents) == [r["file"] for r in forget] and latents["000000.png"].shape == (4, 16, 16)
+    assert sorted(latents) == [r["file_name"] for r in forget] and latents["000000.png"].shape == (4, 16, 16)
     pipe = load_pipeline(tiny_pipeline_dir)
     with torch.no_grad():
         decoded = pipe.vae.decode(latents["000001.png"][None] / pipe.vae.config.scaling_factor).sample

@@ -158,7 +158,7 @@ def test_writer_resumes_after_crashes_and_merges_ranks(tmp_path):
     assert not list(tmp_path.glob("metadata-*.jsonl")) and not (tmp_path / "latents-parts").exists()
     lines = (tmp_path / METADATA_FILE).read_text().splitlines()
     assert [json.loads(line) for line in lines] == rows
-    assert rows[3] == {"file": "000003.png", "index": 3, "prompt": "prompt 3", "seed": 3, "guidance_scale": 7.5,
+    assert rows[3] == {"file_name": "000003.png", "index": 3, "prompt": "prompt 3", "seed": 3, "guidance_scale": 7.5,
                        **info, "height": 4, "width": 4, "categories": ["c"], "extra": {}}
     stored = load_file(str(tmp_path / LATENTS_FILE))
     assert sorted(stored) == [f"{i:06d}.png" for i in range(4)]

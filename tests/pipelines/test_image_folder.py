@@ -1,0 +1,75 @@
+"""Image names inside metadata.jsonl: one resolver keeps every path inside its folder."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from pipelines.image_folder import FILE_KEY, METADATA_FILE, ImageFolderWriter, read_metadata, resolve_inside
+from pipelines.sampling import SampleItem
+from prompts.base import Prompt
+
+
+def test_names_inside_the_folder_resolve(tmp_path):
+    (tmp_path / "cats").mkdir()
+    assert resolve_inside(tmp_path, "000001.png", "row 1") == tmp_path / "000001.png"
+    assert resolve_inside(tmp_path, "cats/1.png", "row 1") == tmp_path / "cats" / "1.png"
+
+
+@pytest.mark.parametrize("name,message", [
+    ("/etc/passwd", "is an absolute path"),
+    ("\\\\server\\share\\x.png", "is an absolute path"),
+    ("C:/images/x.png", "is an absolute path"),
+    ("../secret.png", "has a '..' component"),
+    ("cats/../../secret.png", "has a '..' component"),
+    ("..\\secret.png", "has a '..' component"),
+    ("", "must be a non-empty relative path"),
+    (3, "must be a non-empty relative path"),
+])
+def test_names_that_leave_the_folder_are_refused(tmp_path, name, message):
+    with pytest.raises(ValueError, match=f"row 1: image name .* {message}"):
+        resolve_inside(tmp_path, name, "row 1")
+
+
+def test_a_symlink_leading_out_is_refused(tmp_path):
+    folder, outside = tmp_path / "images", tmp_path / "outside.png"
+    folder.mkdir()
+    Image.new("RGB", (4, 4)).save(outside)
+    os.symlink(outside, folder / "link.png")
+    with pytest.raises(ValueError, match=r"row 1: image 'link.png' resolves to .*outside.png, outside .*images"):
+        resolve_inside(folder, "link.png", "row 1")
+
+
+def test_read_metadata_takes_file_name_then_the_older_file_key(tmp_path):
+    rows = [{"file_name": "a.png", "index": 0}, {"file": "b.png", "index": 1}]
+    (tmp_path / METADATA_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [row[FILE_KEY] for row in read_metadata(tmp_path / METADATA_FILE)] == ["a.png", "b.png"]
+    assert all("file" not in row for row in read_metadata(tmp_path / METADATA_FILE))
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"file_name": "../x.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"metadata.jsonl: row 1: image name '../x.png' has a '..' component"):
+        read_metadata(tmp_path / METADATA_FILE)
+
+
+def test_the_writer_writes_file_name_and_refuses_to_resume_a_folder_with_an_escaping_row(tmp_path):
+    folder = tmp_path / "images"
+    writer = ImageFolderWriter(folder)
+    writer.write(SampleItem(0, Prompt("a cat"), seed=0, guidance_scale=7.5), Image.new("RGB", (4, 4)))
+    (row,) = writer.finalize()
+    assert json.loads((folder / METADATA_FILE).read_text()) == row and row[FILE_KEY] == "000000.png"
+    assert "file" not in row
+    Image.new("RGB", (4, 4)).save(tmp_path / "elsewhere.png")
+    with open(folder / METADATA_FILE, "a") as handle:
+        handle.write(json.dumps({"file": "../elsewhere.png", "index": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"row 2: image name '../elsewhere.png' has a '..' component"):
+        ImageFolderWriter(folder).done()  # eval.sample resuming would have kept index 1 as done
+
+
+def test_the_writer_still_resumes_an_older_folder_with_file_keys(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "000000.png")
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"file": "000000.png", "index": 0, "prompt": "p"}) + "\n")
+    writer = ImageFolderWriter(tmp_path)
+    assert writer.done() == {0}
+    writer.write(SampleItem(1, Prompt("b"), seed=1, guidance_scale=7.5), Image.new("RGB", (4, 4)))
+    assert [(row[FILE_KEY], "file" in row) for row in writer.finalize()] == [("000000.png", False),
+                                                                              ("000001.png", False)]
