@@ -4,6 +4,12 @@ Every dataclass field becomes one flag of the same name (``--kept_fraction 0.99`
 file given with ``--config`` lists only what differs from the defaults, and flags given on
 the command line override it. Several dataclasses can share one flat namespace (a job's
 own config and the :class:`~erasure.config.MethodConfig`).
+
+YAML values and flags are typed by the fields' annotations with the same rules
+(`erasure.coerce`): ``learning_rate: 1e-4`` is a float, ``num_train_epochs: 2.5`` and
+``overwrite_output_dir: 'nope'`` are errors naming the file (or ``--flag``), the key, the value and
+the expected type. YAML files are read by `read_yaml`: UTF-8, at most 1 MiB, no anchors or
+aliases, no duplicate keys, no Python tags.
 """
 
 from __future__ import annotations

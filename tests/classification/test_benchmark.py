@@ -39,7 +39,8 @@ def test_values_are_typed_and_names_give_method_and_plugin(tmp_path):
 
 
 @pytest.mark.parametrize("old,new,message", [
-    ("num_train_epochs: 1, kept", "num_train_epochs: 1.5, kept", "random.scissorhands.num_train_epochs=1.5 is not an integer"),
+    ("num_train_epochs: 1, kept", "num_train_epochs: 1.5, kept",
+     "random.scissorhands.num_train_epochs=1.5 is not an integer"),
     ("kept_fraction: 0.99", "kept_fraction: 1.5", "random.scissorhands: kept_fraction=1.5 must be in (0, 1)"),
     ("kept_fraction: 0.99", "kep_fraction: 0.99", "random.scissorhands.kep_fraction is not an option"),
     ("finetune: {learning_rate: 0.05, num_train_epochs: 1}", "finetune: {learning_rate: 0.05}",

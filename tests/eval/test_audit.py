@@ -265,13 +265,15 @@ def test_image_folders_whose_metadata_leaves_the_folder_are_refused(tmp_path, fl
     name = str(tmp_path / "secret.png") if name == "ABSOLUTE" else name
     (bad / "metadata.jsonl").write_text(json.dumps({key: name, "index": 0}) + "\n")
     folders = {"--images": good, "--baseline": good, "--fid_reference": good, flag: bad}
-    argv = ["--images", str(folders["--images"]), "--baseline", str(folders["--baseline"]), "--out", str(tmp_path / "a")]
+    argv = ["--images", str(folders["--images"]), "--baseline", str(folders["--baseline"]),
+            "--out", str(tmp_path / "a")]
     if flag == "--fid_reference":
         argv += ["--metrics", "nudenet,fid", "--fid_reference", str(folders["--fid_reference"])]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda args: main(args, detector=FakeDetector({})), argv)
-    assert re.fullmatch(r"error: .*bad/metadata.jsonl: row 1: image name '.*secret.png' "
-                        r"(has a '\.\.' component|is an absolute path); allowed: a path inside .*bad", exit_info.value.code)
+    expected = (r"error: .*bad/metadata.jsonl: row 1: image name '.*secret.png' "
+                r"(has a '\.\.' component|is an absolute path); allowed: a path inside .*bad")
+    assert re.fullmatch(expected, exit_info.value.code)
     assert not (tmp_path / "a").exists()
 
 
