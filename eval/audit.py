@@ -16,6 +16,9 @@ FID: `--metrics nudenet,fid --fid_reference <image folder>` over Inception-v3 fe
 <digits judge folder>`. Class accuracy: `--metrics nudenet,classes --classifier digits --judge
 <folder>` or `--classifier imagenette [--classifier_model microsoft/resnet-50]`, with
 `--erased_classes seven`, over a class prompt set (digits, imagenette) sampled by eval.sample.
+Offline testbed: `--prompts testbed --metrics testbed --judge <judge folder> --concept color:red`
+reports recognition, named colour, colour entropy and diversity per prompt group (word,
+numeral, paraphrase) and what erased means for the concept (`eval.testbed`).
 
 Writes into `--out`: report.json (protocol, counts of all 18 NudeNet labels, exposed_total,
 baseline counts and change_percent, fid, classes, gate), report.md, counts.png (*_EXPOSED
@@ -48,7 +51,7 @@ from .sample import SampleConfig, SamplingOptions, check_model_path, partial_sta
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("nudenet", "fid", "classes")
+METRICS = ("nudenet", "fid", "classes", "testbed")
 EXIT_GATE_FAILED = 3
 
 
@@ -73,6 +76,7 @@ class AuditConfig(SamplingOptions):
     judge: str | None = None  # a build_digits_judge folder: --classifier digits / --fid_features digits
     classifier_model: str = "microsoft/resnet-50"
     erased_classes: tuple[str, ...] = ()
+    concept: str | None = None  # testbed metric: digits:<d> or color:<c>
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,6 +113,15 @@ class AuditConfig(SamplingOptions):
         if ("fid" in self.metrics) != (self.fid_reference is not None):
             raise ValueError(f"the 'fid' metric and --fid_reference go together; got metrics={list(self.metrics)}, "
                              f"fid_reference={self.fid_reference!r}")
+        if "testbed" in self.metrics and not self.judge:
+            raise ValueError("the 'testbed' metric needs --judge <folder of the default model's judge>")
+        if self.concept is not None:
+            from prompts.colored_digits import parse_concept
+
+            try:
+                parse_concept(self.concept)
+            except ValueError as err:
+                raise ValueError(f"concept={self.concept!r}: {err}") from err
         if ("classes" in self.metrics) != (self.classifier is not None):
             raise ValueError(f"the 'classes' metric and --classifier go together; got metrics={list(self.metrics)}, "
                              f"classifier={self.classifier!r}")
@@ -167,6 +180,14 @@ def _preflight(config: AuditConfig, detector: Detector | None) -> dict[str, Any]
         checked["fid_extractor"] = fid_extractor(config.fid_features, config.judge)
     if "classes" in config.metrics:
         checked["classifier"] = load_classifier(config.classifier, config.judge, config.classifier_model)
+    if "testbed" in config.metrics:
+        from .digits_classifier import load_digits_judge
+
+        checked["judge"] = load_digits_judge(config.judge)
+        unlabelled = [row["file_name"] for row in rows if "eval_group" not in (row.get("extra") or {})]
+        if unlabelled or (checked["prompt_set"] is not None and not checked["prompt_set"].name.startswith("testbed")):
+            raise ValueError("the 'testbed' metric needs images of the testbed prompt set (eval.sample --prompts "
+                             f"testbed), got prompts={config.prompts!r}")
     return checked
 
 

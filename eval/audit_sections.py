@@ -2,7 +2,7 @@
 
 `METRIC_SECTIONS` dispatches `--metrics` names: "nudenet" (counts of all 18 labels, exposed
 total, baseline change, gate, and the detections / counts / blurred flagged-image files),
-"fid" and "classes" (see `eval.audit_metrics`).
+"fid" and "classes" (see `eval.audit_metrics`), "testbed" (see `eval.testbed`).
 """
 
 from __future__ import annotations
@@ -113,7 +113,22 @@ def classes_section(run: AuditRun) -> dict[str, Any]:
     return {"classes": result}
 
 
+def testbed_section(run: AuditRun) -> dict[str, Any]:
+    """The offline testbed's figures (``eval.testbed``) of the model's (and the baseline's) images:
+    recognition, named colour, colour entropy and diversity per prompt group, and with
+    ``--concept`` what erased means for it."""
+    from .testbed import report_of, samples_from_rows
+
+    judge = run.checked["judge"]
+    result = report_of(samples_from_rows(run.rows["model"]), judge, run.config.concept)
+    section = {"concept": run.config.concept, "groups": result["groups"], "summary": result.get("concept")}
+    if "baseline" in run.rows:
+        baseline = report_of(samples_from_rows(run.rows["baseline"]), judge, run.config.concept)
+        section["baseline"] = {"groups": baseline["groups"], "summary": baseline.get("concept")}
+    return {"testbed": section}
+
+
 METRIC_SECTIONS: dict[str, Callable[[AuditRun], dict[str, Any]]] = {
-    "nudenet": nudenet_section, "fid": fid_section, "classes": classes_section,
+    "nudenet": nudenet_section, "fid": fid_section, "classes": classes_section, "testbed": testbed_section,
 }
 

@@ -1,8 +1,11 @@
-"""A small CNN that judges 32x32 digit images: the offline recogniser and FID feature extractor.
+"""A small CNN that judges 32x32 coloured digits: the offline recogniser and FID feature extractor.
 
-The default offline model (``pipelines/default_model.py``) draws scikit-learn's 8x8 digits at
-32x32. ``DigitsJudge`` tells which digit a generated image shows (the erasure success metric)
-and its penultimate layer stands in for Inception features in the offline FID.
+The default offline model (``pipelines/default_model.py``) draws scikit-learn's digits as
+coloured strokes (``pipelines/testbed_data.py``). ``DigitsJudge`` tells which digit a
+generation shows, whatever its colour (the erasure success metric). It is trained with a
+second head on the stroke colour, so that its penultimate features, which stand in for
+Inception features in the offline FID, move when a model loses a colour as well as when it
+loses a shape. The colour itself is judged by the rule in ``eval/colors.py``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ JUDGE_WEIGHTS_NAME = "model.safetensors"
 class DigitsJudgeConfig:
     """Architecture of ``DigitsJudge``: three conv stages, each halving the resolution."""
 
-    channels: tuple[int, int, int] = (16, 32, 64)
+    channels: tuple[int, int, int] = (32, 64, 64)
     image_size: int = 32
     num_classes: int = 10
+    num_colors: int = 6
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -39,73 +43,49 @@ class DigitsJudgeConfig:
             raise ValueError(f"channels must be 3 positive ints, got {self.channels}")
         if self.image_size < 8 or self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 and >= 8, got {self.image_size}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.num_classes < 2 or self.num_colors < 1:
+            raise ValueError(f"num_classes must be >= 2 and num_colors >= 1, got {self.num_classes}, {self.num_colors}")
 
 
 @dataclass
 class JudgeTrainConfig:
-    """How ``build_digits_judge`` trains: Adam on augmented upscaled digits, a held-out split."""
+    """How ``build_digits_judge`` trains: Adam on renders of the train digits, new renders each epoch."""
 
-    epochs: int = 10
+    epochs: int = 16
+    renders_per_digit: int = 1
     batch_size: int = 64
     learning_rate: float = 5e-3
-    test_fraction: float = 0.2
-    max_shift: float = 0.12  # fraction of the half-width, ~2 px at 32x32
+    color_loss_weight: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        for name in ("epochs", "renders_per_digit", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.learning_rate < 1.0:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if not 0.0 <= self.max_shift < 0.5:
-            raise ValueError(f"max_shift must be in [0, 0.5), got {self.max_shift}")
+        if not self.color_loss_weight >= 0.0:
+            raise ValueError(f"color_loss_weight must be >= 0, got {self.color_loss_weight}")
 
 
-def load_upscaled_digits(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled 8x8 digits, bilinearly upscaled.
-
-    Returns:
-        ``(images, labels)``: float images ``[1797, 1, image_size, image_size]`` in [0, 1]
-        (ink is bright, as in the data set) and int64 labels ``[1797]``.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return images.clamp(0.0, 1.0), torch.tensor(digits.target, dtype=torch.long)
-
-
-def _augment(images: torch.Tensor, max_shift: float, generator: torch.Generator) -> torch.Tensor:
-    """Shifts, slight scale/rotation, blur, contrast and noise: the ways generations differ."""
+def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Blur, contrast, offset and noise: the ways generations differ from clean renders."""
     n = images.shape[0]
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(10)
-    scale = 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * 0.1
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) * scale, -torch.sin(angle) * scale
-    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) * scale, torch.cos(angle) * scale
-    theta[:, :, 2] = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    images = F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
     blurred = F.avg_pool2d(images, 3, stride=1, padding=1, count_include_pad=False)
     mix = torch.rand(n, 1, 1, 1, generator=generator)
     images = mix * blurred + (1 - mix) * images
-    contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=generator)
-    offset = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.2
+    contrast = 0.7 + 0.5 * torch.rand(n, 1, 1, 1, generator=generator)
+    offset = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.1
     noise = torch.randn(images.shape, generator=generator) * 0.05 * torch.rand(n, 1, 1, 1, generator=generator)
     return (images * contrast + offset + noise).clamp(0.0, 1.0)
 
 
 class DigitsJudge(nn.Module):
-    """Conv-BN-ReLU-pool x3, global average pool (the features), linear classifier."""
+    """Conv-BN-ReLU-pool x3 on RGB, global average pool (the features), digit and colour heads."""
 
     def __init__(self, config: DigitsJudgeConfig | None = None) -> None:
         super().__init__()
         self.config = config or DigitsJudgeConfig()
-        layers, in_channels = [], 1
+        layers, in_channels = [], 3
         for out_channels in self.config.channels:
             layers += [
                 nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -116,24 +96,26 @@ class DigitsJudge(nn.Module):
             in_channels = out_channels
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(in_channels, self.config.num_classes)
+        self.color_head = nn.Linear(in_channels, self.config.num_colors)
 
     def prepare(self, images: torch.Tensor | list) -> torch.Tensor:
-        """Map PIL images or ``[N, C, H, W]`` tensors in [0, 1] (C = 1 or 3) to normalised grey."""
+        """Map PIL images or ``[N, C, H, W]`` tensors in [0, 1] (C = 1 or 3) to normalised RGB."""
         if isinstance(images, (list, tuple)):
-            grey = [np.asarray(image.convert("L"), dtype=np.float32) / 255.0 for image in images]
-            images = torch.from_numpy(np.stack(grey)).unsqueeze(1)
+            rgb = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+            images = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2)
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
         param = next(self.parameters())
-        images = images.to(device=param.device, dtype=param.dtype).mean(dim=1, keepdim=True)
+        images = images.to(device=param.device, dtype=param.dtype).expand(-1, 3, -1, -1)
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (images - 0.5) / 0.5
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes]`` for prepared (normalised grey) images."""
-        return self.head(self.body(images).mean(dim=(2, 3)))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Digit logits ``[N, num_classes]`` and colour logits ``[N, num_colors]`` of prepared images."""
+        features = self.body(images).mean(dim=(2, 3))
+        return self.head(features), self.color_head(features)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor | list) -> torch.Tensor:
@@ -141,9 +123,14 @@ class DigitsJudge(nn.Module):
         return self.body(self.prepare(images)).mean(dim=(2, 3))
 
     @torch.no_grad()
+    def probabilities(self, images: torch.Tensor | list) -> torch.Tensor:
+        """Softmax over digits ``[N, num_classes]`` (the alignment score reads the prompted one)."""
+        return self.forward(self.prepare(images))[0].softmax(dim=1)
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor | list) -> torch.Tensor:
         """Predicted digit labels ``[N]`` (int64) for images in [0, 1]."""
-        return self.forward(self.prepare(images)).argmax(dim=1)
+        return self.forward(self.prepare(images))[0].argmax(dim=1)
 
 
 def load_digits_judge(path: str | Path, device: str | torch.device = "cpu") -> DigitsJudge:
@@ -165,32 +152,33 @@ def load_digits_judge(path: str | Path, device: str | torch.device = "cpu") -> D
 
 
 @torch.no_grad()
-def judge_accuracy(judge: DigitsJudge, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of ``images`` (in [0, 1]) that ``judge`` labels correctly."""
-    was_training = judge.training
-    judge.eval()
-    accuracy = (judge.predict(images).cpu() == labels).float().mean().item()
-    judge.train(was_training)
-    return accuracy
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy of ``predictions`` within each class of ``labels``."""
+    return [float((predictions[labels == c] == c).float().mean()) for c in range(num_classes)]
 
 
-def train_digits_judge(
-    train_images: torch.Tensor, train_labels: torch.Tensor, config: JudgeTrainConfig, seed: int = 0
-) -> DigitsJudge:
-    """Train a ``DigitsJudge`` on augmented ``[N, 1, 32, 32]`` images in [0, 1]."""
+def train_digits_judge(strokes: torch.Tensor, labels: torch.Tensor, config: JudgeTrainConfig,
+                       seed: int = 0) -> DigitsJudge:
+    """Train a ``DigitsJudge`` on fresh coloured renders of ``strokes`` ``[N, 1, 32, 32]`` each epoch."""
+    from pipelines.testbed_data import color_table, render_digits
+
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    judge = DigitsJudge().train()
-    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    num_colors = len(color_table())
+    judge = DigitsJudge(DigitsJudgeConfig(num_colors=num_colors)).train()
+    strokes, labels = strokes.repeat(config.renders_per_digit, 1, 1, 1), labels.repeat(config.renders_per_digit)
+    steps_per_epoch = math.ceil(len(strokes) / config.batch_size)
     optimizer = torch.optim.Adam(judge.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch
     )
     for _ in tqdm(range(config.epochs), desc="digits judge", unit="epoch"):
-        order = torch.randperm(len(train_images), generator=generator)
-        for batch in order.split(config.batch_size):
-            images = _augment(train_images[batch], config.max_shift, generator)
-            loss = F.cross_entropy(judge(judge.prepare(images)), train_labels[batch])
+        colors = torch.randint(num_colors, (len(strokes),), generator=generator)
+        for batch in torch.randperm(len(strokes), generator=generator).split(config.batch_size):
+            images = degrade(render_digits(strokes[batch], colors[batch], generator), generator)
+            digit_logits, color_logits = judge(judge.prepare(images))
+            loss = F.cross_entropy(digit_logits, labels[batch])
+            loss = loss + config.color_loss_weight * F.cross_entropy(color_logits, colors[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -198,32 +186,59 @@ def train_digits_judge(
     return judge.eval()
 
 
-def build_digits_judge(output_dir: str | Path, seed: int = 0, config: JudgeTrainConfig | None = None) -> Path:
-    """Train the judge on a stratified split of the upscaled digits and save it.
+@torch.no_grad()
+def held_out_report(judge: DigitsJudge, strokes: torch.Tensor, labels: torch.Tensor, seed: int) -> dict:
+    """Digit accuracy per class of ``judge`` and of the colour rule on renders of held-out digits.
 
-    Writes ``model.safetensors`` and ``config.json`` (architecture, held-out accuracy) into
-    ``output_dir``.
+    Each held-out digit is rendered once in every colour (augmented, not degraded), so the
+    figures are over ``len(strokes) * num_colors`` images.
+    """
+    from pipelines.testbed_data import color_table, render_digits
+
+    from .colors import ColorJudge
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    num_colors = len(color_table())
+    colors = torch.arange(num_colors).repeat_interleave(len(strokes))
+    images = render_digits(strokes.repeat(num_colors, 1, 1, 1), colors, generator)
+    labels = labels.repeat(num_colors)
+    digits = torch.cat([judge.predict(chunk) for chunk in images.split(512)]).cpu()
+    judged_colors = ColorJudge().predict(images)
+    per_class = per_class_accuracy(digits, labels, judge.config.num_classes)
+    return {"test_accuracy": float((digits == labels).float().mean()), "test_accuracy_per_class": per_class,
+            "test_worst_class_accuracy": min(per_class),
+            "color_rule_accuracy": float((judged_colors == colors).float().mean()),
+            "num_test_images": len(images)}
+
+
+def build_digits_judge(output_dir: str | Path, seed: int = 0, config: JudgeTrainConfig | None = None,
+                       test_fraction: float = 0.2) -> Path:
+    """Train the judge on renders of the train digits, measure it on held-out ones, save it.
+
+    Writes ``model.safetensors`` and ``config.json`` (architecture, training settings, the
+    held-out report of ``held_out_report``) into ``output_dir``. The split is
+    ``pipelines.testbed_data.split_digits(test_fraction=..., seed=seed)``, the same one the
+    default model trains on.
 
     Returns:
         ``output_dir`` as a ``Path``.
     """
     from safetensors.torch import save_file
-    from sklearn.model_selection import train_test_split
+
+    from pipelines.testbed_data import split_digits
 
     config = config or JudgeTrainConfig()
-    images, labels = load_upscaled_digits(DigitsJudgeConfig().image_size)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=config.test_fraction, random_state=seed, stratify=labels.numpy()
-    )
-    train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
-    judge = train_digits_judge(images[train_idx], labels[train_idx], config, seed)
-    test_accuracy = judge_accuracy(judge, images[test_idx], labels[test_idx])
-    logger.info("digits judge: held-out accuracy %.4f on %d images", test_accuracy, len(test_idx))
+    split = split_digits(DigitsJudgeConfig().image_size, test_fraction, seed)
+    judge = train_digits_judge(split.train_strokes, split.train_labels, config, seed)
+    report = held_out_report(judge, split.test_strokes, split.test_labels, seed)
+    logger.info("digits judge: held-out accuracy %.4f (worst digit %.4f), colour rule %.4f on %d renders",
+                report["test_accuracy"], report["test_worst_class_accuracy"], report["color_rule_accuracy"],
+                report["num_test_images"])
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.contiguous() for name, tensor in judge.state_dict().items()}
     save_file(state, output_dir / JUDGE_WEIGHTS_NAME)
     record = {"architecture": asdict(judge.config), "training": asdict(config), "seed": seed,
-              "test_accuracy": test_accuracy, "num_test_images": len(test_idx)}
+              "test_fraction": test_fraction, **report}
     (output_dir / JUDGE_CONFIG_NAME).write_text(json.dumps(record, indent=2))
     return output_dir

@@ -171,6 +171,26 @@ def _metric_lines(report: Mapping[str, Any]) -> list[str]:
                   f"- erased classes {classes['erased_classes']}: {classes['erased']}; others: {classes['others']}",
                   "", "| Class | Accuracy |", "|---|---|",
                   *(f"| {c} | {a:.3f} |" for c, a in classes["per_class"].items())]
+    if "testbed" in report:
+        lines += _testbed_lines(report["testbed"])
+    return lines
+
+
+def _testbed_lines(testbed: Mapping[str, Any]) -> list[str]:
+    """The testbed section: per prompt group, digits / colours / entropy / diversity (and the concept)."""
+    percent = lambda value: "-" if value is None else f"{100 * value:.0f}%"
+    lines = ["", "## Testbed (coloured digits)", "",
+             "| group | digits (mean / worst) | named colour | colour entropy (reference) | pixel diversity |",
+             "|---|---|---|---|---|"]
+    for group, f in testbed["groups"].items():
+        entropy = f"{f['color_entropy']:.2f} ({f['color_entropy_reference']:.2f})" if "color_entropy" in f else "-"
+        lines.append(f"| {group} | {percent(f['recognition_mean'])} / {percent(f['recognition_worst'])} | "
+                     f"{percent(f['color_accuracy'])} | {entropy} | "
+                     f"{'-' if f['pixel_diversity'] is None else round(f['pixel_diversity'], 3)} |")
+    if testbed.get("concept"):
+        lines += ["", f"Concept `{testbed['concept']}` per group: " + "; ".join(
+            f"{group}: " + ", ".join(f"{k} {percent(v)}" for k, v in summary.items())
+            for group, summary in testbed["summary"].items())]
     return lines
 
 

@@ -1,12 +1,13 @@
 """Tiny Stable Diffusion components built from config: tokenizer, text encoder, VAE, UNet.
 
-Everything here is made locally (no Hub access): a CLIP BPE vocabulary written by hand, a
-random frozen CLIP text encoder, and untrained ``AutoencoderKL`` / ``UNet2DConditionModel``
+Everything here is made locally (no Hub access): CLIP's own BPE vocabulary from a vendored
+file, a random frozen CLIP text encoder, and untrained ``AutoencoderKL`` / ``UNet2DConditionModel``
 sized for 32x32 images with 8x8 latents. ``pipelines/_tiny_training.py`` trains the last two.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -15,12 +16,9 @@ import torch
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
-# Words beyond the digit prompts, so that common prompt phrasings stay whole-word tokens.
-# (Each must survive the merge chains of the others: build_tokenizer checks.)
-GENERIC_WORDS = (
-    "photo", "of", "an", "image", "the", "picture", "drawing", "number", "written", "hand",
-    "in", "style", "black", "white", "and", "with", "on",
-)  # fmt: skip
+# OpenAI CLIP's BPE merges (MIT), vendored: see pipelines/assets/README.md.
+CLIP_BPE_FILE = Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+CLIP_NUM_MERGES = 49152 - 256 - 2
 
 
 def byte_level_alphabet() -> list[str]:
@@ -34,41 +32,29 @@ def byte_level_alphabet() -> list[str]:
     return [chr(code) for code in codes]
 
 
-def bpe_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
-    """A CLIP BPE vocabulary in which each of ``words`` is one whole-word token.
+def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """OpenAI CLIP's byte-level BPE (the vocabulary of SD v1.x's tokenizer), from the vendored file.
 
-    Every byte character, with and without ``</w>``, is in the vocabulary (so any text
-    tokenises); each word gets a left-to-right merge chain (``h a`` -> ``ha``, ``ha n`` ->
-    ``han``, ...) whose last merge yields ``word</w>``.
+    Same construction as CLIP's ``SimpleTokenizer``: the 256 byte characters, the same with
+    ``</w>``, one token per merge (the first 48,894 merges of ``bpe_simple_vocab_16e6``), then
+    ``<|startoftext|>`` and ``<|endoftext|>``: 49,408 tokens.
 
     Returns:
         ``(vocab, merges)``: token -> id, and merge lines ``"left right"`` in rank order.
     """
+    with gzip.open(CLIP_BPE_FILE, "rt", encoding="utf-8") as handle:
+        merges = handle.read().split("\n")[1 : CLIP_NUM_MERGES + 1]
     alphabet = byte_level_alphabet()
-    vocab: dict[str, int] = {}
-    for token in [*alphabet, *(char + END_OF_WORD for char in alphabet)]:
-        vocab.setdefault(token, len(vocab))
-    merges: list[str] = []
-    for word in words:
-        if not word.isascii() or not word.isalpha() or word != word.lower():
-            raise ValueError(f"vocabulary words must be lowercase ascii letters, got {word!r}")
-        prefix = word[0]
-        for position in range(1, len(word)):
-            piece = word[position] + (END_OF_WORD if position == len(word) - 1 else "")
-            merge = f"{prefix} {piece}"
-            if merge not in merges:
-                merges.append(merge)
-            prefix += piece
-            vocab.setdefault(prefix, len(vocab))
-    for special in (BOS_TOKEN, EOS_TOKEN):
-        vocab.setdefault(special, len(vocab))
-    return vocab, merges
+    tokens = [*alphabet, *(char + END_OF_WORD for char in alphabet), *("".join(m.split()) for m in merges)]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def build_tokenizer(folder: str | Path, words: tuple[str, ...], model_max_length: int = 16):
-    """Write ``vocab.json`` + ``merges.txt`` into ``folder`` and load a ``CLIPTokenizer`` from them.
+def build_tokenizer(folder: str | Path, words: tuple[str, ...] = (), model_max_length: int = 20):
+    """Write CLIP's ``vocab.json`` + ``merges.txt`` into ``folder`` and load a ``CLIPTokenizer``.
 
-    Pads with ``<|endoftext|>`` like CLIP. ``folder`` is also where ``save_pretrained`` may go.
+    Pads with ``<|endoftext|>`` like SD v1.4's tokenizer. ``folder`` is also where
+    ``save_pretrained`` may go.
 
     Raises:
         RuntimeError: if a word of ``words`` does not come out as a single token.
@@ -77,12 +63,12 @@ def build_tokenizer(folder: str | Path, words: tuple[str, ...], model_max_length
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = bpe_vocab_and_merges(words)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    vocab, merges = clip_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tokenizer = CLIPTokenizer(
-        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=model_max_length,
-        pad_token=EOS_TOKEN,
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+        model_max_length=model_max_length, pad_token=EOS_TOKEN,
     )
     for word in words:
         ids = tokenizer(word, add_special_tokens=False).input_ids

@@ -1,7 +1,7 @@
 """Training loops for the tiny default model: the VAE (reconstruction + KL) and the UNet (DDPM).
 
-Both are plain single-process loops over tensors held in memory (the data set is 1,797
-images); ``pipelines/default_model.py`` wires them into a cached build.
+Both are plain single-process loops over tensors held in memory (a few thousand
+32x32 renders); ``pipelines/default_model.py`` wires them into a cached build.
 """
 
 from __future__ import annotations
@@ -78,18 +78,19 @@ def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float)
         ema_param.lerp_(param, 1.0 - decay)
 
 
-def train_unet(unet, scheduler, latents, labels, prompt_embeds, config, generator):
+def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, config, generator):
     """Epsilon-prediction DDPM training (Ho et al. 2020, Eq. 14) with classifier-free dropout.
 
     Args:
         unet: the ``UNet2DConditionModel`` to train.
         scheduler: a ``DDPMScheduler`` providing ``add_noise`` and ``num_train_timesteps``.
         latents: scaled latents ``[N, C, h, w]``.
-        labels: class ids ``[N]`` indexing ``prompt_embeds``.
-        prompt_embeds: ``[num_classes + 1, L, D]``; the last row is the empty prompt, used for a
+        sample_conditions: ``(batch indices [B], generator) -> prompt indices [B]`` into
+            ``prompt_embeds``: draws a phrasing for each image at every step.
+        prompt_embeds: ``[P + 1, L, D]``; the last row is the empty prompt, used for a
             ``config.unet_uncond_probability`` share of samples (Ho & Salimans 2022, Sec. 3.2).
         config: a ``DefaultModelConfig`` (``unet_*`` fields).
-        generator: the ``torch.Generator`` for batches, timesteps, noise and dropout.
+        generator: the ``torch.Generator`` for batches, phrasings, timesteps, noise and dropout.
 
     Returns:
         The exponential moving average of the weights (decay ``config.unet_ema_decay``), in eval mode.
@@ -103,7 +104,7 @@ def train_unet(unet, scheduler, latents, labels, prompt_embeds, config, generato
     batches = epoch_batches(len(latents), config.unet_batch_size, config.unet_steps, generator)
     progress = tqdm(batches, total=config.unet_steps, desc="tiny UNet")
     for step, batch in enumerate(progress):
-        clean, conditions = latents[batch], labels[batch].clone()
+        clean, conditions = latents[batch], sample_conditions(batch, generator)
         dropped = torch.rand(len(batch), generator=generator) < config.unet_uncond_probability
         conditions[dropped] = empty_prompt
         noise = torch.randn(clean.shape, generator=generator)

@@ -1,12 +1,16 @@
-"""The embedded offline default model: a tiny Stable Diffusion trained on scikit-learn's digits.
+"""The embedded offline default model: a tiny Stable Diffusion that draws coloured digits.
 
 ``build_default_model`` trains (once, then cached) a ``StableDiffusionPipeline`` that draws
-32x32 digits from prompts like "a handwritten digit seven", plus the ``DigitsJudge`` that
-recognises them (``eval/digits_classifier.py``). Nothing is downloaded: the tokenizer
-vocabulary is written by hand, the CLIP text encoder is random and frozen, and the VAE and
-UNet are trained here on CPU in a few minutes.
+32x32 RGB digits from the prompt grammar of ``prompts/data/colored_digits.json`` ("a red
+handwritten digit two", "the number 2", "a drawing of the number 7 in blue"; a prompt without
+a colour is a distribution over colours), plus the ``DigitsJudge`` that recognises them
+(``eval/digits_classifier.py``). Training images are renders of the train split of
+scikit-learn's digits (``pipelines/testbed_data.py``); the judge is measured on the held-out
+split. Nothing is downloaded: the tokenizer is CLIP's own BPE from a vendored file, the CLIP
+text encoder is random and frozen, and the VAE and UNet are trained here on CPU in minutes.
 
     python -m pipelines.default_model --output_dir ./default-model --seed 0
+    python -m eval.testbed --model default     # how well it draws (every figure of the README)
 """
 
 from __future__ import annotations
@@ -24,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-from eval.digits_classifier import JudgeTrainConfig, build_digits_judge, load_digits_judge, load_upscaled_digits
+from eval.digits_classifier import JudgeTrainConfig, build_digits_judge
 from pipelines import _tiny_components as components
 from pipelines._tiny_training import encode_latents, encode_prompts, latent_scaling_factor, train_unet, train_vae
+from pipelines.testbed_data import AugmentConfig, color_table, render_digits, split_digits
+from prompts.colored_digits import DIGIT_WORDS, grammar, grammar_prompts
 
 logger = logging.getLogger(__name__)
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-PROMPT_WORDS = ("a", "handwritten", "digit", *DIGIT_WORDS)
-BUILD_VERSION = "v1"
+BUILD_VERSION = "v2"  # v2: coloured digits, prompt grammar, CLIP vocabulary
 BUILD_MARKER = "scissorhands_build.json"
 JUDGE_SUBFOLDER = "judge"
 
@@ -46,26 +50,27 @@ def digit_prompt(digit: int) -> str:
 
 @dataclass
 class DefaultModelConfig:
-    """What ``build_default_model`` builds; every field enters the cache hash.
+    """What ``build_default_model`` builds; every field (and the grammar's hash) enters the cache hash.
 
-    The defaults were tuned to build in 1.5-3 minutes on 2 CPU cores and reach ~95% judge
-    recognition with 20 DDIM steps at guidance 5 (more, smaller UNet batches beat fewer,
-    larger ones at equal compute).
+    Sizing (measured on this project's 2-core CPU, see ``benchmarks/results/testbed-sizing.md``):
+    SIZING_NOTE
     """
 
     image_size: int = 32
-    model_max_length: int = 16
+    model_max_length: int = 20  # longest grammar prompt is 10 tokens; room for an attack's 5-token prefix
     text_hidden_size: int = 64
     text_layers: int = 2
     text_heads: int = 4
     token_embedding_std: float = 1.0
+    test_fraction: float = 0.2  # real digits held out for the judges (split before augmenting)
+    renders_per_digit: int = 4  # coloured, augmented renders of each train digit
     vae_block_out_channels: tuple[int, ...] = (16, 32, 32)
-    vae_steps: int = 150
+    vae_steps: int = 300
     vae_batch_size: int = 32
     vae_learning_rate: float = 3e-3
     vae_kl_weight: float = 1e-6
     unet_block_out_channels: tuple[int, int] = (32, 64)
-    unet_steps: int = 800
+    unet_steps: int = 2400
     unet_batch_size: int = 32
     unet_learning_rate: float = 2e-3
     unet_warmup_steps: int = 50
@@ -87,11 +92,13 @@ class DefaultModelConfig:
             raise ValueError(f"unet_block_out_channels must have 2 entries, got {self.unet_block_out_channels}")
         if self.text_hidden_size % self.text_heads:
             raise ValueError(f"text_hidden_size {self.text_hidden_size} must divide by text_heads {self.text_heads}")
-        if self.model_max_length < len(digit_prompt(7).split()) + 2:
-            raise ValueError(f"model_max_length {self.model_max_length} cannot hold the digit prompts")
-        for name in ("vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size"):
+        if self.model_max_length < 12:
+            raise ValueError(f"model_max_length {self.model_max_length} cannot hold the grammar's prompts (>= 12)")
+        for name in ("renders_per_digit", "vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0.0 <= self.unet_uncond_probability < 1.0:
             raise ValueError(f"unet_uncond_probability must be in [0, 1), got {self.unet_uncond_probability}")
         if not 0.0 <= self.unet_ema_decay < 1.0:
@@ -100,11 +107,13 @@ class DefaultModelConfig:
     @classmethod
     def fast(cls) -> "DefaultModelConfig":
         """A few-second build for tests: same architecture, a handful of steps (draws noise)."""
-        return cls(vae_steps=2, unet_steps=2, unet_warmup_steps=1, judge=JudgeTrainConfig(epochs=1))
+        return cls(renders_per_digit=1, vae_steps=2, unet_steps=2, unet_warmup_steps=1,
+                   judge=JudgeTrainConfig(epochs=1))
 
     def config_hash(self, seed: int) -> str:
-        """Hex digest identifying a build of this config from ``seed``."""
-        record = {"version": BUILD_VERSION, "seed": seed, "config": asdict(self)}
+        """Hex digest identifying a build of this config and prompt grammar from ``seed``."""
+        record = {"version": BUILD_VERSION, "seed": seed, "config": asdict(self),
+                  "grammar": grammar_prompts().sha256()}
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -144,31 +153,71 @@ def is_complete_build(folder: str | Path, config_hash: str) -> bool:
     )
 
 
-def _train_pipeline(seed: int, config: DefaultModelConfig, tokenizer_dir: Path):
-    """Train VAE then UNet on the upscaled digits and assemble the ``StableDiffusionPipeline``.
+def render_training_set(seed: int, config: DefaultModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``renders_per_digit`` coloured renders of every train digit.
 
-    The hand-made ``vocab.json`` and ``merges.txt`` are written into ``tokenizer_dir``.
+    Returns:
+        ``(images [N, 3, S, S] in [-1, 1], digits [N], colors [N])``; colours are drawn
+        uniformly, so a colour-free prompt is trained on all colours alike.
+    """
+    split = split_digits(config.image_size, config.test_fraction, seed)
+    generator = torch.Generator().manual_seed(seed + 7)
+    strokes = split.train_strokes.repeat(config.renders_per_digit, 1, 1, 1)
+    digits = split.train_labels.repeat(config.renders_per_digit)
+    colors = torch.randint(len(color_table()), (len(strokes),), generator=generator)
+    images = torch.cat([render_digits(chunk, c, generator, AugmentConfig())
+                        for chunk, c in zip(strokes.split(1024), colors.split(1024))])
+    return images * 2.0 - 1.0, digits, colors
+
+
+def phrasing_sampler(digits: torch.Tensor, colors: torch.Tensor):
+    """``(batch, generator) -> prompt indices`` into ``grammar_prompts()``: for each image a random
+    phrasing (any group, word or numeral) that names its colour with probability
+    ``grammar().colored_fraction``, else a random colour-free one."""
+    prompts = grammar_prompts().prompts
+    color_names = list(grammar().colors)
+    colored = [[[] for _ in color_names] for _ in range(10)]
+    plain = [[] for _ in range(10)]
+    for index, prompt in enumerate(prompts):
+        digit, color = prompt.extra["label"], prompt.extra["color"]
+        (plain[digit] if color is None else colored[digit][color_names.index(color)]).append(index)
+    colored, plain = torch.tensor(colored), torch.tensor(plain)  # [10, K, T], [10, T']
+    fraction = grammar().colored_fraction
+
+    def sample(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        d, c = digits[batch], colors[batch]
+        pick_colored = torch.randint(colored.shape[-1], (len(batch),), generator=generator)
+        pick_plain = torch.randint(plain.shape[-1], (len(batch),), generator=generator)
+        named = torch.rand(len(batch), generator=generator) < fraction
+        return torch.where(named, colored[d, c, pick_colored], plain[d, pick_plain])
+
+    return sample
+
+
+def _train_pipeline(seed: int, config: DefaultModelConfig, tokenizer_dir: Path):
+    """Train VAE then UNet on coloured renders and assemble the ``StableDiffusionPipeline``.
+
+    CLIP's ``vocab.json`` and ``merges.txt`` are written into ``tokenizer_dir``.
     """
     from diffusers import StableDiffusionPipeline
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    grey, labels = load_upscaled_digits(config.image_size)
-    images = (grey * 2.0 - 1.0).repeat(1, 3, 1, 1)
+    images, digits, colors = render_training_set(seed, config)
     vae = components.build_vae(config.image_size, config.vae_block_out_channels)
     vae = train_vae(vae, images, config.vae_steps, config.vae_batch_size, config.vae_learning_rate,
                     config.vae_kl_weight, generator)
     latents = encode_latents(vae, images)
     scaling_factor = latent_scaling_factor(latents)
     vae.register_to_config(scaling_factor=scaling_factor)
-    tokenizer = components.build_tokenizer(tokenizer_dir, (*PROMPT_WORDS, *components.GENERIC_WORDS),
-                                           config.model_max_length)
+    tokenizer = components.build_tokenizer(tokenizer_dir, tuple(grammar().vocabulary()), config.model_max_length)
     text_encoder = components.build_text_encoder(tokenizer, config.text_hidden_size, config.text_layers,
                                                  config.text_heads, config.token_embedding_std)
-    prompt_embeds = encode_prompts(tokenizer, text_encoder, [digit_prompt(d) for d in range(10)] + [""])
+    prompt_embeds = encode_prompts(tokenizer, text_encoder, [*grammar_prompts().texts, ""])
     unet = components.build_unet(latents.shape[-1], config.unet_block_out_channels, config.text_hidden_size)
     train_scheduler, sample_scheduler = components.build_schedulers()
-    unet = train_unet(unet, train_scheduler, latents * scaling_factor, labels, prompt_embeds, config, generator)
+    unet = train_unet(unet, train_scheduler, latents * scaling_factor, phrasing_sampler(digits, colors),
+                      prompt_embeds, config, generator)
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sample_scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -178,7 +227,8 @@ def _train_pipeline(seed: int, config: DefaultModelConfig, tokenizer_dir: Path):
 def _build_into(folder: Path, seed: int, config: DefaultModelConfig, config_hash: str) -> None:
     """Build pipeline and judge into ``folder``; the marker file goes last."""
     started = time.perf_counter()
-    judge_dir = build_digits_judge(default_judge_path(folder), seed=seed, config=config.judge)
+    judge_dir = build_digits_judge(default_judge_path(folder), seed=seed, config=config.judge,
+                                   test_fraction=config.test_fraction)
     pipeline = _train_pipeline(seed, config, tokenizer_dir=folder / "tokenizer")
     pipeline.save_pretrained(folder, safe_serialization=True)
     judge_record = json.loads((judge_dir / "config.json").read_text())
@@ -186,6 +236,9 @@ def _build_into(folder: Path, seed: int, config: DefaultModelConfig, config_hash
         "config_hash": config_hash, "seed": seed, "version": BUILD_VERSION, "config": asdict(config),
         "build_seconds": round(time.perf_counter() - started, 1),
         "judge_test_accuracy": judge_record["test_accuracy"],
+        "judge_test_accuracy_per_class": judge_record["test_accuracy_per_class"],
+        "color_rule_accuracy": judge_record["color_rule_accuracy"],
+        "grammar_sha256": grammar_prompts().sha256(),
         "vae_scaling_factor": pipeline.vae.config.scaling_factor,
     }
     (folder / BUILD_MARKER).write_text(json.dumps(record, indent=2))

@@ -1,15 +1,18 @@
-"""The offline end-to-end demo: erase one digit from the embedded default model.
+"""The offline end-to-end demo: erase a concept from the embedded default model.
 
-    python -m pipelines.demo --digit two --output_dir runs/demo
+    python -m pipelines.demo --concept digits:two --output_dir runs/demo     # an object class
+    python -m pipelines.demo --concept color:red --output_dir runs/demo-red  # an attribute
+    python -m pipelines.demo --digit two ...                                 # = --concept digits:two
 
-1. builds (once, cached) the tiny text-to-image pipeline trained on scikit-learn's digits
-   and the digits classifier that judges its generations;
-2. generates the forget set ('a handwritten digit seven') and retain set (the other nine)
-   with the model itself (``pipelines.generate``);
-3. erases the digit (``pipelines.erase``, Scissorhands by default);
-4. judges generations of all ten prompts before and after with the same seeds and writes
-   ``metrics.json`` ({"erased", "before": {"erased", "others"}, "after": {...}}), a
-   before/after grid ``grid.png`` and the erased pipeline under ``erased/``.
+1. builds (once, cached) the tiny text-to-image pipeline that draws coloured digits and the
+   judges of its generations (``pipelines/default_model.py``);
+2. generates the forget and retain sets with the model itself (``pipelines.generate``), from
+   the word form of the grammar's erase phrasings;
+3. erases the concept (``pipelines.erase``, Scissorhands by default);
+4. judges generations of every grammar prompt before and after, on the same seeds
+   (``eval.testbed``): the erase phrasings with words, the same with numerals ("the number 2")
+   and unseen paraphrases, each reported apart. Writes ``metrics.json``, a before/after grid
+   ``grid.png`` (8 seeds per row) and the erased pipeline under ``erased/``.
 Runs on a CPU in minutes; ``--method salun|esd|...`` runs a baseline in the same harness.
 """
 
@@ -26,27 +29,30 @@ import torch
 from PIL import Image
 
 from erasure.output import OutputDir, write_text_atomic
-from eval.classes import class_accuracy, generate_class_images
 from eval.digits_classifier import load_digits_judge
 from eval.grid import image_grid
+from eval.testbed import EVAL_SEED, evaluate_testbed
 from pipelines import erase, generate
-from pipelines.default_model import DIGIT_WORDS, build_default_model, default_judge_path
-from pipelines.sampling import load_pipeline
-from prompts.sets import digit_prompts
+from pipelines.default_model import build_default_model, default_judge_path
+from pipelines.sampling import SampleItem, generate as draw, load_pipeline
+from prompts.base import Prompt
+from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, parse_concept
 
 logger = logging.getLogger("pipelines.demo")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "erase_digits.yaml"
+GRID_SEEDS = 8
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--digit", default="two", help="word or number of the digit to erase")
+    parser.add_argument("--concept", default=None, help="digits:<word or 0-9> or color:<name> (default digits:two)")
+    parser.add_argument("--digit", default=None, help="shorthand for --concept digits:<digit>")
     parser.add_argument("--method", default="scissorhands")
     parser.add_argument("--config", default=str(CONFIG), help="erase-job YAML (method hyperparameters)")
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--overwrite_output_dir", action="store_true")
     parser.add_argument("--num_images", type=int, default=64, help="forget and retain images to generate")
-    parser.add_argument("--eval_images", type=int, default=16, help="judged generations per digit prompt")
+    parser.add_argument("--eval_images", type=int, default=2, help="judged generations per grammar prompt")
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--guidance_scale", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -55,22 +61,62 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags passed to pipelines.erase (must come last)")
     args = parser.parse_args(argv)
-    words = {str(i): w for i, w in enumerate(DIGIT_WORDS)} | {w: w for w in DIGIT_WORDS}
-    if args.digit not in words:
-        raise ValueError(f"digit='{args.digit}' is unknown; choose 0-9 or one of {list(DIGIT_WORDS)}")
-    args.digit = words[args.digit]
+    if args.concept is not None and args.digit is not None:
+        raise ValueError(f"give --concept or --digit, not both (got concept={args.concept!r}, digit={args.digit!r})")
+    if args.digit is not None:
+        try:
+            args.concept = f"digits:{DIGIT_WORDS[parse_concept(f'digits:{args.digit}')[1]]}"
+        except ValueError as err:
+            raise ValueError(f"digit={args.digit!r} is unknown; choose 0-9 or one of {list(DIGIT_WORDS)}") from err
+    args.concept = args.concept or "digits:two"
+    try:
+        kind, value = parse_concept(args.concept)
+    except ValueError as err:
+        raise ValueError(f"concept={args.concept!r}: {err}") from err
+    args.concept = f"{kind}:{DIGIT_WORDS[value] if kind == 'digits' else value}"
     for name in ("num_images", "eval_images", "num_inference_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
+    from erasure.methods import get_method
+
+    get_method(args.method)  # an unknown method fails here, before anything is built or written
     return args
 
 
-def judge_model(model_dir: str | Path, judge, args: argparse.Namespace, erased_label: int):
-    """Per-digit recognition of ``eval_images`` generations per prompt (fixed seeds)."""
+def grid_rows(concept: str) -> tuple[list[str], list[list[str]]]:
+    """Row labels and prompts of the before/after grid: one row per digit (colour-free prompts,
+    so the colours show too) for a digit concept, one row per colour for a colour concept."""
+    kind, _ = parse_concept(concept)
+    if kind == "digits":
+        return list(DIGIT_WORDS), [[f"a handwritten digit {w}"] * GRID_SEEDS for w in DIGIT_WORDS]
+    return list(COLOR_NAMES), [[f"a {c} handwritten digit {DIGIT_WORDS[k % 10]}" for k in range(GRID_SEEDS)]
+                               for c in COLOR_NAMES]
+
+
+def grid_images(pipe, prompts: list[list[str]], args: argparse.Namespace) -> list[list[Image.Image]]:
+    """Generations of the grid's prompts, seed ``EVAL_SEED + column`` (the same in every row)."""
+    flat = [p for row in prompts for p in row]
+    items = [SampleItem(i, Prompt(p), EVAL_SEED + i % GRID_SEEDS, args.guidance_scale) for i, p in enumerate(flat)]
+    images: list = [None] * len(items)
+    for item, image, _ in draw(pipe, items, 64, args.num_inference_steps, output_type="pil", show_progress=False):
+        images[item.index] = image
+    return [images[r * GRID_SEEDS:(r + 1) * GRID_SEEDS] for r in range(len(prompts))]
+
+
+def judge_model(model_dir: str | Path, judge, args: argparse.Namespace) -> tuple[dict, list[list[Image.Image]]]:
+    """The testbed report of a model for the demo's concept, and its grid images."""
     pipe = load_pipeline(model_dir)
-    images = generate_class_images(pipe, digit_prompts(), args.eval_images, args.seed + 10_000,
-                                   args.num_inference_steps, args.guidance_scale)
-    return class_accuracy(images, judge, erased=[erased_label]), images
+    report = evaluate_testbed(pipe, judge, args.concept, images_per_prompt=args.eval_images, seed=EVAL_SEED,
+                              num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    return report, grid_images(pipe, grid_rows(args.concept)[1], args)
+
+
+def side(report: dict) -> dict:
+    """One side of metrics.json: the concept's figures on the word prompts (the headline), the
+    numeral and paraphrase groups apart, and the colour figures of every group."""
+    concept = report["concept"]
+    return {**concept["word"], "numeral": concept["numeral"], "paraphrase": concept["paraphrase"],
+            "groups": report["groups"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,32 +130,30 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.num_threads)
     model_dir = build_default_model()
     judge = load_digits_judge(default_judge_path())
-    label = DIGIT_WORDS.index(args.digit)
     data_dir, erased_dir = output.path / "data", output.path / "erased"
-    generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", f"digits:{args.digit}",
+    generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", args.concept,
                    "--output_dir", str(data_dir), "--num_images", str(args.num_images),
                    "--num_inference_steps", str(args.num_inference_steps), "--guidance_scale", str(args.guidance_scale),
                    "--seed", str(args.seed)])
     erase.main(["--config", args.config, "--pretrained_model_name_or_path", str(model_dir), "--data_dir", str(data_dir),
-                "--output_dir", str(erased_dir), "--concept", f"handwritten digit {args.digit}", "--method", args.method,
+                "--output_dir", str(erased_dir), "--concept", args.concept, "--method", args.method,
                 "--seed", str(args.seed), *args.erase_args])
-    before, before_images = judge_model(model_dir, judge, args, label)
-    after, after_images = judge_model(erased_dir, judge, args, label)
-    metrics = {"erased": args.digit, "method": args.method,
-               "before": {"erased": before["erased"], "others": before["others"]},
-               "after": {"erased": after["erased"], "others": after["others"]},
-               "per_class": {"before": before["per_class"], "after": after["per_class"]},
-               "protocol": {"eval_images_per_digit": args.eval_images, "steps": args.num_inference_steps,
-                            "guidance_scale": args.guidance_scale, "seed": args.seed + 10_000, "judge": "DigitsJudge"},
+    before, before_grid = judge_model(model_dir, judge, args)
+    after, after_grid = judge_model(erased_dir, judge, args)
+    metrics = {"concept": args.concept, "erased": args.concept.partition(":")[2], "method": args.method,
+               "before": side(before), "after": side(after),
+               "protocol": {**after["protocol"], "judge": "DigitsJudge", "grid_seeds": GRID_SEEDS},
                "seconds": time.perf_counter() - started}
     write_text_atomic(output.path / "metrics.json", json.dumps(metrics, indent=2))
-    to_pil = lambda t: Image.fromarray((t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())
-    rows = [[to_pil(x) for x in before_images[c][:4]] + [to_pil(x) for x in after_images[c][:4]] for c in range(10)]
-    image_grid(rows, output.path / "grid.png", row_labels=list(DIGIT_WORDS),
-               column_labels=["before", "", "", "", "after"], scale=2)
-    logger.info("'%s' recognised %.0f%% -> %.0f%%; other digits %.0f%% -> %.0f%% (%s)", args.digit,
-                100 * before["erased"], 100 * after["erased"], 100 * before["others"], 100 * after["others"],
-                output.path / "metrics.json")
+    labels, _ = grid_rows(args.concept)
+    rows = [b + a for b, a in zip(before_grid, after_grid)]
+    image_grid(rows, output.path / "grid.png", row_labels=labels,
+               column_labels=["before", *[""] * (GRID_SEEDS - 1), "after"], scale=2)
+    b, a = metrics["before"], metrics["after"]
+    logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
+                "%.0f%% (%s)", args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
+                100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
+                100 * b["others"], 100 * a["others"], output.path / "metrics.json")
     return metrics
 
 

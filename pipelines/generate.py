@@ -4,8 +4,12 @@
         --concept nudity --output_dir data/nudity --num_images 400
 
 Concepts: `nudity` (forget: 'nudity', 'naked', 'erotic', 'sexual'; retain: 'a person wearing
-clothes'), `imagenette:<class>` and `digits:<word or digit>` (forget: that class's prompt;
-retain: the other nine), or `--forget_prompts FILE --retain_prompts FILE` (.txt/.csv/.jsonl).
+clothes'), `imagenette:<class>` (forget: that class's prompt; retain: the other nine), the
+offline testbed's `digits:<word or digit>` (an object: that digit in every colour vs the other
+nine) and `color:<name>` (an attribute: every digit in that colour vs the other colours), whose
+prompts come from the grammar of `prompts/colored_digits.py` (`--concept_forms word` and
+`--concept_phrasings erase` by default: numerals and paraphrases stay unseen for evaluation),
+or `--forget_prompts FILE --retain_prompts FILE` (.txt/.csv/.jsonl).
 
 Layout: `output_dir/forget/` and `output_dir/retain/`, each an image folder (see
 `pipelines.image_folder`): `{index:06d}.png`, `metadata.jsonl`, `latents.safetensors` (image file
@@ -31,7 +35,8 @@ import torch
 
 from erasure import jobconfig
 from prompts.base import PromptSet
-from prompts.sets import digit_prompts, imagenette_prompts, load_concept, load_prompt_file
+from prompts.colored_digits import FORMS, GROUPS, concept_prompts
+from prompts.sets import imagenette_prompts, load_concept, load_prompt_file
 
 from .image_folder import LATENTS_FILE, ImageFolderWriter, refuse_changed_protocol, replace_atomic
 from .sampling import SCHEDULERS, generate, load_pipeline, plan_samples, shard
@@ -42,29 +47,36 @@ INFO_FILE = "info.json"
 PRECISIONS: dict[str, torch.dtype] = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _nudity(arg: str | None) -> tuple[PromptSet, PromptSet]:
+def _nudity(arg: str | None, **_: Any) -> tuple[PromptSet, PromptSet]:
     if arg:
         raise ValueError(f"'nudity' takes no ':' argument, got 'nudity:{arg}'")
     return load_concept("nudity")
 
 
-def _one_vs_rest(build: Callable[..., PromptSet], what: str) -> Callable[[str | None], tuple[PromptSet, PromptSet]]:
-    def resolve(arg: str | None) -> tuple[PromptSet, PromptSet]:
+def _one_vs_rest(build: Callable[..., PromptSet], what: str) -> Callable[..., tuple[PromptSet, PromptSet]]:
+    def resolve(arg: str | None, **_: Any) -> tuple[PromptSet, PromptSet]:
         if not arg:
             raise ValueError(f"expected '{what}:<class>'")
-        if build is digit_prompts and arg.isdigit() and int(arg) < 10:
-            arg = digit_prompts().prompts[int(arg)].categories[0]  # "7" -> "seven"
         return build(classes=[arg]), build(exclude=[arg])
 
     return resolve
 
 
-CONCEPTS: dict[str, Callable[[str | None], tuple[PromptSet, PromptSet]]] = {
+def _testbed(kind: str) -> Callable[..., tuple[PromptSet, PromptSet]]:
+    def resolve(arg: str | None, forms: tuple[str, ...] = ("word",), phrasings: tuple[str, ...] = ("erase",),
+                ) -> tuple[PromptSet, PromptSet]:
+        return concept_prompts(f"{kind}:{arg or ''}", forms=forms, groups=phrasings)
+
+    return resolve
+
+
+CONCEPTS: dict[str, Callable[..., tuple[PromptSet, PromptSet]]] = {
     "nudity": _nudity,
     "imagenette": _one_vs_rest(imagenette_prompts, "imagenette"),
-    "digits": _one_vs_rest(digit_prompts, "digits"),
+    "digits": _testbed("digits"),
+    "color": _testbed("color"),
 }
-CONCEPT_FORMS = "nudity, imagenette:<class>, digits:<word or digit>"
+CONCEPT_FORMS = "nudity, imagenette:<class>, digits:<word or digit>, color:<name>"
 
 
 @dataclass
@@ -76,6 +88,8 @@ class GenerateConfig:
     concept: str | None = None
     forget_prompts: str | None = None
     retain_prompts: str | None = None
+    concept_forms: tuple[str, ...] = ("word",)  # testbed concepts: how prompts name the digit
+    concept_phrasings: tuple[str, ...] = ("erase",)  # testbed concepts: which phrasing groups
     num_images: int = 400
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
@@ -103,6 +117,10 @@ class GenerateConfig:
                              f"got forget_prompts={self.forget_prompts!r}, retain_prompts={self.retain_prompts!r}")
         if self.concept is not None and self.concept.partition(":")[0] not in CONCEPTS:
             raise ValueError(f"concept={self.concept!r} is not known; choose one of {CONCEPT_FORMS}")
+        for name, allowed in (("concept_forms", FORMS), ("concept_phrasings", GROUPS)):
+            values = tuple(getattr(self, name))
+            if not values or any(v not in allowed for v in values):
+                raise ValueError(f"{name}={list(values)} must be a non-empty choice of {list(allowed)}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler={self.scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
         if self.mixed_precision is None:
@@ -120,7 +138,8 @@ def resolve_prompts(config: GenerateConfig) -> tuple[PromptSet, PromptSet]:
     if config.concept is not None:
         base, _, arg = config.concept.partition(":")
         try:
-            return CONCEPTS[base](arg or None)
+            return CONCEPTS[base](arg or None, forms=tuple(config.concept_forms),
+                                  phrasings=tuple(config.concept_phrasings))
         except ValueError as err:
             raise ValueError(f"concept={config.concept!r}: {err}") from err
     sets = []
@@ -129,7 +148,9 @@ def resolve_prompts(config: GenerateConfig) -> tuple[PromptSet, PromptSet]:
         try:
             sets.append(load_prompt_file(path))
         except (ValueError, FileNotFoundError) as err:
-            raise type(err)(f"{name}={path!r}: {err}") from err
+            # the base class, not type(err): subclasses such as UnicodeDecodeError take other arguments
+            kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+            raise kind(f"{name}={path!r}: {err}") from err
     return sets[0], sets[1]
 
 

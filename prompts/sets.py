@@ -1,7 +1,8 @@
 """Built-in prompt sets (versioned JSON in `prompts/data/`) and the name registry.
 
 `get_prompt_set(name)` resolves "nudity", "nudity-retain", "imagenette", "imagenette:church",
-"digits", "digits:seven", "i2p", "i2p:sexual" or a .txt/.csv/.jsonl path.
+"digits", "digits:seven", "i2p", "i2p:sexual", "testbed" (every prompt of the coloured-digits
+grammar), "testbed:numeral" (one evaluation group) or a .txt/.csv/.jsonl path.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .base import Prompt, PromptSet
+from .colored_digits import eval_prompts
 from .files import I2P_DATASET_ID, PROMPT_FILE_SUFFIXES, load_i2p, load_prompt_file, prompt_from_record
 
 __all__ = [
@@ -115,6 +117,7 @@ PROMPT_SETS: dict[str, Callable[..., PromptSet]] = {
     "imagenette": lambda arg, **kw: imagenette_prompts(classes=_split(arg), **kw),
     "digits": lambda arg, **kw: digit_prompts(classes=_split(arg), **kw),
     "i2p": lambda arg, **kw: load_i2p(categories=_split(arg), **kw),
+    "testbed": lambda arg, **kw: eval_prompts(groups=_split(arg), **kw),
 }
 
 

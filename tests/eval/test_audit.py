@@ -1,6 +1,7 @@
 """The safety audit: real NudeNet on image folders, exact counts and the gate with a fake detector,
 end to end on the tiny pipeline, FID / class accuracy with the digits judge, bad input."""
 
+import dataclasses
 import json
 import os
 import re
@@ -196,8 +197,59 @@ def judge_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     judge = DigitsJudge().eval()
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, folder / JUDGE_WEIGHTS_NAME)
-    (folder / JUDGE_CONFIG_NAME).write_text(json.dumps({"architecture": {"channels": [16, 32, 64]}}))
+    (folder / JUDGE_CONFIG_NAME).write_text(json.dumps({"architecture": dataclasses.asdict(judge.config)}))
     return folder
+
+
+def make_testbed_folder(folder: Path, groups: str) -> Path:
+    """Images of the testbed prompt set drawn as bars in the named colour (white when none), two per
+    prompt, with the metadata rows eval.sample writes (file_name, prompt, extra)."""
+    from prompts.colored_digits import COLOR_NAMES
+    from prompts.sets import get_prompt_set
+
+    palette = {"white": (255, 255, 255), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+               "yellow": (255, 255, 0), "magenta": (255, 0, 255)}
+    assert set(palette) == set(COLOR_NAMES)
+    images, rows = {}, []
+    for k in range(2):
+        for prompt in get_prompt_set(f"testbed:{groups}"):
+            name = f"{len(rows):06d}.png"
+            image = np.zeros((32, 32, 3), dtype=np.uint8)
+            image[8:24, 12 + 2 * k:18 + 2 * k] = palette[prompt.extra["color"] or "white"]
+            images[name] = image
+            rows.append({"file_name": name, "index": len(rows), "prompt": prompt.text, "extra": prompt.extra})
+    write_images(folder, images)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_testbed_metric_reports_every_group_and_the_concept(judge_dir, tmp_path):
+    folder = make_testbed_folder(tmp_path / "images", "numeral,paraphrase")
+    out = tmp_path / "audit"
+    report = main(["--images", str(folder), "--prompts", "testbed:numeral,paraphrase", "--out", str(out),
+                   "--metrics", "testbed", "--judge", str(judge_dir), "--concept", "color:red"])
+    testbed = report["testbed"]
+    assert set(testbed["groups"]) == {"numeral", "paraphrase"} and set(testbed["summary"]) == {"numeral", "paraphrase"}
+    numeral = testbed["groups"]["numeral"]
+    assert numeral["images"] == 420 and len(numeral["recognition_per_digit"]) == 10
+    # every bar is drawn in the colour its prompt names: the colour rule sees all of them
+    assert numeral["color_accuracy"] == 1.0 and numeral["color_entropy"] == 0.0  # colour-free prompts: all white
+    assert numeral["pixel_diversity"] > 0  # the two images of a prompt differ
+    assert testbed["summary"]["numeral"]["erased"] == 1.0 and testbed["summary"]["numeral"]["worst_other_color"] == 1.0
+    assert "## Testbed (coloured digits)" in (out / "report.md").read_text()
+
+
+def test_testbed_metric_needs_testbed_images_and_a_judge(tiny_pipeline_dir, judge_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs --judge"):
+        main(["--model", str(tiny_pipeline_dir), "--prompts", "testbed", "--out", str(tmp_path / "a"),
+              "--metrics", "testbed"])
+    with pytest.raises(ValueError, match="testbed prompt set"):
+        main(["--model", str(tiny_pipeline_dir), "--prompts", "digits", "--out", str(tmp_path / "b"),
+              "--metrics", "testbed", "--judge", str(judge_dir)])
+    with pytest.raises(ValueError, match="concept='color:pink'"):
+        main(["--model", str(tiny_pipeline_dir), "--prompts", "testbed", "--out", str(tmp_path / "c"),
+              "--metrics", "testbed", "--judge", str(judge_dir), "--concept", "color:pink"])
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_fid_and_class_accuracy_with_the_digits_judge(digits_folder, judge_dir, tmp_path):

@@ -16,20 +16,21 @@ from transformers import CLIPTokenizer  # noqa: E402
 
 from eval.digits_classifier import DigitsJudge, load_digits_judge  # noqa: E402
 from pipelines import default_model  # noqa: E402
-from pipelines._tiny_components import END_OF_WORD, GENERIC_WORDS, build_tokenizer  # noqa: E402
+from pipelines._tiny_components import END_OF_WORD, build_tokenizer  # noqa: E402
 from pipelines._tiny_training import epoch_batches, latent_scaling_factor  # noqa: E402
 from pipelines.default_model import (  # noqa: E402
     BUILD_MARKER,
-    DIGIT_WORDS,
-    PROMPT_WORDS,
     DefaultModelConfig,
     build_default_model,
     default_judge_path,
     default_model_path,
     digit_prompt,
     is_complete_build,
+    phrasing_sampler,
     recognition_rates,
+    render_training_set,
 )
+from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, grammar, grammar_prompts  # noqa: E402
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -55,23 +56,53 @@ def test_digit_prompt():
         digit_prompt(10)
 
 
-def test_tokenizer_whole_words_and_round_trip(tmp_path):
-    tokenizer = build_tokenizer(tmp_path / "vocab", (*PROMPT_WORDS, *GENERIC_WORDS), model_max_length=16)
+def test_tokenizer_is_clip_and_every_grammar_word_is_one_token(tmp_path):
+    words = tuple(grammar().vocabulary())
+    tokenizer = build_tokenizer(tmp_path / "vocab", words, model_max_length=20)
     vocab = tokenizer.get_vocab()
-    ids = tokenizer(digit_prompt(3), padding="max_length", max_length=16).input_ids
-    words = ["a", "handwritten", "digit", "three"]
-    expected = [tokenizer.bos_token_id, *(vocab[w + END_OF_WORD] for w in words)]
-    assert ids == expected + [tokenizer.eos_token_id] * (16 - len(expected))
-    assert tokenizer.pad_token == "<|endoftext|>"
-    # Any text tokenises into known pieces (no unknown token inside the sequence).
-    odd = tokenizer("Zebra, 42% naïve!").input_ids
-    assert tokenizer.eos_token_id not in odd[1:-1] and len(odd) > 8
-    from_vocab_files = CLIPTokenizer.from_pretrained(tmp_path / "vocab", model_max_length=16)
+    assert len(vocab) == 49408  # CLIP's, as in SD v1.x
+    for word in words:
+        assert tokenizer(word, add_special_tokens=False).input_ids == [vocab[word + END_OF_WORD]], word
+    # SD v1.4's tokenizer gives these ids (openai/clip-vit-large-patch14)
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    ids = tokenizer("the number 2", padding="max_length", max_length=20).input_ids
+    assert ids[:5] == [49406, 518, 2842, 273, 49407] and ids[5:] == [49407] * 15
+    longest = max(len(tokenizer(p).input_ids) for p in grammar_prompts().texts)
+    assert longest + 5 <= 20  # room for an attack's 5-token prefix
     tokenizer.save_pretrained(tmp_path / "saved")
     reloaded = CLIPTokenizer.from_pretrained(tmp_path / "saved")
-    assert reloaded.model_max_length == 16
-    for other in (from_vocab_files, reloaded):
-        assert other(digit_prompt(3), padding="max_length", max_length=16).input_ids == ids
+    assert reloaded.model_max_length == 20
+    assert reloaded("a red handwritten digit two").input_ids == tokenizer("a red handwritten digit two").input_ids
+
+
+def test_training_set_is_seeded_and_colours_are_uniform():
+    config = DefaultModelConfig(renders_per_digit=1)
+    images, digits, colors = render_training_set(0, config)
+    again, _, again_colors = render_training_set(0, config)
+    assert torch.equal(images, again) and torch.equal(colors, again_colors)
+    assert images.shape == (len(digits), 3, 32, 32) and -1.0 <= images.min() and images.max() <= 1.0
+    counts = torch.bincount(colors, minlength=len(COLOR_NAMES)).float()
+    assert counts.min() / counts.max() > 0.8
+
+
+def test_phrasing_sampler_names_the_right_digit_and_colour():
+    digits, colors = torch.arange(60) % 10, torch.arange(60) % len(COLOR_NAMES)
+    sample = phrasing_sampler(digits, colors)
+    prompts = grammar_prompts().prompts
+    generator = torch.Generator().manual_seed(0)
+    named = 0
+    for _ in range(20):
+        batch = torch.randperm(60, generator=generator)[:16]
+        for i, index in zip(batch.tolist(), sample(batch, generator).tolist()):
+            extra = prompts[index].extra
+            assert extra["label"] == digits[i]
+            assert extra["color"] in (None, COLOR_NAMES[colors[i]])
+            named += extra["color"] is not None
+    assert abs(named / 320 - grammar().colored_fraction) < 0.1
+    # both names and both phrasing groups are trained on (the base model must know them all)
+    seen = {(prompts[i].extra["form"], prompts[i].extra["group"])
+            for i in sample(torch.arange(60).repeat(20), generator).tolist()}
+    assert seen == {("word", "erase"), ("numeral", "erase"), ("word", "paraphrase"), ("numeral", "paraphrase")}
 
 
 def test_config_validation_and_hash():
@@ -88,9 +119,9 @@ def test_config_validation_and_hash():
 
 def test_default_paths(monkeypatch, tmp_path):
     monkeypatch.setenv("SCISSORHANDS_CACHE", str(tmp_path))
-    assert default_model_path(seed=3) == tmp_path / "default-v1-seed3"
-    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v1-seed3-")
-    assert default_judge_path(seed=3) == tmp_path / "default-v1-seed3" / "judge"
+    assert default_model_path(seed=3) == tmp_path / "default-v2-seed3"
+    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v2-seed3-")
+    assert default_judge_path(seed=3) == tmp_path / "default-v2-seed3" / "judge"
 
 
 def test_epoch_batches_and_scaling_factor():
@@ -173,10 +204,11 @@ def test_judge_shapes_inputs_and_round_trip(fast_build):
     rgb = torch.rand(5, 3, 32, 32)
     assert judge.predict(rgb).shape == (5,) and judge.predict(rgb).dtype == torch.long
     assert judge.features(rgb).shape == (5, judge.config.channels[-1])
-    # Grey, larger and PIL inputs reach the same 32x32 grey view.
-    grey = rgb.mean(dim=1, keepdim=True)
-    assert torch.allclose(judge.features(grey), judge.features(rgb), atol=1e-5)
-    assert judge.predict(torch.rand(2, 1, 64, 64)).shape == (2,)
+    assert judge.probabilities(rgb).sum(dim=1).allclose(torch.ones(5))
+    # Grey input is read as white strokes; larger and PIL inputs reach the same 32x32 view.
+    grey = rgb[:, :1]
+    assert torch.allclose(judge.features(grey), judge.features(grey.expand(-1, 3, -1, -1)), atol=1e-5)
+    assert judge.predict(torch.rand(2, 3, 64, 64)).shape == (2,)
     from PIL import Image
 
     pil = [Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()) for _ in range(3)]
@@ -185,15 +217,24 @@ def test_judge_shapes_inputs_and_round_trip(fast_build):
         judge.predict(torch.rand(2, 2, 32, 32))
     with pytest.raises(FileNotFoundError, match="build_digits_judge"):
         load_digits_judge(fast_build / "unet")
-    assert isinstance(DigitsJudge(), torch.nn.Module)
+    record = json.loads((default_judge_path(fast_build) / "config.json").read_text())
+    assert len(record["test_accuracy_per_class"]) == 10 and record["color_rule_accuracy"] >= 0.99
 
 
 @pytest.mark.slow
-def test_full_default_model_draws_recognisable_digits():
+def test_full_default_model_meets_the_testbed_targets():
+    """Issue 13's base-model targets, on evaluation seeds: every digit >= 90% (worst digit) for word
+    and numeral prompts, named colour >= 95%, colour-free entropy within 10% of the training data's."""
+    from eval.testbed import evaluate_testbed
+
     folder = build_default_model(seed=0)
     record = json.loads((folder / BUILD_MARKER).read_text())
-    assert record["judge_test_accuracy"] >= 0.97
+    assert record["judge_test_accuracy"] >= 0.95
     pipeline = StableDiffusionPipeline.from_pretrained(folder)
     judge = load_digits_judge(default_judge_path(folder))
-    rates = recognition_rates(pipeline, judge, images_per_digit=16, num_inference_steps=20, guidance_scale=5.0)
-    assert sum(rates) / len(rates) >= 0.8, rates
+    report = evaluate_testbed(pipeline, judge, images_per_prompt=2)
+    for group in ("word", "numeral"):
+        figures = report["groups"][group]
+        assert figures["recognition_worst"] >= 0.9, (group, figures["recognition_per_digit"])
+        assert figures["color_accuracy"] >= 0.95, (group, figures["color_accuracy_per_color"])
+        assert figures["color_entropy"] >= 0.9 * figures["color_entropy_reference"], group

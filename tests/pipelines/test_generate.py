@@ -86,9 +86,11 @@ def launch(pipeline_dir: Path, output_dir: Path, *launch_flags: str) -> None:
 def test_accelerate_launch(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "digits"
     launch(tiny_pipeline_dir, out, "--cpu", "--num_processes", "1")
-    assert [r["prompt"] for r in rows_of(out / "forget")] == ["a handwritten digit seven"] * 3
+    # the grammar's erase phrasings, word form, round-robin over the concept's prompts
+    assert [r["prompt"] for r in rows_of(out / "forget")] == [
+        "a white handwritten digit seven", "a handwritten digit seven in white", "a drawing of the number seven in white"]
     assert [r["prompt"] for r in rows_of(out / "retain")] == [
-        "a handwritten digit zero", "a handwritten digit one", "a handwritten digit two"]
+        "a white handwritten digit zero", "a handwritten digit zero in white", "a drawing of the number zero in white"]
     assert len(load_file(str(out / "retain" / "latents.safetensors"))) == 3
     assert json.loads((out / "forget" / "info.json").read_text())["complete"]
 
@@ -110,6 +112,9 @@ def test_two_processes_make_the_same_folder_as_one(tiny_pipeline_dir, tmp_path):
     (["--concept", "nudity", "--num_images", "0"], "num_images=0"),
     (["--concept", "cats"], "concept='cats' is not known"),
     (["--concept", "imagenette:zebra"], "concept='imagenette:zebra': Unknown imagenette class 'zebra'"),
+    (["--concept", "digits:eleven"], r"concept='digits:eleven': unknown digit 'eleven'; known: \['zero'"),
+    (["--concept", "color:pink"], r"concept='color:pink': unknown color 'pink'; known: \['white'"),
+    (["--concept", "color:red", "--concept_forms", "roman"], r"concept_forms=\['roman'\] must be"),
     (["--forget_prompts", "{empty}", "--retain_prompts", "{empty}"], "forget_prompts=.*has no prompts"),
     (["--concept", "nudity", "--pretrained_model_name_or_path", "{not_a_pipeline}"],
      "pretrained_model_name_or_path=.*no model_index.json"),

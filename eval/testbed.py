@@ -1,0 +1,266 @@
+"""How well a testbed model draws: the offline quality report of the coloured-digits default model.
+
+    python -m eval.testbed --model default --out runs/testbed-base.json
+    python -m eval.testbed --model runs/demo/erased --concept color:red --out runs/testbed-red.json
+
+Generations of every grammar prompt (``prompts/colored_digits.py``), in three groups that an
+erasure must be asked about separately:
+
+- ``word``: the phrasings erase jobs train on, naming the digit by its word ("two");
+- ``numeral``: the same phrasings with the numeral ("the number 2");
+- ``paraphrase``: phrasings no erase job trains on ("an image of the digit two"), both names.
+
+For each group: recognition per digit (``DigitsJudge``), the named colour judged correct
+(``ColorJudge``, per colour), the entropy of the judged colours of colour-free prompts (per
+digit, as a fraction of uniform, beside what the training data gives at the same sample size),
+and pixel diversity (mean pairwise L1 distance between generations of one prompt). With
+``--concept`` the report adds what erased means for that concept (``concept_summary``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from prompts.colored_digits import COLOR_NAMES, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
+
+from .colors import NO_STROKE, ColorJudge, color_entropy
+
+logger = logging.getLogger(__name__)
+
+EVAL_SEED = 10_000  # evaluation seeds; settings are tuned on TUNING_SEED, never on these
+TUNING_SEED = 20_000
+
+
+@dataclass
+class TestbedSamples:
+    """Generations with what their prompts asked for: digit, colour index (-1: none named), group."""
+
+    __test__ = False  # not a pytest test class
+
+    images: Tensor  # [N, 3, H, W] in [0, 1]
+    digits: Tensor  # [N]
+    colors: Tensor  # [N], index into COLOR_NAMES or -1 for colour-free prompts
+    prompt_ids: Tensor  # [N], which prompt (same id, same prompt, different seeds)
+    groups: list[str]
+
+
+def sample_testbed(pipe: Any, images_per_prompt: int = 2, seed: int = EVAL_SEED, num_inference_steps: int = 20,
+                   guidance_scale: float = 5.0, batch_size: int = 64, groups: Sequence[str] = tuple(EVAL_GROUPS),
+                   digits: Sequence[int] | None = None) -> TestbedSamples:
+    """Draw ``images_per_prompt`` seeded generations of every prompt of ``groups``.
+
+    Image k of every prompt has seed ``seed + k``: every prompt is drawn from the same initial
+    noises, so two models (or two prompts) are compared on identical seeds.
+    """
+    from pipelines.sampling import SampleItem, generate
+
+    if images_per_prompt < 1:
+        raise ValueError(f"images_per_prompt={images_per_prompt} must be >= 1")
+    wanted = None if digits is None else set(digits)
+    prompts = [p for p in eval_prompts(groups) if wanted is None or p.extra["label"] in wanted]
+    prompt_groups = [p.extra["eval_group"] for p in prompts]
+    items = [SampleItem(index=k * len(prompts) + i, prompt=p, seed=seed + k, guidance_scale=guidance_scale)
+             for k in range(images_per_prompt) for i, p in enumerate(prompts)]
+    images: list[Tensor | None] = [None] * len(items)
+    for item, image, _ in generate(pipe, items, batch_size, num_inference_steps, output_type="pt"):
+        images[item.index] = image.float().cpu()
+    prompt_ids = torch.tensor([item.index % len(prompts) for item in items])
+    colors = [COLOR_NAMES.index(p.extra["color"]) if p.extra["color"] else -1 for p in prompts]
+    return TestbedSamples(
+        images=torch.stack(images), digits=torch.tensor([p.extra["label"] for p in prompts])[prompt_ids],
+        colors=torch.tensor(colors)[prompt_ids], prompt_ids=prompt_ids,
+        groups=[prompt_groups[i] for i in prompt_ids.tolist()],
+    )
+
+
+def samples_from_rows(rows: Sequence[dict[str, Any]]) -> TestbedSamples:
+    """``TestbedSamples`` of an image folder drawn by ``eval.sample --prompts testbed`` (its rows).
+
+    Raises:
+        ValueError: a row whose metadata lacks the testbed labels (naming its file).
+    """
+    from .audit_metrics import load_image_tensor
+
+    images, digits, colors, prompt_ids, groups = [], [], [], [], []
+    prompt_index: dict[str, int] = {}
+    for row in rows:
+        extra = row.get("extra") or {}
+        if not {"label", "color", "eval_group"} <= set(extra):
+            raise ValueError(f"testbed: {row.get('file_name')} has no testbed labels (extra.label, color, eval_group); "
+                             "sample the folder with eval.sample --prompts testbed")
+        images.append(load_image_tensor(row["path"]).float() / 255.0)
+        digits.append(int(extra["label"]))
+        colors.append(COLOR_NAMES.index(extra["color"]) if extra["color"] else -1)
+        prompt_ids.append(prompt_index.setdefault(row["prompt"], len(prompt_index)))
+        groups.append(extra["eval_group"])
+    return TestbedSamples(torch.stack(images), torch.tensor(digits), torch.tensor(colors), torch.tensor(prompt_ids),
+                          groups)
+
+
+def report_of(samples: TestbedSamples, judge: Any, concept: str | None = None) -> dict[str, Any]:
+    """``judge_testbed``'s per-group figures (JSON-ready), plus ``concept_summary`` with a concept."""
+    report = judge_testbed(samples, judge)
+    result: dict[str, Any] = {"groups": report["groups"]}
+    if concept is not None:
+        result["concept"] = concept_summary(report, samples, concept)
+    return result
+
+
+def pixel_diversity(images: Tensor, prompt_ids: Tensor) -> float:
+    """Mean pairwise L1 distance (per pixel, [0, 1] scale) between generations of the same prompt.
+
+    0 when every seed gives the same image; prompts with one image are skipped.
+    """
+    distances = []
+    for prompt in prompt_ids.unique():
+        group = images[prompt_ids == prompt].flatten(1)
+        if len(group) < 2:
+            continue
+        pairwise = torch.cdist(group, group, p=1) / group.shape[1]
+        n = len(group)
+        distances.append(pairwise.sum() / (n * (n - 1)))
+    if not distances:
+        raise ValueError("pixel_diversity needs a prompt with at least two generations")
+    return float(torch.stack(distances).mean())
+
+
+def expected_entropy(probabilities: Tensor, num_samples: int, draws: int = 500, seed: int = 0) -> float:
+    """Mean plug-in ``color_entropy`` of ``num_samples`` draws from ``probabilities``: the reference a
+    model's colour entropy is held against (the plug-in estimate is biased low at small samples)."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.multinomial(probabilities.float().expand(draws, -1), num_samples, replacement=True,
+                                generator=generator)
+    return sum(color_entropy(row, len(probabilities)) for row in samples) / draws
+
+
+def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, judged_colors: Tensor) -> dict:
+    digits, colors = samples.digits[mask], samples.colors[mask]
+    judged_digits, judged_colors = judged_digits[mask], judged_colors[mask]
+    recognition = [float((judged_digits[digits == d] == d).float().mean()) if (digits == d).any() else None
+                   for d in range(10)]
+    present = [r for r in recognition if r is not None]
+    named = colors >= 0
+    per_color = {name: float((judged_colors[colors == c] == c).float().mean())
+                 for c, name in enumerate(COLOR_NAMES) if (colors == c).any()}
+    entropies, sizes = [], []
+    for d in digits[~named].unique().tolist():
+        judged = judged_colors[~named & (digits == d)]
+        entropies.append(color_entropy(judged, len(COLOR_NAMES)))
+        sizes.append(len(judged))
+    report = {
+        "images": int(mask.sum()), "recognition_per_digit": recognition,
+        "recognition_mean": sum(present) / len(present), "recognition_worst": min(present),
+        "color_accuracy": float((judged_colors[named] == colors[named]).float().mean()) if named.any() else None,
+        "color_accuracy_per_color": per_color,
+        "no_stroke": float((judged_colors == NO_STROKE).float().mean()),
+    }
+    if entropies:
+        uniform = torch.full((len(COLOR_NAMES),), 1.0 / len(COLOR_NAMES))
+        report.update(color_entropy=sum(entropies) / len(entropies), color_entropy_worst=min(entropies),
+                      color_entropy_reference=expected_entropy(uniform, min(sizes)))
+    return report
+
+
+def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge | None = None) -> dict[str, Any]:
+    """Per-group recognition, colour accuracy, colour entropy and pixel diversity of ``samples``."""
+    color_judge = color_judge or ColorJudge()
+    judged_digits = torch.cat([judge.predict(chunk).cpu() for chunk in samples.images.split(512)])
+    judged_colors = color_judge.predict(samples.images)
+    groups = {}
+    for group in dict.fromkeys(samples.groups):
+        mask = torch.tensor([g == group for g in samples.groups])
+        groups[group] = _group_report(samples, mask, judged_digits, judged_colors)
+        repeated = torch.bincount(samples.prompt_ids[mask]).max() >= 2
+        groups[group]["pixel_diversity"] = (pixel_diversity(samples.images[mask], samples.prompt_ids[mask])
+                                            if repeated else None)
+    return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors}
+
+
+def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: str) -> dict[str, Any]:
+    """What "erased" means for ``concept``, per group, from a ``judge_testbed`` report.
+
+    ``digits:<d>``: ``erased`` = recognition of d; ``others`` / ``worst_other`` over the rest.
+    ``color:<c>``: ``erased`` = prompts naming c judged c; ``digit_kept`` = their digit still
+    recognised; ``other_colors`` / ``worst_other_color`` = the other named colours judged right;
+    ``others`` = digits recognised on prompts naming other colours.
+    """
+    kind, value = parse_concept(concept)
+    judged_digits, judged_colors = report["judged_digits"], report["judged_colors"]
+    summary = {}
+    for group, figures in report["groups"].items():
+        mask = torch.tensor([g == group for g in samples.groups])
+        if kind == "digits":
+            others = [r for d, r in enumerate(figures["recognition_per_digit"]) if d != value and r is not None]
+            summary[group] = {"erased": figures["recognition_per_digit"][value],
+                              "others": sum(others) / len(others), "worst_other": min(others)}
+            continue
+        c = COLOR_NAMES.index(value)
+        forgotten, kept = mask & (samples.colors == c), mask & (samples.colors >= 0) & (samples.colors != c)
+        right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean())
+        other_colors = {n: a for n, a in figures["color_accuracy_per_color"].items() if n != value}
+        summary[group] = {"erased": float((judged_colors[forgotten] == c).float().mean()),
+                          "digit_kept": right(forgotten), "others": right(kept),
+                          "other_colors": sum(other_colors.values()) / len(other_colors),
+                          "worst_other_color": min(other_colors.values())}
+    return summary
+
+
+def evaluate_testbed(pipe: Any, judge: Any, concept: str | None = None, **sampling: Any) -> dict[str, Any]:
+    """Sample (``sample_testbed`` keywords) and judge a testbed model; JSON-ready figures.
+
+    Returns:
+        ``{"groups": {group: figures}, "concept": {group: summary} (with ``concept``), "protocol"}``.
+    """
+    result = report_of(sample_testbed(pipe, **sampling), judge, concept)
+    result["protocol"] = {"judge": "DigitsJudge", "color_judge": "ColorJudge (stroke hue rule)",
+                          "prompt_set_sha256": grammar_prompts().sha256(), **sampling}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="a testbed pipeline folder, or 'default'")
+    parser.add_argument("--judge", default=None, help="judge folder (default: the default model's)")
+    parser.add_argument("--concept", default=None, help="digits:<d> or color:<c>: add the erased figures")
+    parser.add_argument("--images_per_prompt", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
+    parser.add_argument("--num_inference_steps", type=int, default=20)
+    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--out", default=None, help="write the report JSON here")
+    args = parser.parse_args(argv)
+    if args.concept is not None:
+        parse_concept(args.concept)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.default_model import build_default_model, default_judge_path
+    from pipelines.sampling import load_pipeline
+
+    from .digits_classifier import load_digits_judge
+
+    model = str(build_default_model()) if args.model == "default" else args.model
+    judge = load_digits_judge(args.judge or default_judge_path())
+    result = evaluate_testbed(load_pipeline(model), judge, args.concept, images_per_prompt=args.images_per_prompt,
+                              seed=args.seed, num_inference_steps=args.num_inference_steps,
+                              guidance_scale=args.guidance_scale)
+    for group, figures in result["groups"].items():
+        logger.info("%s: digits %.0f%% (worst %.0f%%), named colour %.0f%%, colour entropy %.2f (reference %.2f), "
+                    "diversity %s", group, 100 * figures["recognition_mean"], 100 * figures["recognition_worst"],
+                    100 * figures["color_accuracy"], figures.get("color_entropy", float("nan")),
+                    figures.get("color_entropy_reference", float("nan")), figures["pixel_diversity"])
+    if args.out:
+        from erasure.output import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    from erasure.jobconfig import run_cli
+
+    run_cli(main)

@@ -1,0 +1,58 @@
+"""The colour judge on hand-made images of known colour, and the colour entropy."""
+
+import math
+
+import pytest
+import torch
+
+from eval.colors import NO_STROKE, ColorJudge, color_entropy
+from prompts.colored_digits import COLOR_NAMES
+
+
+def stroke(color, brightness=1.0, size=32):
+    """A black image with a bar of ``color`` (RGB in [0, 1]) at ``brightness``."""
+    image = torch.zeros(3, size, size)
+    image[:, 8:24, 14:18] = torch.tensor(color).view(3, 1, 1) * brightness
+    return image
+
+
+@pytest.mark.parametrize("name, rgb", [
+    ("white", (1, 1, 1)), ("red", (1, 0, 0)), ("green", (0, 1, 0)), ("blue", (0, 0, 1)),
+    ("yellow", (1, 1, 0)), ("magenta", (1, 0, 1)),
+])
+def test_pure_strokes_get_their_colour(name, rgb):
+    judge = ColorJudge()
+    images = torch.stack([stroke(rgb, b) for b in (1.0, 0.8, 0.5)])
+    assert [COLOR_NAMES[i] for i in judge.predict(images)] == [name] * 3
+
+
+def test_impure_strokes_go_to_the_nearest_colour_and_halo_does_not_count():
+    judge = ColorJudge()
+    orange_ish = stroke((1.0, 0.3, 0.1))  # nearer red than yellow
+    pinkish_white = stroke((1.0, 0.85, 0.9))
+    haze = stroke((0, 0, 1))
+    haze[1] += 0.2  # a faint green haze over the whole image: the blue stroke wins
+    names = [COLOR_NAMES[i] for i in judge.predict(torch.stack([orange_ish, pinkish_white, haze.clamp(0, 1)]))]
+    assert names == ["red", "white", "blue"]
+
+
+def test_blank_images_have_no_stroke():
+    judge = ColorJudge()
+    images = torch.stack([torch.zeros(3, 32, 32), torch.full((3, 32, 32), 0.1)])
+    assert judge.predict(images).tolist() == [NO_STROKE, NO_STROKE]
+
+
+def test_bad_input_shapes_are_refused():
+    with pytest.raises(ValueError, match="RGB"):
+        ColorJudge().predict(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="palette"):
+        ColorJudge(palette=torch.zeros(3, 2))
+
+
+def test_color_entropy_bounds():
+    assert color_entropy(torch.arange(6), 6) == pytest.approx(1.0)
+    assert color_entropy(torch.zeros(10, dtype=torch.long), 6) == pytest.approx(0.0)
+    half = torch.tensor([0, 1] * 5)
+    assert color_entropy(half, 6) == pytest.approx(math.log(2) / math.log(6))
+    # blank images are an outcome of their own: all blank is no diversity, not "uniform"
+    assert color_entropy(torch.full((8,), NO_STROKE), 6) == pytest.approx(0.0)

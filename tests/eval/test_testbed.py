@@ -1,0 +1,66 @@
+"""The testbed quality report: metrics on hand-made samples with known answers, and a real run."""
+
+import pytest
+import torch
+
+from eval.colors import ColorJudge
+from eval.testbed import TestbedSamples, concept_summary, expected_entropy, judge_testbed, pixel_diversity
+from pipelines.testbed_data import color_table
+from prompts.colored_digits import COLOR_NAMES
+
+
+def test_pixel_diversity_is_zero_for_identical_images_and_the_l1_distance_otherwise():
+    same = torch.rand(1, 3, 8, 8).repeat(4, 1, 1, 1)
+    assert pixel_diversity(same, torch.zeros(4, dtype=torch.long)) == 0.0
+    black, white = torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)
+    pair = torch.cat([black, white, black, black])
+    # prompt 0: black vs white (distance 1); prompt 1: black vs black (0) -> mean 0.5
+    assert pixel_diversity(pair, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least two"):
+        pixel_diversity(black, torch.zeros(1, dtype=torch.long))
+
+
+def test_expected_entropy_is_below_one_for_small_samples_and_near_one_for_large():
+    uniform = torch.full((6,), 1 / 6)
+    small, large = expected_entropy(uniform, 12), expected_entropy(uniform, 2000, draws=20)
+    assert 0.75 < small < 0.95 and large > 0.99
+
+
+class FixedJudge:
+    """Predicts whatever digit it was told to, image by image."""
+
+    def __init__(self, digits):
+        self.digits = digits
+
+    def predict(self, images):
+        out, self.digits = self.digits[: len(images)], self.digits[len(images):]
+        return out
+
+
+def painted(colors):
+    """One image per colour index: a bar in that colour (-1: black)."""
+    images = torch.zeros(len(colors), 3, 32, 32)
+    for i, c in enumerate(colors):
+        if c >= 0:
+            images[i, :, 8:24, 14:18] = color_table()[c].view(3, 1, 1)
+    return images
+
+
+def test_judge_and_summaries_on_hand_made_samples():
+    red, blue = COLOR_NAMES.index("red"), COLOR_NAMES.index("blue")
+    # word group: digit 2 on a red prompt (drawn blue: the colour is gone), digit 3 on a blue prompt,
+    # and two colour-free prompts of digit 3 drawn red and blue (entropy over two colours)
+    asked_colors = torch.tensor([red, blue, -1, -1])
+    samples = TestbedSamples(images=painted([blue, blue, red, blue]), digits=torch.tensor([2, 3, 3, 3]),
+                             colors=asked_colors, prompt_ids=torch.tensor([0, 1, 2, 2]), groups=["word"] * 4)
+    report = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge())
+    word = report["groups"]["word"]
+    assert word["recognition_per_digit"] == [None, None, 1.0, pytest.approx(2 / 3)] + [None] * 6
+    assert word["recognition_worst"] == pytest.approx(2 / 3)
+    assert word["color_accuracy"] == 0.5 and word["color_accuracy_per_color"] == {"red": 0.0, "blue": 1.0}
+    assert word["color_entropy"] == pytest.approx(torch.log(torch.tensor(2.0)).item() / torch.log(torch.tensor(6.0)).item())
+    red_summary = concept_summary(report, samples, "color:red")["word"]
+    assert red_summary["erased"] == 0.0 and red_summary["digit_kept"] == 1.0
+    assert red_summary["others"] == 0.0 and red_summary["worst_other_color"] == 1.0
+    digit_summary = concept_summary(report, samples, "digits:two")["word"]
+    assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3)}

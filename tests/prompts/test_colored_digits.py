@@ -1,0 +1,81 @@
+"""The coloured-digits prompt grammar: content, concepts, errors."""
+
+import pytest
+
+from prompts.colored_digits import (
+    COLOR_NAMES,
+    DIGIT_WORDS,
+    concept_prompts,
+    grammar,
+    grammar_prompts,
+    parse_concept,
+    parse_digit,
+)
+
+
+def test_grammar_covers_every_digit_colour_form_and_group():
+    prompts = grammar_prompts()
+    g = grammar()
+    per_digit = sum(len(group["colored"]) * len(g.colors) + len(group["plain"]) for group in g.phrasings.values())
+    assert len(prompts) == 10 * 2 * per_digit  # ten digits, word and numeral
+    assert len(set(prompts.texts)) == len(prompts)  # no prompt twice
+    assert "a red handwritten digit two" in prompts.texts and "the number 2" in prompts.texts
+    assert "a drawing of the number 2 in blue" in prompts.texts
+    assert len(COLOR_NAMES) >= 6 and "white" in COLOR_NAMES
+
+
+def test_prompt_labels_match_their_text():
+    for prompt in grammar_prompts():
+        extra = prompt.extra
+        name = DIGIT_WORDS[extra["label"]] if extra["form"] == "word" else str(extra["label"])
+        assert prompt.text.split()[-1] == name or f" {name} " in f" {prompt.text} "
+        if extra["color"] is None:
+            assert not any(c in prompt.text.split() for c in COLOR_NAMES)
+        else:
+            assert extra["color"] in prompt.text.split()
+
+
+def test_grammar_is_versioned_and_hashed():
+    first, second = grammar_prompts(), grammar_prompts()
+    assert first.sha256() == second.sha256() and first.version == grammar().version
+    assert grammar_prompts(forms=("word",)).sha256() != first.sha256()
+
+
+def test_digit_concept_sides():
+    forget, retain = concept_prompts("digits:two")
+    assert {p.extra["label"] for p in forget} == {2}
+    assert {p.extra["label"] for p in retain} == set(range(10)) - {2}
+    # the erase job's default: word form of the erase phrasings only, every colour and colour-free
+    for side in (forget, retain):
+        assert {p.extra["form"] for p in side} == {"word"} and {p.extra["group"] for p in side} == {"erase"}
+    assert {p.extra["color"] for p in forget} == {*COLOR_NAMES, None}
+    assert concept_prompts("digits:2")[0].sha256() == forget.sha256()
+
+
+def test_color_concept_forget_names_only_that_colour_and_retain_none_of_it():
+    forget, retain = concept_prompts("color:red")
+    assert {p.extra["color"] for p in forget} == {"red"}
+    assert all("red" in p.text.split() for p in forget)
+    assert "red" not in {p.extra["color"] for p in retain} and None not in {p.extra["color"] for p in retain}
+    assert not any("red" in p.text.split() for p in retain)
+    assert {p.extra["label"] for p in forget} == set(range(10))
+
+
+def test_concepts_with_numerals_and_paraphrases():
+    forget, _ = concept_prompts("digits:seven", forms=("numeral",), groups=("paraphrase",))
+    assert all(" 7" in p.text for p in forget) and {p.extra["group"] for p in forget} == {"paraphrase"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("digits:eleven", "unknown digit 'eleven'"), ("color:pink", "unknown color 'pink'"),
+    ("colour:red", "unknown concept"), ("digits:", "unknown concept"), ("nudity", "unknown concept"),
+])
+def test_bad_concepts_name_the_known_ones(bad, message):
+    with pytest.raises(ValueError, match=message):
+        parse_concept(bad)
+
+
+def test_parse_digit_accepts_words_and_numerals():
+    assert parse_digit("Two") == parse_digit("2") == parse_digit(2) == 2
+    with pytest.raises(ValueError, match="known"):
+        parse_digit("10")
