@@ -66,8 +66,11 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def replace_atomic(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename over `path` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Call `write(tmp_path)`, then rename over `path` (readers never see half a file).
+
+    The temporary name holds the pid: two processes replacing the same file never share it.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
