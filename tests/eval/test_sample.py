@@ -139,3 +139,21 @@ def test_two_launched_processes_split_the_images(tiny_pipeline_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     main(sample_args(tiny_pipeline_dir, "digits:zero,one,two", tmp_path / "one", "--batch_size", "2"))
     assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")
+
+
+def test_folder_held_by_another_live_job_is_refused(tiny_pipeline_dir, i2p_csv, tmp_path):
+    import socket
+
+    from erasure.lock import FolderLockedError
+
+    out = tmp_path / "samples"
+    out.mkdir()
+    other_job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": other_job.pid, "host": socket.gethostname()}))
+        with pytest.raises(FolderLockedError, match=f"pid {other_job.pid}"):
+            main(sample_args(tiny_pipeline_dir, i2p_csv, out, "--categories", "violence"))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        other_job.kill()
+        other_job.wait()
