@@ -82,9 +82,12 @@ class OutputDir:
             recover_export(self.path)
             remove_stale(self.path)
             for entry in self.path.iterdir():
-                leftover_file = entry.is_file() and LEFTOVER.match(entry.name)
-                if entry != self.lock.path and (self.overwrite or leftover_file):
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                if entry == self.lock.path or not (self.overwrite or LEFTOVER.match(entry.name)):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         accelerator.wait_for_everyone()
 
     def close(self) -> None:

@@ -110,7 +110,7 @@ def test_partial_newest_checkpoint_is_skipped_with_a_warning(full_run, cache, tm
     shutil.copytree(full_run / "checkpoint-5", resumed / "checkpoint-5")
     partial = resumed / "checkpoint-10"
     shutil.copytree(full_run / "checkpoint-10", partial)
-    (partial / "checkpoint_complete.json").unlink()
+    (partial / "checkpoint_complete.json").unlink(missing_ok=True)
     (partial / "model.safetensors").write_bytes((partial / "model.safetensors").read_bytes()[:100])
     proc = launch([*FAST, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], cache)
     assert "checkpoint-10" in proc.stderr and "incomplete" in proc.stderr

@@ -97,7 +97,7 @@ def test_latest_skips_a_partial_checkpoint_with_a_warning(accelerator, tmp_path,
     out = saved_run(accelerator, tmp_path / "run")
     partial = out / "checkpoint-3"
     shutil.copytree(out / "checkpoint-2", partial)
-    (partial / "checkpoint_complete.json").unlink()
+    (partial / "checkpoint_complete.json").unlink(missing_ok=True)
     (partial / "optimizer.bin").unlink()
     with caplog.at_level(logging.WARNING):
         assert latest_checkpoint(out) == out / "checkpoint-2"

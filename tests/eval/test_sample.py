@@ -144,14 +144,12 @@ def test_two_launched_processes_split_the_images(tiny_pipeline_dir, tmp_path):
 def test_folder_held_by_another_live_job_is_refused(tiny_pipeline_dir, i2p_csv, tmp_path):
     import socket
 
-    from erasure.lock import FolderLockedError
-
     out = tmp_path / "samples"
     out.mkdir()
     other_job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / ".lock").write_text(json.dumps({"pid": other_job.pid, "host": socket.gethostname()}))
-        with pytest.raises(FolderLockedError, match=f"pid {other_job.pid}"):
+        with pytest.raises(ValueError, match=f"pid {other_job.pid}"):
             main(sample_args(tiny_pipeline_dir, i2p_csv, out, "--categories", "violence"))
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     finally:
