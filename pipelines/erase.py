@@ -9,6 +9,11 @@ latents); ``--forget_dir/--retain_dir`` take any image folders (encoded once and
 Skeleton of the diffusers training examples: parse -> Accelerator -> seed -> load -> prepare ->
 method.prepare (trimming) -> loop with accumulate -> checkpoint-N -> resume -> export ->
 model card -> push -> end_training. The math lives in ``erasure/`` and ``pipelines/objective.py``.
+
+``--output_dir`` holds the export (a diffusers folder: ``StableDiffusionPipeline.from_pretrained
+(output_dir)``, or ``unet/`` alone), ``README.md`` and ``erase_config.json``, replaced as a whole
+on re-export (``erasure.exports``; ``.export.json`` records it), next to ``checkpoint-N/`` (each
+complete or absent, ``erasure.checkpoints``) and ``logs/``. ``.lock`` names the running job.
 """
 
 from __future__ import annotations
