@@ -101,13 +101,21 @@ def _main_pid() -> int:
     return broadcast_object_list([os.getpid()])[0]
 
 
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint by renaming it to a hidden name first: a kill mid-delete never leaves
+    a ``checkpoint-N`` with a marker but missing files."""
+    trash = checkpoint.with_name(f".{checkpoint.name}.old-{os.getpid()}")
+    os.replace(checkpoint, trash)
+    shutil.rmtree(trash)
+
+
 def _move_into_place(staging: Path, target: Path) -> None:
     """Rename ``staging`` to ``target``; an existing ``target`` (same step saved again) is replaced."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    trash = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
-        os.replace(target, old)
+        os.replace(target, trash)
     os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None,
@@ -137,7 +145,7 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: 
         _move_into_place(staging, target)
         if total_limit:
             for old in complete_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
+                _remove(old)
     accelerator.wait_for_everyone()
     return target
 

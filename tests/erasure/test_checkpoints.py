@@ -121,6 +121,7 @@ def test_rotation_counts_only_complete_checkpoints(accelerator, tmp_path):
     (out / "checkpoint-9").mkdir()  # a partial one (no marker), newer than all
     save_checkpoint(accelerator, out, 3, 2)
     assert [p.name for p in checkpoints(out)] == ["checkpoint-2", "checkpoint-3", "checkpoint-9"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # deleted via a hidden rename
 
 
 def test_saving_a_step_again_replaces_it_completely(accelerator, tmp_path):
