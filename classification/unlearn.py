@@ -29,6 +29,7 @@ from erasure import jobconfig
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
 from erasure.methods import build_method, validate_method
+from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite, save_model_atomic
 from erasure.replicas import check_replicas
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
@@ -86,7 +87,12 @@ class ClassificationJobConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     job, method_config = jobconfig.parse((ClassificationJobConfig, MethodConfig), argv, __doc__)
-    output = OutputDir(job.output_dir, job.overwrite_output_dir, job.resume_from_checkpoint)
+    with OutputDir(job.output_dir, job.overwrite_output_dir, job.resume_from_checkpoint) as output:
+        return run(job, method_config, output)
+
+
+def run(job: ClassificationJobConfig, method_config: MethodConfig, output: OutputDir) -> dict:
+    """The job after its flags are parsed: data, unlearning, evaluation and export."""
     splits = load_dataset(job.dataset, job.data_dir, seed=job.seed)  # validates dataset + files
     forget_idx, retain_idx = split_forget(splits.train_y, job.forget, job.forget_fraction, job.forget_classes, job.seed)
     objective = ClassificationObjective(splits.num_classes, seed=job.seed)
@@ -132,8 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
         check_finite(model)
         results = evaluate(job, method_config, splits, forget_idx, retain_idx, model, seconds, summary)
         results["replicas_after_training"] = replicas
-        save_model_atomic(model, output.path / "model.safetensors")
-        write_results(output.path, jobconfig.to_dict(job, method_config), results)
+        staging = staging_folder(output.path)  # the model and its results are replaced together
+        save_model_atomic(model, staging / "model.safetensors")
+        write_results(staging, jobconfig.to_dict(job, method_config), results)
+        publish_export(output.path, staging, key="model.safetensors")
         logger.info("wrote %s", output.path)
     accelerator.end_training()
     return results

@@ -1,82 +1,104 @@
-"""Output folders of jobs: refuse to clobber, checkpoint-N rotation, atomic exports."""
+"""Output folders of jobs: refuse to clobber, one job per folder, atomic files and exports."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from erasure.checkpoints import checkpoints, latest_checkpoint, remove_stale, save_checkpoint, verify_checkpoint
+from erasure.exports import publish_export, recover_export
+from erasure.lock import OutputLock, refuse_if_locked
+
+__all__ = ["OutputDir", "check_finite", "checkpoints", "latest_checkpoint", "load_model_weights", "publish_export",
+           "save_checkpoint", "save_model_atomic", "write_text_atomic"]
+
 logger = logging.getLogger(__name__)
 
 FINAL_MARKERS = ("results.json", "model.safetensors", "model_index.json", "erase_config.json")
+# What a killed run leaves behind and the next run in the folder removes: the lock, export and
+# checkpoint staging folders, pid-named temporary files. They do not make a folder "not empty".
+LEFTOVER = re.compile(r"^\.(lock|export-(old-)?\d+|checkpoint-\d+\.(tmp|old)-\d+|.+\.\d+\.tmp)$")
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """``checkpoint-N`` folders of a run, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = checkpoints(output_dir)
-    return found[-1] if found else None
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 class OutputDir:
-    """Validates an output folder before any work is done (nothing is written here).
+    """Validates an output folder before any work is done; ``prepare`` then locks and readies it.
+
+    Use as a context manager (``with OutputDir(...) as output:``) so that the lock taken by
+    ``prepare`` is released when the job ends, however it ends; a killed job's lock is taken over
+    by the next job (see :mod:`erasure.lock`).
 
     Raises:
         ValueError: when the folder holds a finished run or checkpoints and neither
-            ``--overwrite_output_dir`` nor ``--resume_from_checkpoint`` says what to do.
+            ``--overwrite_output_dir`` nor ``--resume_from_checkpoint`` says what to do; when both
+            are given and overwriting would delete the checkpoint to resume from; when the
+            checkpoint to resume from is damaged; when another live job holds the folder.
         FileNotFoundError: when the checkpoint to resume from does not exist.
     """
 
     def __init__(self, path: str | Path, overwrite: bool = False, resume: str | None = None) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
+        self.lock = OutputLock(self.path)
+        if self.path.is_file():
+            raise ValueError(f"output_dir={self.path} is a file, not a folder")
+        if overwrite and resume is not None and (resume == "latest" or _inside(Path(resume), self.path)):
+            raise ValueError(f"overwrite_output_dir=True with resume_from_checkpoint={resume}: overwriting deletes "
+                             f"the checkpoints in {self.path}; pass only one of the two")
         if resume not in (None, "latest"):
             if not Path(resume).is_dir():
                 raise FileNotFoundError(f"resume_from_checkpoint={resume}: no such checkpoint folder")
+            verify_checkpoint(resume)
         elif resume == "latest" and latest_checkpoint(self.path) is None:
-            raise FileNotFoundError(f"resume_from_checkpoint=latest: no checkpoint-N folder in {self.path}")
-        if self.path.is_file():
-            raise ValueError(f"output_dir={self.path} is a file, not a folder")
-        busy = self.path.is_dir() and any(self.path.iterdir())
+            raise FileNotFoundError(f"resume_from_checkpoint=latest: no complete checkpoint-N folder in {self.path}")
+        refuse_if_locked(self.path)
+        busy = self.path.is_dir() and any(not LEFTOVER.match(p.name) for p in self.path.iterdir())
         if busy and not overwrite and resume is None:
             raise ValueError(
                 f"output_dir={self.path} is not empty; pass --overwrite_output_dir to replace it or "
                 f"--resume_from_checkpoint latest to continue the run in it")
 
     def prepare(self, accelerator: Any) -> None:
-        """Create (or, with overwrite, empty) the folder on the main process."""
+        """On the main process: take the folder's lock, finish or remove what a killed run left,
+        and (with overwrite) empty the folder. Every process waits for it.
+
+        Raises:
+            FolderLockedError: another live job holds the folder.
+        """
         if accelerator.is_main_process:
-            if self.overwrite and self.path.is_dir():
-                shutil.rmtree(self.path)
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            recover_export(self.path)
+            remove_stale(self.path)
+            for entry in self.path.iterdir():
+                if entry == self.lock.path or not (self.overwrite or LEFTOVER.match(entry.name)):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Release the lock (a no-op on processes that do not hold it)."""
+        self.lock.release()
 
-def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None,
-                    extra: Callable[[Path], Any] | None = None) -> Path:
-    """``accelerator.save_state`` into ``checkpoint-<step>`` plus extra files, keeping the
-    newest ``total_limit`` checkpoints."""
-    target = Path(output_dir) / f"checkpoint-{step}"
-    accelerator.save_state(str(target))
-    if accelerator.is_main_process:
-        if extra is not None:
-            extra(target)
-        if total_limit:
-            for old in checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return target
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def check_finite(model: nn.Module) -> None:
@@ -101,10 +123,14 @@ def save_model_atomic(model: nn.Module, path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` via a pid-named temporary file and a rename (concurrent writers never collide)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_model_weights(model: nn.Module, path: str | Path) -> nn.Module:

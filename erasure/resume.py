@@ -10,7 +10,7 @@ from typing import Any, Callable
 from torch import nn
 
 from erasure.methods import UnlearningMethod
-from erasure.output import latest_checkpoint, save_checkpoint
+from erasure.checkpoints import latest_checkpoint, save_checkpoint, verify_checkpoint
 from erasure.replicas import check_replicas
 from erasure.state_io import load_state, save_state
 
@@ -19,7 +19,7 @@ SUMMARY_FILE = "prepare_summary.json"
 
 
 def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:
-    """The checkpoint folder to resume from (``latest`` or a path), or None."""
+    """The checkpoint folder to resume from (``latest``: the newest complete one, or a path), or None."""
     if resume_from_checkpoint == "latest":
         return latest_checkpoint(output_dir)
     return Path(resume_from_checkpoint) if resume_from_checkpoint else None
@@ -35,6 +35,8 @@ def start_or_resume(accelerator: Any, model: nn.Module, method: UnlearningMethod
         (prepare summary, optimizer steps already taken).
     """
     summary: dict = {}
+    if resume_dir is not None:  # accelerate's load_state would skip a broken RNG state silently
+        verify_checkpoint(resume_dir, accelerator.process_index)
     if resume_dir is None or method.prepare_on_resume:
         summary = method.prepare(model, forget, retain, backward=accelerator.backward)
         summary["replicas_after_prepare"] = check_replicas(model, accelerator, "after prepare")

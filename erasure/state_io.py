@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -42,14 +43,21 @@ def load_state(directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: naming the missing file.
+        ValueError: naming the file that cannot be parsed (truncated or changed).
     """
     directory = Path(directory)
     path = directory / "method_state.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the checkpoint was not written by this toolkit or is incomplete")
-    plain = json.loads(path.read_text())
     tensor_path = directory / "method_state.safetensors"
-    tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
+    try:
+        plain = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is unreadable ({err}): the checkpoint is damaged") from err
+    try:
+        tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{tensor_path} is unreadable ({err}): the checkpoint is damaged") from err
     for key, value in plain.items():
         if isinstance(value, dict) and "__tensors__" in value:
             plain[key] = {sub: tensors[f"{key}.{sub}"] for sub in value["__tensors__"]}

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from erasure import jobconfig
+from erasure.lock import output_lock
 from pipelines.generate import PRECISIONS
 from pipelines.image_folder import ImageFolderWriter, refuse_changed_protocol, replace_atomic
 from pipelines.sampling import SCHEDULERS, SampleItem, generate, load_pipeline, plan_samples, shard
@@ -212,7 +213,8 @@ def sample(config: SampleConfig, state: Any | None = None) -> dict[str, Any]:
         The protocol (protocol.json's content; `num_written` and `complete` on the main process).
 
     Raises:
-        ValueError / FileNotFoundError: bad prompts, model or folder, before anything is written.
+        ValueError / FileNotFoundError: bad prompts, model or folder, before anything is written;
+            `erasure.lock.FolderLockedError` (a ValueError) when another live job writes the folder.
     """
     prompt_set = resolve_prompt_set(config.prompts, config.categories)
     state = state or partial_state()
@@ -220,7 +222,13 @@ def sample(config: SampleConfig, state: Any | None = None) -> dict[str, Any]:
     protocol = sampling_protocol(config, config.model, pipe, prompt_set)
     folder = Path(config.output_dir)
     check_resumable(folder, protocol)
-    state.wait_for_everyone()  # every rank has checked before the main process writes
+    with output_lock(state, folder):  # every rank has checked before the main process writes
+        return _draw(config, state, pipe, prompt_set, protocol, folder)
+
+
+def _draw(config: SampleConfig, state: Any, pipe: Any, prompt_set: PromptSet, protocol: dict[str, Any],
+          folder: Path) -> dict[str, Any]:
+    """The writing part of `sample`, run while the folder's lock is held."""
     if state.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         write_protocol(folder, {**protocol, "complete": False})

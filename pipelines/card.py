@@ -12,7 +12,7 @@ from erasure.output import write_text_atomic
 logger = logging.getLogger(__name__)
 
 SECRET_FIELDS = ("hub_token",)
-HUB_IGNORE = ["checkpoint-*", "logs/*", "*.tmp", ".export-*"]
+HUB_IGNORE = ["checkpoint-*", "logs/*", "*.tmp", ".export-*", ".export.json", ".lock", ".checkpoint-*"]
 
 
 def public_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,16 @@ latents); ``--forget_dir/--retain_dir`` take any image folders (encoded once and
 Skeleton of the diffusers training examples: parse -> Accelerator -> seed -> load -> prepare ->
 method.prepare (trimming) -> loop with accumulate -> checkpoint-N -> resume -> export ->
 model card -> push -> end_training. The math lives in ``erasure/`` and ``pipelines/objective.py``.
+
+``--output_dir`` holds the export (a diffusers folder: ``StableDiffusionPipeline.from_pretrained
+(output_dir)``, or ``unet/`` alone), ``README.md`` and ``erase_config.json``, replaced as a whole
+on re-export (``erasure.exports``; ``.export.json`` records it), next to ``checkpoint-N/`` (each
+complete or absent, ``erasure.checkpoints``) and ``logs/``. ``.lock`` names the running job.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
 from erasure.loop import unlearn
 from erasure.methods import build_method, validate_method
+from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
 from erasure.replicas import check_replicas
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
@@ -179,29 +183,34 @@ def make_optimizer(params, config: EraseConfig):
                            weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
 
 
-def export(pipe, unet, config: EraseConfig, output: Path) -> None:
-    """Write the diffusers folder atomically: everything into a temp folder, then renamed into
-    place with ``model_index.json`` (what makes it loadable) last."""
-    staging = output / f".export-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+def export(pipe, unet, config: EraseConfig, output: Path, card: tuple[dict, dict, dict]) -> None:
+    """Replace the folder's export as a whole (``erasure.exports``): the diffusers components (or
+    ``unet/`` alone), the model card ``README.md`` and ``erase_config.json`` are written into
+    ``.export-<pid>/`` and swapped in by renames, ``model_index.json`` last. Checkpoints and logs
+    in the same folder stay; ``from_pretrained(output_dir)`` loads the old or the new export.
+
+    Args:
+        card: (settings, summary, data) for :func:`pipelines.card.write_card`.
+    """
+    staging = staging_folder(output)
     if config.export == "unet":
         unet.save_pretrained(staging / "unet", safe_serialization=True)
     else:
         pipe.unet = unet
         pipe.save_pretrained(staging, safe_serialization=True)
-    entries = sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json")
-    for entry in entries:
-        target = output / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    staging.rmdir()
+    write_card(staging, *card)
+    publish_export(output, staging)
 
 
 def main(argv: list[str] | None = None) -> dict:
     config, method_config = jobconfig.parse((EraseConfig, MethodConfig), argv, __doc__, defaults=DOMAIN_DEFAULTS)
-    output = OutputDir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint)
     validate_method(method_config)
+    with OutputDir(config.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint) as output:
+        return erase(config, method_config, output)
+
+
+def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -> dict:
+    """The job after its flags are validated: train, then export on the main process."""
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    mixed_precision=config.mixed_precision, log_with=config.report_to,
                                    project_dir=config.output_dir)
@@ -252,12 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet_ddp).eval()
         check_finite(unet)
-        export(pipe, unet, config, output.path)
         settings = {**jobconfig.to_dict(config, method_config), "pretrained_model_name_or_path": model_id}
         data = {"forget_dir": str(forget_dir), "retain_dir": str(retain_dir), "forget_images": len(forget),
                 "retain_images": len(retain), "forget_prompts": sorted(set(forget.prompts)),
                 "retain_prompts": sorted(set(retain.prompts))}
-        write_card(output.path, settings, summary, data)
+        export(pipe, unet, config, output.path, (settings, summary, data))
         if config.push_to_hub:
             push_to_hub(output.path, config.hub_model_id, config.hub_token)
         logger.info("exported the erased %s to %s", config.export, output.path)

@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """
     from accelerate import PartialState
 
+    from erasure.lock import output_lock
+
     (config,) = jobconfig.parse((GenerateConfig,), argv, __doc__)
     sets = dict(zip(("forget", "retain"), resolve_prompts(config)))
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     protocols = {role: protocol_of(config, pipe, prompt_set) for role, prompt_set in sets.items()}
     for role, protocol in protocols.items():
         check_resumable(Path(config.output_dir) / role, protocol)
-    return {role: generate_set(pipe, state, config, role, sets[role], protocols[role]) for role in sets}
+    with output_lock(state, config.output_dir):  # one job per folder; a killed job's lock is taken over
+        return {role: generate_set(pipe, state, config, role, sets[role], protocols[role]) for role in sets}
 
 
 if __name__ == "__main__":

@@ -124,8 +124,11 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def replace_atomic(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename over `path` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Call `write(tmp_path)`, then rename over `path` (readers never see half a file).
+
+    The temporary name holds the pid: two processes replacing the same file never share it.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -216,11 +219,13 @@ class ImageFolderWriter:
     def finalize(self) -> list[dict[str, Any]]:
         """Merge rank files (and latents parts) into metadata.jsonl (and latents.safetensors).
 
-        Call on the main process once every rank has finished writing.
+        Call on the main process once every rank has finished writing. Temporary files that a
+        killed run left are removed.
 
         Returns:
             The merged rows, sorted by index.
         """
+        self._remove_temp_files()
         rows = [row for row in self._rows() if row["index"] in self.done()]
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if self.with_latents:
@@ -231,6 +236,14 @@ class ImageFolderWriter:
             path.unlink()
         logger.info("%s: %d images recorded", self.folder, len(rows))
         return rows
+
+    def _remove_temp_files(self) -> None:
+        """Every rank is done: temporary files still here are a killed run's (they would also
+        keep `latents-parts/` from being removed)."""
+        for folder in (self.folder, self.folder / LATENT_PARTS):
+            for path in folder.glob(".*.tmp"):  # `replace_atomic`'s temporary names
+                logger.warning("%s: removing %s, left by an interrupted write", folder, path.name)
+                path.unlink()
 
     def _merge_latents(self, files: list[str]) -> None:
         merged_path = self.folder / LATENTS_FILE

@@ -72,9 +72,61 @@ def test_refuses_non_empty_output_dir(full_run, cache):
 
 def test_two_process_ddp_replicas_stay_identical(cache, tmp_path):
     out = tmp_path / "ddp"
-    launch([*FAST, "--output_dir", str(out), "--method", "scissorhands"], cache,
+    launch([*FAST, "--output_dir", str(out), "--method", "scissorhands", "--checkpointing_steps", "5"], cache,
            "--multi_gpu", "--num_processes", "2")
+    # both ranks' RNG states are in the checkpoint: the main process renamed it after both saved
+    markers = [json.loads(p.read_text()) for p in out.glob("checkpoint-*/checkpoint_complete.json")]
+    assert len(markers) == 2  # checkpoints_total_limit
+    for marker in markers:
+        assert {"random_states_0.pkl", "random_states_1.pkl", "method_state.json"} <= set(marker["files"])
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".export.json"]
     results = json.loads((out / "results.json").read_text())
     prepared, trained = results["prepare"]["replicas_after_prepare"], results["replicas_after_training"]
     assert len(prepared) == 2 and prepared[0] == prepared[1]  # same mask, same re-initialisation
     assert len(trained) == 2 and trained[0] == trained[1]
+
+
+def in_process(args, cache, monkeypatch):
+    from classification.unlearn import main
+
+    monkeypatch.setenv("SCISSORHANDS_CACHE", str(cache))
+    return main([*FAST, *args])
+
+
+def test_resume_with_overwrite_is_refused_and_keeps_the_run(full_run, cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(full_run, out)
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="overwrite_output_dir=True with resume_from_checkpoint=latest"):
+        in_process(["--output_dir", str(out), "--resume_from_checkpoint", "latest", "--overwrite_output_dir", "true"],
+                   cache, monkeypatch)
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_partial_newest_checkpoint_is_skipped_with_a_warning(full_run, cache, tmp_path):
+    """checkpoint-10 as a kill mid-save leaves it (no marker, half a weights file): latest is checkpoint-5."""
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full_run / "checkpoint-5", resumed / "checkpoint-5")
+    partial = resumed / "checkpoint-10"
+    shutil.copytree(full_run / "checkpoint-10", partial)
+    (partial / "checkpoint_complete.json").unlink(missing_ok=True)
+    (partial / "model.safetensors").write_bytes((partial / "model.safetensors").read_bytes()[:100])
+    proc = launch([*FAST, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], cache)
+    assert "checkpoint-10" in proc.stderr and "incomplete" in proc.stderr
+    a, b = load_file(full_run / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("name", ["random_states_0.pkl", "method_state.json"])
+def test_truncated_state_file_is_refused_naming_checkpoint_and_file(full_run, cache, tmp_path, monkeypatch, name):
+    """accelerate's load_state skips a broken RNG state silently; the job refuses it instead."""
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full_run / "checkpoint-5", resumed / "checkpoint-5")
+    path = resumed / "checkpoint-5" / name
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError) as err:
+        in_process(["--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], cache, monkeypatch)
+    assert "checkpoint-5" in str(err.value) and name in str(err.value) and "\n" not in str(err.value)
+    assert not (resumed / "model.safetensors").exists()

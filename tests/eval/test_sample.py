@@ -148,3 +148,19 @@ def test_a_prompt_file_that_is_not_utf8_is_a_one_line_value_error(tmp_path):
         resolve_prompt_set(str(path))
     assert str(caught.value) == (f"prompts={str(path)!r}: {path}: byte offset 0 (0xff) is not UTF-8 (it starts "
                                  "with a UTF-16 byte-order mark); prompt files must be UTF-8 text")
+
+
+def test_folder_held_by_another_live_job_is_refused(tiny_pipeline_dir, i2p_csv, tmp_path):
+    import socket
+
+    out = tmp_path / "samples"
+    out.mkdir()
+    other_job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": other_job.pid, "host": socket.gethostname()}))
+        with pytest.raises(ValueError, match=f"pid {other_job.pid}"):
+            main(sample_args(tiny_pipeline_dir, i2p_csv, out, "--categories", "violence"))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        other_job.kill()
+        other_job.wait()

@@ -157,3 +157,50 @@ def test_nan_during_repair_stops_without_export(tiny_pipeline_dir, concept_data,
     stderr = _fail(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
                     *TRAIN, "--learning_rate", "1e30", "--max_grad_norm", "0", "--lam", "10"], tmp_path)
     assert "diverged" in stderr or "NaN" in stderr
+
+
+def test_resume_with_overwrite_is_refused_and_keeps_the_run(erased, tiny_pipeline_dir, concept_data, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(erased[0], out)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="overwrite_output_dir=True with resume_from_checkpoint=latest"):
+        run(tiny_pipeline_dir, concept_data, out, "--resume_from_checkpoint", "latest", "--overwrite_output_dir", "true")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+SLOW_CARD = """
+import sys, time
+import pipelines.erase as erase
+
+def slow_card(*args, **kwargs):
+    print("writing the card", flush=True)
+    time.sleep(120)
+
+erase.write_card = slow_card
+erase.main(sys.argv[1:])
+"""
+
+
+def test_kill_during_a_re_export_keeps_the_old_export_whole(erased, tiny_pipeline_dir, concept_data, tmp_path):
+    """Killed while the card of a re-export is written: the folder still holds the old export,
+    weights, card and config together; the next run replaces it and removes the staging folder."""
+    out = tmp_path / "run"
+    shutil.copytree(erased[0], out)
+    files = ["unet/diffusion_pytorch_model.safetensors", "README.md", "erase_config.json", "model_index.json"]
+    old = {name: (out / name).read_bytes() for name in files}
+    args = ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data), "--output_dir",
+            str(out), "--concept", "digit seven", *TRAIN, "--num_train_epochs", "3", "--resume_from_checkpoint", "latest"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CARD, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert any("writing the card" in line for line in iter(proc.stdout.readline, ""))  # "" once it ends
+    finally:
+        proc.kill()
+        proc.wait()
+    assert {name: (out / name).read_bytes() for name in files} == old
+
+    erase.main(args)
+    assert not list(out.glob(".export-[0-9]*")) and not (out / ".lock").exists()
+    assert json.loads((out / "erase_config.json").read_text())["config"]["num_train_epochs"] == 3
+    assert (out / files[0]).read_bytes() != old[files[0]]

@@ -131,3 +131,22 @@ def test_bad_input_fails_cleanly(bad, field, tiny_pipeline_dir, tmp_path, capsys
     assert code not in (0, None)
     assert re.search(field, code if isinstance(code, str) else capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_folder_held_by_another_live_job_is_refused(tiny_pipeline_dir, tmp_path):
+    """A second job on one folder stops with the holder's pid and host; a dead holder is taken over."""
+    import socket
+
+    out = tmp_path / "data"
+    out.mkdir()
+    other_job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": other_job.pid, "host": socket.gethostname()}))
+        with pytest.raises(ValueError, match=f"{out}.*pid {other_job.pid} on host {socket.gethostname()}"):
+            main(job_args(tiny_pipeline_dir, out, "--concept", "digits:7", "--num_images", "1"))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        other_job.kill()
+        other_job.wait()
+    main(job_args(tiny_pipeline_dir, out, "--concept", "digits:7", "--num_images", "1"))
+    assert sorted(p.name for p in out.iterdir()) == ["forget", "retain"]  # the stale lock is gone
