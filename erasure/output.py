@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from erasure.checkpoints import checkpoints, latest_checkpoint, remove_stale, save_checkpoint, verify_checkpoint
 from erasure.exports import publish_export, recover_export
 from erasure.lock import OutputLock, refuse_if_locked
+from erasure.tensor_files import read_tensors
 
 __all__ = ["OutputDir", "check_finite", "checkpoints", "latest_checkpoint", "load_model_weights", "publish_export",
            "save_checkpoint", "save_model_atomic", "write_text_atomic"]
@@ -140,7 +141,11 @@ def load_model_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"model weights {path} not found")
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: only .safetensors weights are loaded (pickled checkpoints can run code)")
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(read_tensors(path, "model weights"), strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        raise ValueError(f"model weights {path} do not fit {type(model).__name__}: "
+                         f"{' '.join(str(err).split())[:300]}") from None
     if missing or unexpected:
         raise ValueError(f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model

@@ -138,16 +138,26 @@ def load_digits_judge(path: str | Path, device: str | torch.device = "cpu") -> D
 
     Raises:
         FileNotFoundError: if ``path`` lacks ``config.json`` or ``model.safetensors``.
+        ValueError: a config or weights file that cannot be read or does not fit, naming it.
     """
-    from safetensors.torch import load_file
+    from erasure.tensor_files import read_tensors
 
     path = Path(path)
     for name in (JUDGE_CONFIG_NAME, JUDGE_WEIGHTS_NAME):
         if not (path / name).is_file():
             raise FileNotFoundError(f"no {name} in judge folder {path}; build it with build_digits_judge")
-    config = json.loads((path / JUDGE_CONFIG_NAME).read_text())
-    judge = DigitsJudge(DigitsJudgeConfig(**config["architecture"]))
-    judge.load_state_dict(load_file(path / JUDGE_WEIGHTS_NAME))
+    try:
+        config = json.loads((path / JUDGE_CONFIG_NAME).read_text(encoding="utf-8"))
+        judge = DigitsJudge(DigitsJudgeConfig(**config["architecture"]))
+    except (ValueError, TypeError, KeyError) as err:  # not JSON, no "architecture", unknown fields
+        raise ValueError(f"judge {path / JUDGE_CONFIG_NAME}: not a build_digits_judge config ({err!r}); "
+                         "rebuild the judge") from None
+    weights = read_tensors(path / JUDGE_WEIGHTS_NAME, "judge weights")
+    try:
+        judge.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"judge weights {path / JUDGE_WEIGHTS_NAME} do not fit {path / JUDGE_CONFIG_NAME} "
+                         f"({' '.join(str(err).split())[:200]}); rebuild the judge") from None
     return judge.to(device).eval()
 
 

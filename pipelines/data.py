@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from erasure.tensor_files import read_tensor_metadata, read_tensors
 
 from .image_folder import FILE_KEY, LATENTS_FILE, METADATA_FILE, read_metadata, replace_atomic, resolve_inside
 
@@ -114,12 +115,12 @@ def _rows(folder: Path, prompt: str | None) -> list[dict[str, Any]]:
 
 def _stored_latents(path: Path, files: list[str], resolution: int | None) -> torch.Tensor:
     """The cached latents of `files`, stacked in their order."""
-    with safe_open(str(path), framework="pt") as handle:
-        cached_at = (handle.metadata() or {}).get("resolution")
+    _, header = read_tensor_metadata(path, "cached latents")
+    cached_at = header.get("resolution")
     # resolution=None takes the cache as it is; a given one must match what it was encoded at.
     if resolution is not None and cached_at is not None and cached_at != str(resolution):
         raise ValueError(f"{path}: encoded at resolution {cached_at}, asked for {resolution}; delete it to re-encode")
-    stored = load_file(str(path))
+    stored = read_tensors(path, "cached latents")
     missing = [f for f in files if f not in stored]
     if missing or len(stored) != len(files):
         raise ValueError(f"{path}: holds latents of {len(stored)} images but the metadata lists {len(files)} "

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from erasure.tensor_files import read_tensor_metadata, read_tensors
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -173,8 +174,7 @@ class ImageFolderWriter:
     def _latent_files(self) -> set[str]:
         names = {p.stem + ".png" for p in (self.folder / LATENT_PARTS).glob("*.safetensors")}
         if (self.folder / LATENTS_FILE).is_file():
-            with safe_open(str(self.folder / LATENTS_FILE), framework="pt") as handle:
-                names.update(handle.keys())
+            names.update(read_tensor_metadata(self.folder / LATENTS_FILE, "cached latents")[0])
         return names
 
     def done(self) -> set[int]:
@@ -247,10 +247,10 @@ class ImageFolderWriter:
 
     def _merge_latents(self, files: list[str]) -> None:
         merged_path = self.folder / LATENTS_FILE
-        merged = load_file(str(merged_path)) if merged_path.is_file() else {}
+        merged = read_tensors(merged_path, "cached latents") if merged_path.is_file() else {}
         parts = sorted((self.folder / LATENT_PARTS).glob("*.safetensors"))
         for part in parts:
-            merged.update(load_file(str(part)))
+            merged.update(read_tensors(part, "latents of one process"))
         merged = {name: merged[name] for name in files}
         replace_atomic(merged_path, lambda tmp: save_file(merged, str(tmp)))
         for part in parts:

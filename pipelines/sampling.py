@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from prompts.base import Prompt, PromptSet
@@ -81,41 +82,52 @@ def load_pipeline(
     torch_dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     scheduler: str | None = None,
+    revision: str | None = None,
 ) -> StableDiffusionPipeline:
     """`StableDiffusionPipeline.from_pretrained` without the safety checker, plus a scheduler swap.
+
+    A local folder is checked first (`pipelines.model_folder.check_pipeline_folder`), so a damaged
+    one fails with one line naming the file; weights are read from safetensors only
+    (``use_safetensors=True``: pickled ``.bin`` weights are never loaded). Hub ids go to diffusers.
 
     Args:
         name_or_path: a local diffusers folder (with model_index.json) or a Hub id.
         torch_dtype: weight dtype, e.g. torch.float16; None keeps the stored one.
         device: where to move the pipeline; None leaves it on the CPU.
         scheduler: a key of `SCHEDULERS`; None keeps the pipeline's own.
+        revision: a Hub branch, tag or commit (``--revision``); None: the default branch.
 
     Raises:
-        ValueError: a folder that is no diffusers pipeline, a Hub id that cannot be loaded, or an
-            unknown scheduler.
+        ValueError / FileNotFoundError: a folder that is no (complete, readable) diffusers
+            pipeline, a Hub id that cannot be loaded, or an unknown scheduler.
     """
+    from .model_folder import check_pipeline_folder
+
     path = Path(name_or_path)
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise ValueError(
-            f"pretrained_model_name_or_path={str(name_or_path)!r} is not a diffusers pipeline folder "
-            "(no model_index.json)")
+    if path.exists():
+        check_pipeline_folder(path)
     pipeline_class = _import_diffusers().StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "use_safetensors": True}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype  # at load time, so fp32-kept modules stay fp32
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         with warnings.catch_warnings():
             # Newer diffusers renamed the keyword to `dtype` (the old one warns); it works in all versions.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = pipeline_class.from_pretrained(str(name_or_path), **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        # what diffusers raises for files it cannot use (a size mismatch is a RuntimeError); the
+        # folder check above catches most of it first
+        reason = " ".join(str(err).split())[:300]
         if path.exists():
-            raise
+            raise ValueError(f"model folder {path}: diffusers cannot load it ({type(err).__name__}: {reason})") from err
         raise ValueError(
             f"pretrained_model_name_or_path={str(name_or_path)!r} is neither a local folder nor a Hub id "
-            f"that could be loaded (offline, unknown or gated?): {err}") from err
+            f"that could be loaded (offline, unknown, gated or no such revision {revision!r}?): {reason}") from err
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
     return pipe.to(device) if device is not None else pipe

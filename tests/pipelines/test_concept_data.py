@@ -156,3 +156,13 @@ def test_file_name_rows_are_read(tmp_path, vae):
     (tmp_path / METADATA_FILE).write_text(json.dumps({"file_name": "x.png", "prompt": "naked"}) + "\n")
     data = ConceptImageSet.load(tmp_path, vae)
     assert data.files == ["x.png"] and data.prompts == ["naked"]
+
+
+@pytest.mark.parametrize("keep", [0, 40])
+def test_truncated_cached_latents_are_one_line_naming_the_file(tmp_path, keep):
+    write_generated(tmp_path, ["a", "b"])
+    path = tmp_path / LATENTS_FILE
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(ValueError, match=rf"cached latents {path}: not a readable safetensors file") as info:
+        ConceptImageSet.load(tmp_path)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,136 @@
+"""Check a local diffusers pipeline folder before diffusers reads it.
+
+diffusers reports a damaged folder with its own errors (a JSONDecodeError from deep inside
+``from_pretrained``, a ``SafetensorError`` without a file name, an ``AttributeError`` for a
+class it cannot find, a size mismatch for a UNet that does not fit the text encoder). Every
+job loads through `pipelines.sampling.load_pipeline`, which calls `check_pipeline_folder`
+first, so each of these ends in one line naming the folder, the file and what is wrong:
+
+- ``model_index.json`` is a JSON object; each component entry is ``[library, class]`` with a
+  library of `LIBRARIES` and a class that library has (``[null, null]``: no such component);
+- each named component folder exists and holds its JSON config(s), each a JSON object;
+- model components hold ``.safetensors`` weights with readable headers (pickled ``.bin`` /
+  ``.pt`` weights alone are refused, never unpickled);
+- the UNet fits the pipeline: its ``in_channels`` are the VAE's ``latent_channels`` and its
+  ``cross_attention_dim`` is the text encoder's ``hidden_size``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from erasure.tensor_files import PICKLE_SUFFIXES, check_tensor_file, describe
+
+__all__ = ["LIBRARIES", "MODEL_INDEX", "check_pipeline_folder"]
+
+MODEL_INDEX = "model_index.json"
+LIBRARIES = ("diffusers", "transformers")
+# Config file of each kind of component (the first present counts); weights only for models.
+CONFIG_FILES = ("config.json", "scheduler_config.json", "tokenizer_config.json", "preprocessor_config.json")
+MAX_JSON_BYTES = 16 << 20
+
+
+def read_json_object(path: Path, folder: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the folder and the file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"model folder {folder}: {path.relative_to(folder)} is missing")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"model folder {folder}: {path.relative_to(folder)} is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"model folder {folder}: {path.relative_to(folder)} is not valid JSON "
+                         f"({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"model folder {folder}: {path.relative_to(folder)} must hold a JSON object, "
+                         f"got {type(data).__name__}")
+    return data
+
+
+def _component_class(folder: Path, name: str, entry: Any) -> type | None:
+    """The class a model_index.json entry names (None for ``[null, null]``)."""
+    where = f"model folder {folder}: {MODEL_INDEX}: {name}={describe(entry)}"
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise ValueError(f"{where} must be a [library, class] pair, e.g. [\"diffusers\", \"AutoencoderKL\"]")
+    library, class_name = entry
+    if library is None and class_name is None:
+        return None
+    if library not in LIBRARIES or not isinstance(class_name, str):
+        raise ValueError(f"{where}: the library must be one of {list(LIBRARIES)} and the class a name")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if not isinstance(cls, type):
+        raise ValueError(f"{where}: {library} has no class {class_name!r}")
+    return cls
+
+
+def _is_model(cls: type) -> bool:
+    return any(base.__name__ in ("ModelMixin", "PreTrainedModel") for base in cls.__mro__)
+
+
+def _check_component(folder: Path, name: str, cls: type) -> dict[str, Any]:
+    """The component's config, after checking its folder, JSON files and weights."""
+    part = folder / name
+    if not part.is_dir():
+        raise FileNotFoundError(f"model folder {folder}: {MODEL_INDEX} names {name} ({cls.__name__}) "
+                                f"but there is no folder {name}/")
+    for path in sorted(part.glob("*.json")):
+        read_json_object(path, folder)
+    config_path = next((part / c for c in CONFIG_FILES if (part / c).is_file()), None)
+    if config_path is None:
+        raise FileNotFoundError(f"model folder {folder}: {name}/ has no config ({' or '.join(CONFIG_FILES)})")
+    if _is_model(cls):
+        weights = sorted(part.glob("*.safetensors"))
+        pickled = sorted(p.name for p in part.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if not weights:
+            found = f"only pickled weights {pickled} (never loaded: unpickling can run code; convert them " \
+                    "to .safetensors)" if pickled else "no .safetensors weights"
+            raise ValueError(f"model folder {folder}: {name}/ has {found}")
+        for path in weights:
+            check_tensor_file(path, f"model folder {folder}: weights")
+    return read_json_object(config_path, folder)
+
+
+def _check_fit(folder: Path, configs: dict[str, dict[str, Any]]) -> None:
+    """The UNet's input and cross-attention sizes match the VAE and text encoder."""
+    unet, vae, text = configs.get("unet"), configs.get("vae"), configs.get("text_encoder")
+    pairs = []
+    if unet is not None and vae is not None:
+        pairs.append(("in_channels", unet.get("in_channels"), "vae/config.json latent_channels",
+                      vae.get("latent_channels")))
+    if unet is not None and text is not None:
+        pairs.append(("cross_attention_dim", unet.get("cross_attention_dim"), "text_encoder/config.json hidden_size",
+                      text.get("hidden_size")))
+    for key, value, other, expected in pairs:
+        if value is not None and expected is not None and value != expected:
+            raise ValueError(f"model folder {folder}: unet/config.json {key}={describe(value)} does not fit the "
+                             f"pipeline ({other} is {describe(expected)}): the UNet belongs to another model")
+
+
+def check_pipeline_folder(folder: str | Path) -> None:
+    """Check a local diffusers pipeline folder (see the module docstring).
+
+    Raises:
+        FileNotFoundError: no model_index.json, or a missing component folder or config.
+        ValueError: one line naming the folder and the file that is wrong.
+    """
+    folder = Path(folder)
+    if not (folder / MODEL_INDEX).is_file():
+        raise ValueError(f"model folder {folder} is not a diffusers pipeline folder (no {MODEL_INDEX})")
+    index = read_json_object(folder / MODEL_INDEX, folder)
+    if not isinstance(index.get("_class_name"), str):
+        raise ValueError(f"model folder {folder}: {MODEL_INDEX} has no \"_class_name\" (the pipeline class)")
+    configs = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, (list, dict)):
+            continue  # "_class_name", "_diffusers_version" and plain options such as requires_safety_checker
+        cls = _component_class(folder, name, entry)
+        if cls is not None:
+            configs[name] = _check_component(folder, name, cls)
+    _check_fit(folder, configs)
