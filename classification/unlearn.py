@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 
 from classification import references
 from erasure.batches import TensorBatches, subset
+from erasure.bounds import check_positive, check_training
 from classification.data import load_dataset, split_forget
 from classification.engine import make_optimizer
 from erasure.loop import unlearn
@@ -71,6 +72,8 @@ class ClassificationJobConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_training(self)
+        check_positive("pretrain_lr", self.pretrain_lr)
         self.forget_classes = tuple(int(c) for c in self.forget_classes)
         for name in ("num_train_epochs", "train_batch_size", "gradient_accumulation_steps", "pretrain_epochs"):
             if getattr(self, name) < 1:
@@ -81,8 +84,6 @@ class ClassificationJobConfig:
             raise ValueError(f"checkpointing_steps={self.checkpointing_steps} must be >= 1 (or unset)")
         if self.original_model is not None and not Path(self.original_model).is_file():
             raise FileNotFoundError(f"original_model={self.original_model}: no such file (a .safetensors state dict)")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision='{self.mixed_precision}' must be one of no, fp16, bf16")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -115,13 +115,12 @@ class ReferenceStats:
         Raises:
             ValueError: the file is not a scissorhands FID reference.
         """
-        from safetensors import safe_open
+        from erasure.tensor_files import read_tensor_metadata, read_tensors
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != _STATS_FORMAT:
-                raise ValueError(f"{path} is not a {_STATS_FORMAT} file (metadata: {metadata})")
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        _, metadata = read_tensor_metadata(path, "FID reference statistics")
+        if metadata.get("format") != _STATS_FORMAT:
+            raise ValueError(f"{path} is not a {_STATS_FORMAT} file (metadata: {metadata})")
+        tensors = read_tensors(path, "FID reference statistics")
         num_samples = int(tensors["num_samples"][0])
         return cls(tensors["mean"], tensors["cov"], num_samples, metadata["extractor"], metadata["reference_id"])
 

@@ -5,7 +5,8 @@
         --mixed_precision bf16 --gradient_checkpointing
 
 ``--data_dir`` is the output of ``pipelines.generate`` (``forget/`` and ``retain/`` with cached
-latents); ``--forget_dir/--retain_dir`` take any image folders (encoded once and cached).
+latents); ``--forget_dir/--retain_dir`` take any image folders instead (encoded once and cached;
+``--forget_prompt/--retain_prompt`` give the prompt of images whose metadata has none).
 Skeleton of the diffusers training examples: parse -> Accelerator -> seed -> load -> prepare ->
 method.prepare (trimming) -> loop with accumulate -> checkpoint-N -> resume -> export ->
 model card -> push -> end_training. The math lives in ``erasure/`` and ``pipelines/objective.py``.
@@ -27,6 +28,7 @@ import torch
 from accelerate.utils import set_seed
 
 from erasure import jobconfig
+from erasure.bounds import check_image_side, check_training
 from erasure.batches import TensorBatches, subset
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
@@ -54,12 +56,16 @@ class EraseConfig:
     """Options of the erase job (the method's are in :class:`MethodConfig`)."""
 
     pretrained_model_name_or_path: str = "default"  # "default": the embedded digits model, built once
-    revision: str | None = None
+    revision: str | None = None  # Hub branch, tag or commit of pretrained_model_name_or_path
     data_dir: str | None = None
     forget_dir: str | None = None
     retain_dir: str | None = None
+    # the prompt of forget_dir/retain_dir images that have none (no metadata.jsonl, or rows
+    # without a "prompt"); a row's own prompt wins
+    forget_prompt: str | None = None
+    retain_prompt: str | None = None
     resolution: int | None = None
-    concept: str | None = None
+    concept: str | None = None  # a label only: recorded in the model card and erase_config.json
     substitute_prompt: str | None = None
     relabel_target: str = "noise"
     negative_guidance: float = 1.0
@@ -90,8 +96,19 @@ class EraseConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_training(self)
+        check_image_side("resolution", self.resolution, multiple=8)
+        folders = self.forget_dir is not None or self.retain_dir is not None
+        if self.data_dir is not None and folders:
+            raise ValueError(f"data_dir={self.data_dir} excludes --forget_dir/--retain_dir (got forget_dir="
+                             f"{self.forget_dir}, retain_dir={self.retain_dir}); give one or the other")
         if self.data_dir is None and (self.forget_dir is None or self.retain_dir is None):
             raise ValueError("give --data_dir (pipelines.generate output) or both --forget_dir and --retain_dir")
+        for name in ("forget_prompt", "retain_prompt"):
+            value = getattr(self, name)
+            if value is not None and (self.data_dir is not None or not value.strip()):
+                raise ValueError(f"{name}={value!r} needs --forget_dir/--retain_dir (pipelines.generate folders "
+                                 "carry their prompts) and must not be empty")
         for name in ("data_dir", "forget_dir", "retain_dir"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
@@ -107,8 +124,6 @@ class EraseConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision='{self.mixed_precision}' must be one of no, fp16, bf16")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs --hub_model_id (e.g. your-name/sd-v1-4-erased-nudity)")
 
@@ -218,11 +233,11 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(config.seed)
     model_id = resolve_model(config.pretrained_model_name_or_path)
-    pipe = load_pipeline(model_id)
+    pipe = load_pipeline(model_id, revision=config.revision)
     forget_dir, retain_dir = config.data_dirs()
     pipe.vae.to(accelerator.device)
-    forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution)
-    retain = ConceptImageSet.load(retain_dir, pipe.vae, config.resolution)
+    forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution, config.forget_prompt)
+    retain = ConceptImageSet.load(retain_dir, pipe.vae, config.resolution, config.retain_prompt)
     if forget.latents.shape[1:] != retain.latents.shape[1:]:
         raise ValueError(f"forget latents {tuple(forget.latents.shape[1:])} and retain latents "
                          f"{tuple(retain.latents.shape[1:])} differ: generate both sets at one resolution")

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -33,12 +34,14 @@ def _parse_seed(value: Any, where: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"{where}: seed {value!r} is not an integer")
-    if isinstance(value, int):
-        return value
     try:
-        return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else _integral(value)
-    except (TypeError, ValueError) as err:
+        seed = value if isinstance(value, int) else (
+            int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else _integral(value))
+    except (TypeError, ValueError, OverflowError) as err:  # OverflowError: int(float('inf'))
         raise ValueError(f"{where}: seed {value!r} is not an integer") from err
+    if seed < 0:
+        raise ValueError(f"{where}: seed {value!r} must be >= 0")
+    return seed
 
 
 def _integral(value: Any) -> int:
@@ -52,9 +55,12 @@ def _parse_float(value: Any, where: str, key: str) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: {key} {value!r} is not a number") from err
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{where}: {key} {value!r} must be a finite number >= 0 (<= 1 turns guidance off)")
+    return number
 
 
 def _first(row: Mapping[str, Any], keys: Sequence[str]) -> Any:

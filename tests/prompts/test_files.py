@@ -58,6 +58,12 @@ def test_jsonl(tmp_path: Path):
         ("list.jsonl", '["a"]\n', "JSON object"),
         ("noprompt.jsonl", '{"text": "a"}\n', "prompt"),
         ("p.json", "[]", r"\.txt"),
+        ("nangs.jsonl", '{"prompt": "a"}\n{"prompt": "b", "guidance_scale": NaN}\n',
+         r"nangs.jsonl:2: guidance_scale nan must be a finite number >= 0"),
+        ("infgs.jsonl", '{"prompt": "a", "sd_guidance_scale": Infinity}\n', r"infgs.jsonl:1: guidance_scale inf"),
+        ("neggs.csv", "prompt,guidance_scale\na cat,-3\n", r"neggs.csv:2: guidance_scale '-3' must be"),
+        ("infseed.jsonl", '{"prompt": "a", "seed": Infinity}\n', r"infseed.jsonl:1: seed inf is not an integer"),
+        ("negseed.csv", "prompt,seed\na cat,-1\n", r"negseed.csv:2: seed '-1' must be >= 0"),
     ],
 )
 def test_bad_files_raise_with_location(tmp_path: Path, name: str, content: str, match: str):

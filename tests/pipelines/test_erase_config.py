@@ -1,0 +1,63 @@
+"""EraseConfig bounds and flag combinations, checked before any work; --revision and the folder prompts reach the loaders."""
+
+import pytest
+import torch
+
+from pipelines import erase
+from pipelines.erase import EraseConfig
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    for name in ("forget", "retain"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"max_train_steps": 0}, r"max_train_steps=0 is out of range; allowed: \[1, inf\]"),
+    ({"max_train_steps": -3}, r"max_train_steps=-3 is out of range"),
+    ({"max_grad_norm": -1.0}, r"max_grad_norm=-1.0 is out of range; allowed: \[0, inf\]"),
+    ({"checkpointing_steps": 0}, r"checkpointing_steps=0 is out of range"),
+    ({"checkpoints_total_limit": -1}, r"checkpoints_total_limit=-1 is out of range"),
+    ({"seed": -1}, r"seed=-1 is out of range; allowed: \[0, 4294967295\]"),
+    ({"resolution": 0}, r"resolution=0 is out of range; allowed: \[8, 4096\]"),
+    ({"resolution": 200000}, r"resolution=200000 is out of range; allowed: \[8, 4096\]"),
+    ({"resolution": 100}, r"resolution=100 must be a multiple of 8"),
+    ({"learning_rate": float("nan")}, r"learning_rate=nan must be a finite number"),
+    ({"negative_guidance": float("inf")}, r"negative_guidance=inf must be a finite number"),
+    ({"forget_dir": "{d}/forget"}, r"data_dir=.* excludes --forget_dir/--retain_dir"),
+    ({"forget_prompt": "a cat"}, r"forget_prompt='a cat' needs --forget_dir/--retain_dir"),
+])
+def test_out_of_bounds_options_are_refused(dirs, changes, message):
+    changes = {k: v.format(d=dirs) if isinstance(v, str) else v for k, v in changes.items()}
+    with pytest.raises(ValueError, match=message):
+        EraseConfig(data_dir=str(dirs), **changes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed with a GPU")
+def test_fp16_without_cuda_is_refused(dirs):
+    with pytest.raises(ValueError, match="mixed_precision='fp16' needs a CUDA GPU"):
+        EraseConfig(data_dir=str(dirs), mixed_precision="fp16")
+
+
+def test_revision_and_folder_prompts_reach_the_loaders(dirs, tiny_pipeline_dir, monkeypatch, tmp_path):
+    seen = {}
+
+    def load_pipeline(name, **kwargs):
+        seen["revision"] = kwargs.get("revision")
+        from pipelines.sampling import load_pipeline as real
+
+        return real(name)
+
+    def load(folder, vae=None, resolution=None, prompt=None):
+        seen.setdefault("prompts", []).append(prompt)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(erase, "load_pipeline", load_pipeline)
+    monkeypatch.setattr(erase.ConceptImageSet, "load", load)
+    with pytest.raises(ValueError, match="stop here"):
+        erase.main(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--revision", "v2",
+                    "--forget_dir", str(dirs / "forget"), "--retain_dir", str(dirs / "retain"),
+                    "--forget_prompt", "a cat", "--output_dir", str(tmp_path / "out")])
+    assert seen == {"revision": "v2", "prompts": ["a cat"]}
