@@ -14,9 +14,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from pipelines.images import open_rgb
 
 from .classes import Classifier, class_accuracy
 
@@ -25,9 +26,12 @@ CLASSIFIERS = ("digits", "imagenette")
 
 
 def load_image_tensor(path: str | Path) -> Tensor:
-    """An image file as uint8 [3, H, W] RGB."""
-    with Image.open(path) as image:
-        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    """An image file as uint8 [3, H, W] RGB.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing, unreadable or decompression-bomb file, naming it.
+    """
+    return torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1).contiguous()
 
 
 def image_batches(paths: Sequence[str | Path], batch_size: int = 32, desc: str = "") -> Iterator[Tensor]:

@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image
-
+from pipelines.images import image_size
 from pipelines.image_folder import FILE_KEY, METADATA_FILE, read_metadata, resolve_inside
 from prompts.base import PromptSet
 
@@ -36,12 +35,9 @@ def check_image(path: Path, name: str) -> tuple[int, int]:
     if not path.is_file():
         raise FileNotFoundError(f"{name}: image file {str(path)!r} does not exist")
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            image.verify()
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying "not a (whole) image"
-        raise ValueError(f"{name}: cannot read image file {str(path)!r}: {err}") from err
-    return height, width
+        return image_size(path)
+    except ValueError as err:
+        raise ValueError(f"{name}: cannot read image file {str(path)!r}: {err}") from None
 
 
 def metadata_rows(path: Path) -> list[dict[str, Any]]:

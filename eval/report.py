@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
+from pipelines.images import open_rgb
+
 from .grid import image_grid
 from .nudenet import (
     EXPOSED_LABELS,
@@ -91,8 +93,7 @@ def write_flagged_grid(paths: Sequence[str | Path], path: Path, max_images: int)
         return None
     tiles = []
     for image_path in chosen:
-        with Image.open(image_path) as image:
-            tiles.append(image.convert("RGB").resize((FLAGGED_TILE, FLAGGED_TILE), Image.BILINEAR))
+        tiles.append(open_rgb(image_path).resize((FLAGGED_TILE, FLAGGED_TILE), Image.BILINEAR))
     rows = [tiles[i:i + FLAGGED_COLUMNS] for i in range(0, len(tiles), FLAGGED_COLUMNS)]
     return image_grid(rows, path, blur=FLAGGED_BLUR)
 

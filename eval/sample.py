@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import torch
 
 from erasure import jobconfig
+from erasure.bounds import (MAX_IMAGES, check_finite_fields, check_image_budget, check_image_side,
+                            check_mixed_precision, check_range, check_seed)
 from erasure.lock import output_lock
 from pipelines.generate import PRECISIONS
 from pipelines.image_folder import ImageFolderWriter, refuse_changed_protocol, replace_atomic
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL_FILE = "protocol.json"
 # protocol.json keys that may change between runs into one folder (more images extend a plan).
 GROWING_KEYS = ("images_per_prompt", "num_images", "num_written", "complete")
+MAX_INFERENCE_STEPS = 1000  # the schedulers' num_train_timesteps: more steps than that repeat timesteps
 
 
 @dataclass
@@ -59,22 +62,24 @@ class SamplingOptions:
     mixed_precision: str | None = None  # None: what `accelerate launch --mixed_precision` set, else "no"
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         self.categories = tuple(c.strip() for text in self.categories for c in str(text).split(",") if c.strip())
         for name in ("images_per_prompt", "num_inference_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        check_range("images_per_prompt", self.images_per_prompt, 1, MAX_IMAGES)
+        check_range("num_inference_steps", self.num_inference_steps, 1, MAX_INFERENCE_STEPS)
         for name in ("fixed_guidance", "guidance_scale"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (<= 1 turns guidance off)")
         for name in ("height", "width"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive number of pixels")
+            check_image_side(name, getattr(self, name))
+        check_seed("seed", self.seed)
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler={self.scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
         if self.mixed_precision is None:
             self.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r} must be one of {list(PRECISIONS)}")
+        check_mixed_precision("mixed_precision", self.mixed_precision, tuple(PRECISIONS))
 
 
 @dataclass
@@ -218,8 +223,10 @@ def sample(config: SampleConfig, state: Any | None = None) -> dict[str, Any]:
     """
     prompt_set = resolve_prompt_set(config.prompts, config.categories)
     state = state or partial_state()
-    pipe = load_pipeline(config.model, PRECISIONS[config.mixed_precision], state.device, config.scheduler)
+    pipe = load_pipeline(config.model, PRECISIONS[config.mixed_precision], state.device, config.scheduler,
+                         name="model")
     protocol = sampling_protocol(config, config.model, pipe, prompt_set)
+    check_image_budget(protocol["num_images"], *protocol["image_size"], name="images_per_prompt x prompts")
     folder = Path(config.output_dir)
     check_resumable(folder, protocol)
     with output_lock(state, folder):  # every rank has checked before the main process writes

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from erasure.tensor_files import read_tensor_metadata, read_tensors
 
+from .images import open_rgb
 from .image_folder import FILE_KEY, LATENTS_FILE, METADATA_FILE, read_metadata, replace_atomic, resolve_inside
 
 __all__ = ["IMAGE_SUFFIXES", "ConceptImageSet", "concept_pair"]
@@ -136,11 +137,7 @@ def _load_image(path: Path, resolution: int | None) -> torch.Tensor:
     """An RGB image as [3, H, W] in [-1, 1], resized (shorter side) and center-cropped if asked."""
     if not path.is_file():
         raise ValueError(f"{path}: listed in {METADATA_FILE} but missing")
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from err
+    image = open_rgb(path)
     if resolution is not None:
         scale = resolution / min(image.size)
         width, height = (max(resolution, round(s * scale)) for s in image.size)

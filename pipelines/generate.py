@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from erasure import jobconfig
+from erasure.bounds import MAX_IMAGES, check_finite_fields, check_image_budget, check_mixed_precision, check_range, check_seed
 from prompts.base import PromptSet
 from prompts.colored_digits import FORMS, GROUPS, concept_prompts
 from prompts.sets import imagenette_prompts, load_concept, load_prompt_file
@@ -99,6 +100,10 @@ class GenerateConfig:
     mixed_precision: str | None = None  # None: what `accelerate launch --mixed_precision` set, else "no"
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
+        check_range("num_images", self.num_images, 1, MAX_IMAGES)
+        check_range("num_inference_steps", self.num_inference_steps, 1, 1000)  # the schedulers' train timesteps
+        check_seed("seed", self.seed)
         for name in ("pretrained_model_name_or_path", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required (--{name} ...)")
@@ -125,8 +130,7 @@ class GenerateConfig:
             raise ValueError(f"scheduler={self.scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
         if self.mixed_precision is None:
             self.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r} must be one of {list(PRECISIONS)}")
+        check_mixed_precision("mixed_precision", self.mixed_precision, tuple(PRECISIONS))
 
 
 def resolve_prompts(config: GenerateConfig) -> tuple[PromptSet, PromptSet]:
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     pipe = load_pipeline(config.pretrained_model_name_or_path, PRECISIONS[config.mixed_precision],
                          state.device, config.scheduler)
     protocols = {role: protocol_of(config, pipe, prompt_set) for role, prompt_set in sets.items()}
+    size = protocols["forget"]["height"]
+    check_image_budget(config.num_images, size, size)  # per folder: forget/ and retain/ each
     for role, protocol in protocols.items():
         check_resumable(Path(config.output_dir) / role, protocol)
     with output_lock(state, config.output_dir):  # one job per folder; a killed job's lock is taken over

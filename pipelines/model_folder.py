@@ -40,23 +40,23 @@ def read_json_object(path: Path, folder: Path) -> dict[str, Any]:
         FileNotFoundError / ValueError: naming the folder and the file.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"model folder {folder}: {path.relative_to(folder)} is missing")
+        raise FileNotFoundError(f"{path.relative_to(folder)} is missing")
     if path.stat().st_size > MAX_JSON_BYTES:
-        raise ValueError(f"model folder {folder}: {path.relative_to(folder)} is larger than {MAX_JSON_BYTES} bytes")
+        raise ValueError(f"{path.relative_to(folder)} is larger than {MAX_JSON_BYTES} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"model folder {folder}: {path.relative_to(folder)} is not valid JSON "
+        raise ValueError(f"{path.relative_to(folder)} is not valid JSON "
                          f"({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"model folder {folder}: {path.relative_to(folder)} must hold a JSON object, "
+        raise ValueError(f"{path.relative_to(folder)} must hold a JSON object, "
                          f"got {type(data).__name__}")
     return data
 
 
 def _component_class(folder: Path, name: str, entry: Any) -> type | None:
     """The class a model_index.json entry names (None for ``[null, null]``)."""
-    where = f"model folder {folder}: {MODEL_INDEX}: {name}={describe(entry)}"
+    where = f"{MODEL_INDEX}: {name}={describe(entry)}"
     if not (isinstance(entry, list) and len(entry) == 2):
         raise ValueError(f"{where} must be a [library, class] pair, e.g. [\"diffusers\", \"AutoencoderKL\"]")
     library, class_name = entry
@@ -78,22 +78,22 @@ def _check_component(folder: Path, name: str, cls: type) -> dict[str, Any]:
     """The component's config, after checking its folder, JSON files and weights."""
     part = folder / name
     if not part.is_dir():
-        raise FileNotFoundError(f"model folder {folder}: {MODEL_INDEX} names {name} ({cls.__name__}) "
+        raise FileNotFoundError(f"{MODEL_INDEX} names {name} ({cls.__name__}) "
                                 f"but there is no folder {name}/")
     for path in sorted(part.glob("*.json")):
         read_json_object(path, folder)
     config_path = next((part / c for c in CONFIG_FILES if (part / c).is_file()), None)
     if config_path is None:
-        raise FileNotFoundError(f"model folder {folder}: {name}/ has no config ({' or '.join(CONFIG_FILES)})")
+        raise FileNotFoundError(f"{name}/ has no config ({' or '.join(CONFIG_FILES)})")
     if _is_model(cls):
         weights = sorted(part.glob("*.safetensors"))
         pickled = sorted(p.name for p in part.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if not weights:
             found = f"only pickled weights {pickled} (never loaded: unpickling can run code; convert them " \
                     "to .safetensors)" if pickled else "no .safetensors weights"
-            raise ValueError(f"model folder {folder}: {name}/ has {found}")
+            raise ValueError(f"{name}/ has {found}")
         for path in weights:
-            check_tensor_file(path, f"model folder {folder}: weights")
+            check_tensor_file(path, "weights")
     return read_json_object(config_path, folder)
 
 
@@ -109,23 +109,37 @@ def _check_fit(folder: Path, configs: dict[str, dict[str, Any]]) -> None:
                       text.get("hidden_size")))
     for key, value, other, expected in pairs:
         if value is not None and expected is not None and value != expected:
-            raise ValueError(f"model folder {folder}: unet/config.json {key}={describe(value)} does not fit the "
+            raise ValueError(f"unet/config.json {key}={describe(value)} does not fit the "
                              f"pipeline ({other} is {describe(expected)}): the UNet belongs to another model")
 
 
-def check_pipeline_folder(folder: str | Path) -> None:
+def check_pipeline_folder(folder: str | Path, label: str | None = None) -> None:
     """Check a local diffusers pipeline folder (see the module docstring).
 
+    Args:
+        folder: the folder.
+        label: how messages name it (e.g. ``"--model='out/erased'"``); default ``model folder <folder>``.
+
     Raises:
-        FileNotFoundError: no model_index.json, or a missing component folder or config.
+        FileNotFoundError: a missing component folder or config.
         ValueError: one line naming the folder and the file that is wrong.
     """
     folder = Path(folder)
+    try:
+        _check_folder(folder)
+    except (ValueError, FileNotFoundError) as err:
+        kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+        message = str(err)
+        separator = " " if message.startswith("is not") else ": "
+        raise kind(f"{label or f'model folder {folder}'}{separator}{message}") from None
+
+
+def _check_folder(folder: Path) -> None:
     if not (folder / MODEL_INDEX).is_file():
-        raise ValueError(f"model folder {folder} is not a diffusers pipeline folder (no {MODEL_INDEX})")
+        raise ValueError(f"is not a diffusers pipeline folder (no {MODEL_INDEX})")
     index = read_json_object(folder / MODEL_INDEX, folder)
     if not isinstance(index.get("_class_name"), str):
-        raise ValueError(f"model folder {folder}: {MODEL_INDEX} has no \"_class_name\" (the pipeline class)")
+        raise ValueError(f"{MODEL_INDEX} has no \"_class_name\" (the pipeline class)")
     configs = {}
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, (list, dict)):

@@ -18,6 +18,7 @@ in the UNet, never the noise.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ def load_pipeline(
     device: str | torch.device | None = None,
     scheduler: str | None = None,
     revision: str | None = None,
+    name: str = "pretrained_model_name_or_path",
 ) -> StableDiffusionPipeline:
     """`StableDiffusionPipeline.from_pretrained` without the safety checker, plus a scheduler swap.
 
@@ -96,6 +98,7 @@ def load_pipeline(
         device: where to move the pipeline; None leaves it on the CPU.
         scheduler: a key of `SCHEDULERS`; None keeps the pipeline's own.
         revision: a Hub branch, tag or commit (``--revision``); None: the default branch.
+        name: the option that gave ``name_or_path``, for messages.
 
     Raises:
         ValueError / FileNotFoundError: a folder that is no (complete, readable) diffusers
@@ -107,7 +110,7 @@ def load_pipeline(
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
     if path.exists():
-        check_pipeline_folder(path)
+        check_pipeline_folder(path, f"{name}={str(name_or_path)!r}")
     pipeline_class = _import_diffusers().StableDiffusionPipeline
     kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "use_safetensors": True}
     if torch_dtype is not None:
@@ -124,9 +127,10 @@ def load_pipeline(
         # folder check above catches most of it first
         reason = " ".join(str(err).split())[:300]
         if path.exists():
-            raise ValueError(f"model folder {path}: diffusers cannot load it ({type(err).__name__}: {reason})") from err
+            raise ValueError(f"{name}={str(name_or_path)!r}: diffusers cannot load this folder "
+                             f"({type(err).__name__}: {reason})") from err
         raise ValueError(
-            f"pretrained_model_name_or_path={str(name_or_path)!r} is neither a local folder nor a Hub id "
+            f"{name}={str(name_or_path)!r} is neither a local folder nor a Hub id "
             f"that could be loaded (offline, unknown, gated or no such revision {revision!r}?): {reason}") from err
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
@@ -141,6 +145,15 @@ class SampleItem:
     prompt: Prompt
     seed: int
     guidance_scale: float
+
+    def __post_init__(self) -> None:
+        # every job draws through SampleItem (demo and testbed too), so this bound holds for all of them
+        if not (isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)
+                and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale={self.guidance_scale} (prompt {self.prompt.text!r}) must be a finite "
+                             "number >= 0 (<= 1 turns guidance off)")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} (prompt {self.prompt.text!r}) must be >= 0")
 
 
 def plan_samples(

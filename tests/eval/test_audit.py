@@ -282,6 +282,10 @@ def test_fid_and_class_accuracy_with_the_digits_judge(digits_folder, judge_dir, 
     (["--model", "{not_a_pipeline}", "--prompts", "nudity"], r"model=.*not_a_pipeline.* is not a diffusers pipeline"),
     (["--model", "{tiny}", "--images", "{unreadable}", "--prompts", "nudity"], r"exactly one of --model and --images"),
     (["--images", "{missing}", "--metrics", "nudenet,fid"], r"'fid' metric and --fid_reference go together"),
+    (["--model", "{tiny}", "--prompts", "nudity", "--images_per_prompt", "10000000000"],
+     r"images_per_prompt=10000000000 is out of range"),
+    (["--model", "{tiny}", "--prompts", "nudity", "--height", "65536"], r"height=65536 is out of range"),
+    (["--model", "{tiny}", "--prompts", "nudity", "--fixed_guidance", "nan"], r"fixed_guidance=.*finite"),
 ])
 def test_bad_input_exits_1_naming_the_problem(argv, message, tiny_pipeline_dir, tmp_path):
     missing = write_images(tmp_path / "missing", {"000000.png": checkerboard()})

@@ -14,6 +14,8 @@ from PIL import Image
 
 from erasure.jobconfig import run_cli
 from eval.sample import PROTOCOL_FILE, main, resolve_prompt_set
+from pipelines.sampling import SampleItem
+from prompts.base import Prompt
 
 REPO = Path(__file__).resolve().parents[2]
 # I2P's columns: categories, sd_seed, sd_guidance_scale (empty = the job's default).
@@ -114,6 +116,13 @@ def test_resume_draws_only_missing_images_and_records_each_once(tiny_pipeline_di
     ("{i2p}", ["--categories", "gore"], r"categories=\['gore'\] not found .*present: \['sexual', 'violence'\]"),
     ("digits", ["--model", "{not_a_pipeline}"], r"model=.*not_a_pipeline.* is not a diffusers pipeline folder"),
     ("digits", ["--images_per_prompt", "0"], r"images_per_prompt=0 must be >= 1"),
+    ("digits", ["--images_per_prompt", "10000000000"], r"images_per_prompt=10000000000 is out of range; allowed: \[1, "),
+    ("digits", ["--height", "65536"], r"height=65536 is out of range; allowed: \[1, 4096\]"),
+    ("digits", ["--width", "0"], r"width=0 is out of range"),
+    ("digits", ["--seed", "-1"], r"seed=-1 is out of range"),
+    ("digits", ["--num_inference_steps", "100000"], r"num_inference_steps=100000 is out of range"),
+    ("digits", ["--images_per_prompt", "100000", "--height", "4096", "--width", "4096"],
+     r"images_per_prompt x prompts=1000000 images of 4096x4096 would need \d+ GiB of pixels; at most 1024 GiB"),
 ])
 def test_bad_input_exits_1_with_a_clear_message(prompts, extra, message, tiny_pipeline_dir, i2p_csv, tmp_path):
     (tmp_path / "empty.txt").write_text("# only a comment\n")
@@ -164,3 +173,28 @@ def test_folder_held_by_another_live_job_is_refused(tiny_pipeline_dir, i2p_csv, 
     finally:
         other_job.kill()
         other_job.wait()
+
+
+@pytest.mark.parametrize("field", ["guidance_scale", "fixed_guidance"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_guidance_from_python_is_refused(field, value):
+    from eval.sample import SamplingOptions
+
+    with pytest.raises(ValueError, match=rf"{field}={value} must be a finite number"):
+        SamplingOptions(**{field: value})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed with a GPU")
+def test_fp16_without_cuda_is_refused():
+    from eval.sample import SamplingOptions
+
+    with pytest.raises(ValueError, match="mixed_precision='fp16' needs a CUDA GPU"):
+        SamplingOptions(mixed_precision="fp16")
+
+
+def test_sample_items_refuse_non_finite_guidance_and_negative_seeds():
+    """The one place every drawing job (sample, generate, demo, testbed) passes through."""
+    with pytest.raises(ValueError, match=r"guidance_scale=nan \(prompt 'a'\) must be a finite number >= 0"):
+        SampleItem(0, Prompt("a"), 0, float("nan"))
+    with pytest.raises(ValueError, match=r"seed=-2 \(prompt 'a'\) must be >= 0"):
+        SampleItem(0, Prompt("a"), -2, 7.5)

@@ -110,6 +110,9 @@ def test_two_processes_make_the_same_folder_as_one(tiny_pipeline_dir, tmp_path):
 
 @pytest.mark.parametrize("bad, field", [
     (["--concept", "nudity", "--num_images", "0"], "num_images=0"),
+    (["--concept", "nudity", "--num_images", "1000000000000"], r"num_images=1000000000000 is out of range; allowed: \[1, "),
+    (["--concept", "nudity", "--seed", "-5"], r"seed=-5 is out of range"),
+    (["--concept", "nudity", "--num_inference_steps", "5000"], r"num_inference_steps=5000 is out of range"),
     (["--concept", "cats"], "concept='cats' is not known"),
     (["--concept", "imagenette:zebra"], "concept='imagenette:zebra': Unknown imagenette class 'zebra'"),
     (["--concept", "digits:eleven"], r"concept='digits:eleven': unknown digit 'eleven'; known: \['zero'"),
@@ -150,3 +153,11 @@ def test_folder_held_by_another_live_job_is_refused(tiny_pipeline_dir, tmp_path)
         other_job.wait()
     main(job_args(tiny_pipeline_dir, out, "--concept", "digits:7", "--num_images", "1"))
     assert sorted(p.name for p in out.iterdir()) == ["forget", "retain"]  # the stale lock is gone
+
+
+def test_non_finite_guidance_from_python_is_refused(tmp_path):
+    from pipelines.generate import GenerateConfig
+
+    with pytest.raises(ValueError, match="guidance_scale=nan must be a finite number"):
+        GenerateConfig("m", str(tmp_path / "out"), concept="nudity", guidance_scale=float("nan"))
+    assert not (tmp_path / "out").exists()
