@@ -30,6 +30,8 @@ from benchmarks.measure import PeakMemory, available_memory_bytes, machine_info,
 from benchmarks.unets import SIZES, TEXT_LENGTH, parameter_count
 from benchmarks.workers import SD_METHOD_SETTINGS, method_cost, sampling_cost, topk_cost
 from erasure import jobconfig
+from erasure.bounds import check_finite_fields, check_positive, check_range, check_seed
+from erasure.output import check_output_dir
 from erasure.methods import METHODS
 
 logger = logging.getLogger("benchmarks.erasure_cost")
@@ -72,6 +74,11 @@ class CostConfig:
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
+        check_finite_fields(self)
+        check_positive("timeout_s", self.timeout_s)
+        check_positive("max_cpu_mem_gb", self.max_cpu_mem_gb)
+        check_range("kept_fraction", self.kept_fraction, 0, 1, low_open=True)
+        check_seed("seed", self.seed)
         if self.size not in SIZES:
             raise ValueError(f"size='{self.size}' is unknown; choose one of {list(SIZES)}")
         if self.device not in ("cpu", "cuda"):
@@ -98,6 +105,9 @@ class CostConfig:
         self.sample_images = self.sample_images or spec.sample_images
         self.sample_batch_size = self.sample_batch_size or spec.sample_batch_size
         self.out = self.out or str(RESULTS_DIR / f"{self.size}-{self.device}.json")
+        if not self.out.endswith(".json"):
+            raise ValueError(f"out={self.out!r} must end in .json (the report goes next to it as .md)")
+        check_output_dir(Path(self.out).parent, "out")
 
 
 def _cpu_memory_guard(config: CostConfig, method: str, params: int) -> str | None:
@@ -245,6 +255,23 @@ def summarize(config: CostConfig, params: int, steps: dict, topk: dict | None, s
     return results
 
 
+def refuse_failures(steps: dict[str, dict[str, Any]], topk: dict | None, sampling: dict[str, Any]) -> None:
+    """Fail the run (before any results file is written) if a child failed, died or timed out.
+
+    Methods skipped by the CPU memory guard are not failures: the results say why they were skipped.
+
+    Raises:
+        ChildProcessError: naming every measurement that failed and why.
+    """
+    failed = [f"{method}: {step['error']}" for method, step in steps.items() if "error" in step]
+    if topk is not None and "error" in topk:
+        failed.append(f"topk: {topk['error']}")
+    if str(sampling.get("reason", "")).startswith("failed"):
+        failed.append(f"sampling: {sampling['reason']}")
+    if failed:
+        raise ChildProcessError(f"{len(failed)} measurement(s) failed, no results written: " + "; ".join(failed))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse the flags, measure, write ``<out>.json`` and ``<out>.md``; returns the results."""
     (config,) = jobconfig.parse([CostConfig], argv, description=__doc__.split("\n")[0])
@@ -259,7 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 device=config.device, num_threads=config.num_threads, seed=config.seed)
         except RuntimeError as err:
             topk = {"error": str(err)}
-    results = summarize(config, params, steps, topk, measure_sampling(config))
+    sampling = measure_sampling(config)
+    refuse_failures(steps, topk, sampling)
+    results = summarize(config, params, steps, topk, sampling)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

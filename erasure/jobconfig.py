@@ -181,11 +181,25 @@ def to_dict(*instances: Any) -> dict[str, Any]:
     return merged
 
 
+# What jobs raise for bad input (values, files, folders, permissions), divergence (NaN), a
+# missing optional dependency and a failed child process (benchmarks). TypeError, KeyError, AttributeError, ... are bugs and keep their
+# traceback: wrong-typed config values are already ValueErrors (`erasure.coerce`), and damaged
+# files are ValueErrors naming them (`erasure.tensor_files`, `pipelines.model_folder`).
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                PermissionError, FloatingPointError, ImportError, ChildProcessError)
+
+
 def run_cli(main: Any, argv: Sequence[str] | None = None) -> None:
-    """Run a job's ``main``; bad input and divergence end with one clear line and exit 1."""
+    """Run a job's ``main``; bad input and divergence end with one ``error: ...`` line and exit 1.
+
+    Raises:
+        SystemExit: with the message (status 1) for the errors in `INPUT_ERRORS`; other
+            exceptions propagate unchanged.
+    """
     import sys
 
     try:
         main(argv)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:
-        sys.exit(f"error: {err}")
+    except INPUT_ERRORS as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        sys.exit(f"error: {message}")

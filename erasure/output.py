@@ -19,7 +19,7 @@ from erasure.exports import publish_export, recover_export
 from erasure.lock import OutputLock, refuse_if_locked
 from erasure.tensor_files import read_tensors
 
-__all__ = ["OutputDir", "check_finite", "checkpoints", "latest_checkpoint", "load_model_weights", "publish_export",
+__all__ = ["OutputDir", "check_finite", "check_output_dir", "checkpoints", "latest_checkpoint", "load_model_weights", "publish_export",
            "save_checkpoint", "save_model_atomic", "write_text_atomic"]
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,33 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def check_output_dir(path: str | Path, name: str = "output_dir") -> None:
+    """Refuse an output folder that cannot be created or written, before any work is done.
+
+    The folder (or, if it does not exist yet, its nearest existing parent) gets a probe file
+    that is removed at once, so a read-only folder or file system fails here, not after hours.
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+        PermissionError: the folder cannot be created or written (read-only, no permission).
+    """
+    path = Path(path)
+    if path.is_file():
+        raise NotADirectoryError(f"{name}={path} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{name}={path}: cannot create it, {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
+    except OSError as err:
+        raise PermissionError(f"{name}={path}: cannot write in {existing} ({err.strerror or err}); "
+                              "choose a writable folder") from None
+    os.close(handle)
+    os.remove(probe)
+
+
 class OutputDir:
     """Validates an output folder before any work is done; ``prepare`` then locks and readies it.
 
@@ -42,6 +69,8 @@ class OutputDir:
     by the next job (see :mod:`erasure.lock`).
 
     Raises:
+        NotADirectoryError / PermissionError: a folder that cannot be created or written
+            (`check_output_dir`).
         ValueError: when the folder holds a finished run or checkpoints and neither
             ``--overwrite_output_dir`` nor ``--resume_from_checkpoint`` says what to do; when both
             are given and overwriting would delete the checkpoint to resume from; when the
@@ -53,8 +82,7 @@ class OutputDir:
         self.path = Path(path)
         self.overwrite = overwrite
         self.lock = OutputLock(self.path)
-        if self.path.is_file():
-            raise ValueError(f"output_dir={self.path} is a file, not a folder")
+        check_output_dir(self.path)
         if overwrite and resume is not None and (resume == "latest" or _inside(Path(resume), self.path)):
             raise ValueError(f"overwrite_output_dir=True with resume_from_checkpoint={resume}: overwriting deletes "
                              f"the checkpoints in {self.path}; pass only one of the two")

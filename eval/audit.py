@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from erasure import jobconfig
+from erasure.output import check_output_dir
 
 from . import report as reports
 from .audit_sections import METRIC_SECTIONS, AuditRun, Detector
@@ -87,8 +88,7 @@ class AuditConfig(SamplingOptions):
                              f"images={self.images!r}")
         if not self.output_dir:
             raise ValueError("output_dir is required (--out ...)")
-        if Path(self.output_dir).is_file():
-            raise ValueError(f"out={self.output_dir!r} is a file, not a folder")
+        check_output_dir(self.output_dir, "out")
         if self.model is not None:
             check_model_path(self.model, "model")
         if self.baseline is not None and baseline_is_model(self.baseline) and not self.prompts:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from erasure import jobconfig
+from erasure.output import check_output_dir
 from erasure.bounds import (MAX_IMAGES, check_finite_fields, check_image_budget, check_image_side,
                             check_mixed_precision, check_range, check_seed)
 from erasure.lock import output_lock
@@ -95,8 +96,7 @@ class SampleConfig(SamplingOptions):
         for name in ("model", "prompts", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required (--{name} ...)")
-        if Path(self.output_dir).is_file():
-            raise ValueError(f"output_dir={self.output_dir!r} is a file, not a folder")
+        check_output_dir(self.output_dir)
         check_model_path(self.model, "model")
 
 

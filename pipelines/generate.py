@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from erasure import jobconfig
+from erasure.output import check_output_dir
 from erasure.bounds import MAX_IMAGES, check_finite_fields, check_image_budget, check_mixed_precision, check_range, check_seed
 from prompts.base import PromptSet
 from prompts.colored_digits import FORMS, GROUPS, concept_prompts
@@ -107,8 +108,7 @@ class GenerateConfig:
         for name in ("pretrained_model_name_or_path", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required (--{name} ...)")
-        if Path(self.output_dir).is_file():
-            raise ValueError(f"output_dir={self.output_dir!r} is a file, not a folder")
+        check_output_dir(self.output_dir)
         for name in ("num_images", "num_inference_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

@@ -131,3 +131,25 @@ def test_run_cli_turns_a_bad_value_into_one_error_line(tmp_path):
     with pytest.raises(SystemExit) as caught:
         jobconfig.run_cli(lambda argv: jobconfig.parse((JobConfig,), argv), ["--config", str(path)])
     assert caught.value.code == f"error: {path}: train_batch_size='sixteen' is not an integer (int), e.g. 3"
+
+
+@pytest.mark.parametrize("error", [FileExistsError("f exists"), NotADirectoryError("out is a file"),
+                                   IsADirectoryError("x is a folder"), PermissionError("read-only"),
+                                   ValueError("two\nlines"), FloatingPointError("NaN")])
+def test_run_cli_turns_input_errors_into_one_line_and_status_1(error):
+    def main(argv):
+        raise error
+
+    with pytest.raises(SystemExit) as caught:
+        jobconfig.run_cli(main, [])
+    assert isinstance(caught.value.code, str) and caught.value.code.startswith("error: ")  # a str exits with 1
+    assert "\n" not in caught.value.code
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), KeyError("a bug"), AttributeError("a bug")])
+def test_run_cli_lets_programming_errors_keep_their_traceback(error):
+    def main(argv):
+        raise error
+
+    with pytest.raises(type(error)):
+        jobconfig.run_cli(main, [])

@@ -95,3 +95,29 @@ def test_two_processes_writing_one_file_atomically_never_collide(tmp_path):
     assert [code for code, _ in results] == [0, 0], results[0][1][-1000:] + results[1][1][-1000:]
     assert (tmp_path / "results.json").read_text() in ("0" * 1000, "1" * 1000)
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_an_output_path_under_a_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"output_dir={tmp_path}/file/run: cannot create it, "
+                                                 rf"{tmp_path}/file is a file, not a folder"):
+        OutputDir(tmp_path / "file" / "run")
+    with pytest.raises(NotADirectoryError, match=rf"output_dir={tmp_path}/file is a file, not a folder"):
+        OutputDir(tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    from erasure.output import check_output_dir
+
+    # /sys refuses new files even to root; elsewhere a read-only folder stands in (for non-root users)
+    readonly = Path("/sys/scissorhands-out") if Path("/sys").is_dir() and os.geteuid() == 0 else tmp_path / "ro"
+    if readonly.parent == tmp_path:
+        readonly.mkdir()
+        readonly.chmod(0o500)
+    with pytest.raises(PermissionError, match=rf"output_dir={readonly}: cannot write in "):
+        OutputDir(readonly)
+    with pytest.raises(PermissionError, match="out=.*choose a writable folder"):
+        check_output_dir(readonly / "deeper", "out")
+    check_output_dir(tmp_path / "new" / "run")  # creatable: passes, leaves nothing behind
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".write-probe-*"))
