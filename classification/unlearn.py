@@ -21,6 +21,7 @@ from accelerate.utils import set_seed
 from classification import references
 from erasure.batches import TensorBatches, subset
 from erasure.bounds import check_positive, check_training
+from erasure.tensor_files import check_tensor_file
 from classification.data import load_dataset, split_forget
 from classification.engine import make_optimizer
 from erasure.loop import unlearn
@@ -84,6 +85,11 @@ class ClassificationJobConfig:
             raise ValueError(f"checkpointing_steps={self.checkpointing_steps} must be >= 1 (or unset)")
         if self.original_model is not None and not Path(self.original_model).is_file():
             raise FileNotFoundError(f"original_model={self.original_model}: no such file (a .safetensors state dict)")
+        if self.original_model is not None:  # header only, before any work (the weights load after prepare)
+            if Path(self.original_model).suffix != ".safetensors":
+                raise ValueError(f"original_model={self.original_model}: only .safetensors weights are loaded "
+                                 "(pickled checkpoints can run code)")
+            check_tensor_file(self.original_model, "original_model")
 
 
 def main(argv: list[str] | None = None) -> dict:
