@@ -19,10 +19,6 @@ def judge_dir(tmp_path):
     return tmp_path
 
 
-def test_a_sound_judge_loads(judge_dir):
-    assert isinstance(load_digits_judge(judge_dir), DigitsJudge)
-
-
 @pytest.mark.parametrize("damage,file,message", [
     ("truncate", JUDGE_WEIGHTS_NAME, "not a readable safetensors file"),
     ("empty", JUDGE_WEIGHTS_NAME, "not a readable safetensors file"),
@@ -30,6 +26,7 @@ def test_a_sound_judge_loads(judge_dir):
     ("no_architecture", JUDGE_CONFIG_NAME, "not a build_digits_judge config"),
 ])
 def test_a_damaged_judge_is_one_line_naming_the_file(judge_dir, damage, file, message):
+    assert isinstance(load_digits_judge(judge_dir), DigitsJudge)  # sound before the damage
     path = judge_dir / file
     data = path.read_bytes()
     path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": b"{nope",
