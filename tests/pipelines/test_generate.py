@@ -161,3 +161,17 @@ def test_non_finite_guidance_from_python_is_refused(tmp_path):
     with pytest.raises(ValueError, match="guidance_scale=nan must be a finite number"):
         GenerateConfig("m", str(tmp_path / "out"), concept="nudity", guidance_scale=float("nan"))
     assert not (tmp_path / "out").exists()
+
+
+def test_color_concept_folders_hold_only_that_colour_on_the_forget_side(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "red"
+    main(job_args(tiny_pipeline_dir, out, "--concept", "color:red", "--num_images", "12", "--num_inference_steps", "1"))
+    forget, retain = rows_of(out / "forget"), rows_of(out / "retain")
+    assert len(forget) == len(retain) == 12
+    assert all("red" in row["prompt"].split() for row in forget)
+    assert not any("red" in row["prompt"].split() for row in retain)
+    # round-robin over every digit: the attribute spans the classes
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    assert {w for row in forget for w in row["prompt"].split() if w in words} == {"zero", "one", "two", "three"}
+    info = json.loads((out / "forget" / "info.json").read_text())
+    assert info["concept"] == "color:red" and info["prompt_set"]["num_prompts"] == 30
