@@ -30,7 +30,7 @@ from torch import Tensor
 
 from prompts.colored_digits import COLOR_NAMES, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
 
-from .colors import NO_STROKE, ColorJudge, color_entropy
+from .colors import NO_STROKE, UNCLEAR, ColorJudge, color_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, 
         "color_accuracy": float((judged_colors[named] == colors[named]).float().mean()) if named.any() else None,
         "color_accuracy_per_color": per_color,
         "no_stroke": float((judged_colors == NO_STROKE).float().mean()),
+        "unclear_color": float((judged_colors == UNCLEAR).float().mean()),
     }
     if entropies:
         uniform = torch.full((len(COLOR_NAMES),), 1.0 / len(COLOR_NAMES))

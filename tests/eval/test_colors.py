@@ -56,3 +56,15 @@ def test_color_entropy_bounds():
     assert color_entropy(half, 6) == pytest.approx(math.log(2) / math.log(6))
     # blank images are an outcome of their own: all blank is no diversity, not "uniform"
     assert color_entropy(torch.full((8,), NO_STROKE), 6) == pytest.approx(0.0)
+
+
+def test_a_multicoloured_smear_is_unclear_not_white():
+    from eval.colors import UNCLEAR
+
+    smear = torch.zeros(3, 32, 32)
+    smear[:, 8:24, 10:14] = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)  # green
+    smear[:, 8:24, 14:18] = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1)  # magenta
+    smear[:, 8:24, 18:22] = torch.tensor([1.0, 1.0, 1.0]).view(3, 1, 1)  # white
+    # its mean colour is pale (nearest white), but no colour has 60% of the stroke
+    assert ColorJudge().predict(smear[None]).tolist() == [UNCLEAR]
+    assert color_entropy(torch.full((5,), UNCLEAR), 6) == pytest.approx(0.0)
