@@ -231,6 +231,21 @@ def tune(config: dict, seeds: list[int], accelerator, only: list[str] | None = N
     return chosen
 
 
+def check_results_file(out: str) -> None:
+    """Refuse a ``--out`` that cannot be written before minutes of training: a folder, a file under
+    a file, a read-only folder.
+
+    Raises:
+        IsADirectoryError / NotADirectoryError / PermissionError: naming ``--out``.
+    """
+    from erasure.output import check_output_dir
+
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out={out} is a folder; give a .json file path")
+    check_output_dir(path.parent if str(path.parent) else ".", "--out's folder")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results.json")
@@ -241,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tune", action="store_true", help="grid-search on validation runs and print the YAML")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models run fastest on one)")
     args = parser.parse_args(argv)
+    check_results_file(args.out)
+    if args.threads < 1 or not args.seeds or min(args.seeds) < 0:
+        raise ValueError(f"threads={args.threads} must be >= 1 and seeds={args.seeds} non-empty and >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     config = load_config(args.config)

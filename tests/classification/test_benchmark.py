@@ -70,3 +70,14 @@ def test_the_job_exits_with_an_error_line_before_training(tmp_path):
     with pytest.raises(SystemExit, match=r"error: --methods \['nope'\] not in the random section"):
         run_cli(main, ["--config", str(write(tmp_path, GOOD)), "--methods", "nope"])
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("make_out, message", [
+    (lambda tmp: tmp, "is a folder"),
+    (lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt" / "results.json", "is a file, not a folder"),
+])
+def test_a_bad_out_is_refused_before_any_training(tmp_path, make_out, message):
+    from classification.benchmark import main
+
+    with pytest.raises((IsADirectoryError, NotADirectoryError), match=message):
+        main(["--quick", "--out", str(make_out(tmp_path))])
