@@ -67,7 +67,7 @@ class EraseConfig:
     resolution: int | None = None
     concept: str | None = None  # a label only: recorded in the model card and erase_config.json
     substitute_prompt: str | None = None
-    relabel_target: str = "noise"
+    relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0
     trainable: str = "full"
     export: str = "pipeline"

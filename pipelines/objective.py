@@ -30,15 +30,17 @@ class DiffusionObjective(Objective):
         relabel_ids: for each prompt id, the id of its substitute prompt (random-label
             methods and ``forget_loss="substitute"``), e.g. the retain prompt.
         uncond_id: id of the empty prompt (ESD's unconditional prediction).
-        relabel_target: ``"noise"`` (SalUn: fit the noise under the substitute prompt) or
-            ``"prediction"`` (public Scissorhands code: match the current model's detached
-            prediction under the substitute prompt).
+        relabel_target: ``"prediction"`` (the default; SalUn's public SD code and paper 004
+            Eq. 3: eps(z_t | c_forget) is pulled to the detached eps(z_t | c_substitute), so
+            the forget prompt's own prediction is what changes) or ``"noise"`` (fit the true
+            noise under the *substitute* prompt: the forget prompt never enters the loss, so
+            this does not erase it; kept for comparison).
     """
 
     measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
 
     def __init__(self, scheduler: Any, embeddings: Tensor, relabel_ids: Tensor, uncond_id: int,
-                 relabel_target: str = "noise", negative_guidance: float = 1.0, seed: int = 0) -> None:
+                 relabel_target: str = "prediction", negative_guidance: float = 1.0, seed: int = 0) -> None:
         if relabel_target not in RELABEL_TARGETS:
             raise ValueError(f"relabel_target='{relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
         self.scheduler = scheduler
