@@ -1,7 +1,7 @@
 """The offline end-to-end demo: erase a concept from the embedded default model.
 
-    python -m pipelines.demo --concept digits:two --output_dir runs/demo     # an object class
-    python -m pipelines.demo --concept color:red --output_dir runs/demo-red  # an attribute
+    python -m pipelines.demo --concept color:red --output_dir runs/demo      # an attribute (default)
+    python -m pipelines.demo --concept digits:two --output_dir runs/demo-2   # an object class
     python -m pipelines.demo --digit two ...                                 # = --concept digits:two
 
 1. builds (once, cached) the tiny text-to-image pipeline that draws coloured digits and the
@@ -45,7 +45,9 @@ GRID_SEEDS = 8
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concept", default=None, help="digits:<word or 0-9> or color:<name> (default digits:two)")
+    parser.add_argument("--concept", default=None,
+                        help="digits:<word or 0-9> or color:<name> (default color:red: the v2 default model follows "
+                             "colours but not yet digits, see the README)")
     parser.add_argument("--digit", default=None, help="shorthand for --concept digits:<digit>")
     parser.add_argument("--method", default="scissorhands")
     parser.add_argument("--config", default=str(CONFIG), help="erase-job YAML (method hyperparameters)")
@@ -68,7 +70,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             args.concept = f"digits:{DIGIT_WORDS[parse_concept(f'digits:{args.digit}')[1]]}"
         except ValueError as err:
             raise ValueError(f"digit={args.digit!r} is unknown; choose 0-9 or one of {list(DIGIT_WORDS)}") from err
-    args.concept = args.concept or "digits:two"
+    args.concept = args.concept or "color:red"
     try:
         kind, value = parse_concept(args.concept)
     except ValueError as err:

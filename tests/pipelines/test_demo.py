@@ -18,7 +18,7 @@ def test_digit_and_concept_forms():
     assert parse(["--digit", "7"]).concept == "digits:seven"
     assert parse(["--concept", "digits:7"]).concept == "digits:seven"
     assert parse(["--concept", "color:Red"]).concept == "color:red"
-    assert parse([]).concept == "digits:two"
+    assert parse([]).concept == "color:red"
     with pytest.raises(ValueError, match="not both"):
         parse(["--digit", "2", "--concept", "color:red"])
 
