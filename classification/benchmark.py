@@ -142,6 +142,7 @@ def run_method(entry: dict, splits: DatasetSplits, original: torch.nn.Module, fo
     forget, retain = batches(forget_idx, seed + 1), batches(retain_idx, seed + 2)
     started = time.perf_counter()
     method = build_method(config, ClassificationObjective(splits.num_classes, seed))
+    method.snapshot(model)
     method.prepare(model, forget, retain)
     optimizer = make_optimizer(model.parameters(), train.get("optimizer", "sgd"), train["learning_rate"], 0.9, 5e-4)
     unlearn(accelerator, model, method, optimizer, forget, retain, train["num_train_epochs"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +34,12 @@ class ClassificationObjective(Objective):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+
+    def distilled_loss(self, model: nn.Module, frozen: nn.Module, batch: dict[str, Any]) -> Tensor:
+        """KL(original || model) of the class distributions on ``batch`` (knowledge distillation)."""
+        with torch.no_grad():
+            target = F.log_softmax(frozen(batch["x"]), dim=1)
+        return F.kl_div(F.log_softmax(model(batch["x"]), dim=1), target, reduction="none", log_target=True).sum(1)
 
     def relabeled_loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         fake = random_labels(batch["y"], batch["index"], self.num_classes, self.seed)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from erasure.reinit import check_init
 
 FORGET_LOSSES = ("ascent", "substitute")
+RETAIN_LOSSES = ("data", "distill")
 
 
 @dataclass
@@ -37,6 +38,10 @@ class MethodConfig:
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)
     retain_fraction: float = 1.0  # r of paper 001: share of D_r the repair may use
+    # "data": the task loss on D_r (paper 000 Eq. 3); "distill": the distance to the original
+    # model's output on D_r at the same noise and step (a frozen copy is kept): it asks the
+    # repaired model to be the original on retain prompts, not to refit the few retain samples
+    retain_loss: str = "data"
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
     # LoReUn plug-in (paper 004)
@@ -66,6 +71,11 @@ class MethodConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be >= 1 (or unset for all batches)")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"retain_loss='{self.retain_loss}' is unknown; choose one of {list(RETAIN_LOSSES)}")
+        if self.loreun and self.retain_loss == "distill":
+            raise ValueError("loreun=True reweights task losses against the original model's; it does not apply to "
+                             "retain_loss='distill' (use retain_loss='data')")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss='{self.forget_loss}' is unknown; choose one of {list(FORGET_LOSSES)}")
         check_init(self.init, self.bias_init)

@@ -37,6 +37,11 @@ class Objective:
         """Per-sample loss against a frozen model's negatively guided prediction (ESD)."""
         raise NotImplementedError(f"{type(self).__name__} has no guided loss; ESD needs a diffusion objective")
 
+    def distilled_loss(self, model: nn.Module, frozen: nn.Module, batch: Any) -> Tensor:
+        """Per-sample distance between ``model``'s and the frozen original's outputs on ``batch``
+        (``retain_loss="distill"``), shape ``[B]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no distilled loss; use retain_loss='data'")
+
     @torch.no_grad()
     def fit_reference(self, model: nn.Module, batches: Iterable[Any], num_batches: int | None = None) -> dict[str, float]:
         """LoReUn Step 1: parameters of the original model's reference loss.

@@ -35,6 +35,7 @@ def start_or_resume(accelerator: Any, model: nn.Module, method: UnlearningMethod
         (prepare summary, optimizer steps already taken).
     """
     summary: dict = {}
+    method.snapshot(model)  # the model is still the original here, on a fresh start and on resume
     if resume_dir is not None:  # accelerate's load_state would skip a broken RNG state silently
         verify_checkpoint(resume_dir, accelerator.process_index)
     if resume_dir is None or method.prepare_on_resume:

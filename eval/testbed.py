@@ -13,8 +13,11 @@ erasure must be asked about separately:
 For each group: recognition per digit (``DigitsJudge``), the named colour judged correct
 (``ColorJudge``, per colour), the entropy of the judged colours of colour-free prompts (per
 digit, as a fraction of uniform, beside what the training data gives at the same sample size),
-and pixel diversity (mean pairwise L1 distance between generations of one prompt). With
-``--concept`` the report adds what erased means for that concept (``concept_summary``).
+diversity (mean pairwise distance between the judge features of one prompt's generations, and
+the same in pixels), alignment (the judge's probability of the prompted digit), and FID / KID
+over the judge's features against real held-out digits rendered with the same labels
+(``eval/distribution.py``). With ``--concept`` the report adds what erased means for that
+concept (``concept_summary``); a collapsed model passes recognition but not diversity or FID.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from torch import Tensor
 from prompts.colored_digits import COLOR_NAMES, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
 
 from .colors import NO_STROKE, UNCLEAR, ColorJudge, color_entropy
+from .distribution import alignment, feature_distances, feature_diversity, reference_renders
 
 logger = logging.getLogger(__name__)
 
 EVAL_SEED = 10_000  # evaluation seeds; settings are tuned on TUNING_SEED, never on these
 TUNING_SEED = 20_000
+REFERENCE_SEED = 30_000  # renders of real held-out digits that FID/KID compare generations with
 
 
 @dataclass
@@ -104,9 +109,10 @@ def samples_from_rows(rows: Sequence[dict[str, Any]]) -> TestbedSamples:
                           groups)
 
 
-def report_of(samples: TestbedSamples, judge: Any, concept: str | None = None) -> dict[str, Any]:
+def report_of(samples: TestbedSamples, judge: Any, concept: str | None = None,
+              base: TestbedSamples | None = None) -> dict[str, Any]:
     """``judge_testbed``'s per-group figures (JSON-ready), plus ``concept_summary`` with a concept."""
-    report = judge_testbed(samples, judge)
+    report = judge_testbed(samples, judge, base=base)
     result: dict[str, Any] = {"groups": report["groups"]}
     if concept is not None:
         result["concept"] = concept_summary(report, samples, concept)
@@ -169,8 +175,14 @@ def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, 
     return report
 
 
-def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge | None = None) -> dict[str, Any]:
-    """Per-group recognition, colour accuracy, colour entropy and pixel diversity of ``samples``."""
+def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge | None = None,
+                  base: TestbedSamples | None = None) -> dict[str, Any]:
+    """Per-group recognition, colour accuracy, colour entropy, diversity, alignment, FID and KID.
+
+    FID/KID are over the judge's features, against real held-out digits rendered with the same
+    labels (``reference_renders``) and, with ``base`` (the base model's generations of the same
+    prompts and seeds), against those too (``fid_base``, ``kid_base``, ``diversity_ratio``).
+    """
     color_judge = color_judge or ColorJudge()
     judged_digits = torch.cat([judge.predict(chunk).cpu() for chunk in samples.images.split(512)])
     judged_colors = color_judge.predict(samples.images)
@@ -178,10 +190,32 @@ def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge |
     for group in dict.fromkeys(samples.groups):
         mask = torch.tensor([g == group for g in samples.groups])
         groups[group] = _group_report(samples, mask, judged_digits, judged_colors)
-        repeated = torch.bincount(samples.prompt_ids[mask]).max() >= 2
-        groups[group]["pixel_diversity"] = (pixel_diversity(samples.images[mask], samples.prompt_ids[mask])
-                                            if repeated else None)
+        groups[group].update(_distribution_report(samples, mask, judge, base))
     return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors}
+
+
+def _distribution_report(samples: TestbedSamples, mask: Tensor, judge: Any, base: TestbedSamples | None) -> dict:
+    from .audit_metrics import JudgeFeatures
+
+    images, prompt_ids = samples.images[mask], samples.prompt_ids[mask]
+    repeated = bool(torch.bincount(prompt_ids).max() >= 2)
+    features = torch.cat([judge.features(chunk).cpu() for chunk in images.split(512)])
+    extractor = JudgeFeatures(judge)
+    reference = reference_renders(samples.digits[mask], samples.colors[mask], seed=REFERENCE_SEED)
+    report = {"pixel_diversity": pixel_diversity(images, prompt_ids) if repeated else None,
+              "diversity": feature_diversity(features, prompt_ids) if repeated else None,
+              "alignment": alignment(judge, images, samples.digits[mask]),
+              **feature_distances(extractor, images, reference)}
+    if base is not None:
+        if base.prompt_ids.shape != samples.prompt_ids.shape or not torch.equal(base.digits, samples.digits):
+            raise ValueError("base samples must be drawn from the same prompts and seeds as the samples")
+        base_images = base.images[mask]
+        distances = feature_distances(extractor, images, base_images)
+        report.update(fid_base=distances["fid"], kid_base=distances["kid"])
+        if repeated:
+            base_features = torch.cat([judge.features(chunk).cpu() for chunk in base_images.split(512)])
+            report["diversity_ratio"] = report["diversity"] / feature_diversity(base_features, prompt_ids)
+    return report
 
 
 def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: str) -> dict[str, Any]:
@@ -251,9 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               guidance_scale=args.guidance_scale)
     for group, figures in result["groups"].items():
         logger.info("%s: digits %.0f%% (worst %.0f%%), named colour %.0f%%, colour entropy %.2f (reference %.2f), "
-                    "diversity %s", group, 100 * figures["recognition_mean"], 100 * figures["recognition_worst"],
-                    100 * figures["color_accuracy"], figures.get("color_entropy", float("nan")),
-                    figures.get("color_entropy_reference", float("nan")), figures["pixel_diversity"])
+                    "diversity %.3f, alignment %.2f, FID %.2f, KID %.4f", group, 100 * figures["recognition_mean"],
+                    100 * figures["recognition_worst"], 100 * figures["color_accuracy"],
+                    figures.get("color_entropy", float("nan")), figures.get("color_entropy_reference", float("nan")),
+                    figures["diversity"] or float("nan"), figures["alignment"], figures["fid"], figures["kid"])
     if args.out:
         from erasure.output import write_text_atomic
 

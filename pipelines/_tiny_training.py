@@ -129,3 +129,45 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
     if not math.isfinite(std) or std <= 0:
         raise RuntimeError(f"latent std is {std}: the VAE collapsed; train it longer or lower the KL weight")
     return 1.0 / std
+
+
+def pretrain_text_encoder(text_encoder, tokenizer, prompts: list[str], labels: torch.Tensor, num_classes: list[int],
+                          steps: int, batch_size: int, learning_rate: float, generator, pooling: str = "mean"):
+    """Teach a random ``CLIPTextModel`` what the grammar's prompts mean: a linear probe per label
+    (here the digit, and the colour or "none") on the pooled last hidden state, trained jointly.
+
+    SD's CLIP text encoder arrives pretrained: "two", "2" and every phrasing of a digit land near
+    each other, and the UNet reads the concept from any position. A random encoder gives each
+    phrasing its own unrelated hidden states (the padding positions mix every word at random),
+    and the UNet then needs several times the steps to learn the digit (see
+    ``DefaultModelConfig``). The probe heads are dropped; the encoder is frozen afterwards.
+
+    Args:
+        prompts: texts; ``labels`` ``[len(prompts), len(num_classes)]`` their class per label.
+        num_classes: classes of each label column.
+        pooling: ``"mean"`` over every position (padding included, as the UNet attends to all of
+            them) or ``"eos"`` (CLIP's pooled end-of-text state).
+
+    Returns:
+        ``text_encoder`` frozen and in eval mode.
+    """
+    if pooling not in ("mean", "eos"):
+        raise ValueError(f"pooling={pooling!r} is unknown; choose 'mean' or 'eos'")
+    if labels.shape != (len(prompts), len(num_classes)):
+        raise ValueError(f"labels must be [{len(prompts)}, {len(num_classes)}], got {tuple(labels.shape)}")
+    input_ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
+    text_encoder.requires_grad_(True).train()
+    heads = torch.nn.ModuleList(torch.nn.Linear(text_encoder.config.hidden_size, n) for n in num_classes)
+    optimizer = torch.optim.Adam([*text_encoder.parameters(), *heads.parameters()], lr=learning_rate)
+    progress = tqdm(range(steps), desc="tiny text encoder")
+    for _ in progress:
+        batch = torch.randint(len(prompts), (batch_size,), generator=generator)
+        output = text_encoder(input_ids[batch])
+        pooled = output.last_hidden_state.mean(1) if pooling == "mean" else output.pooler_output
+        loss = sum(torch.nn.functional.cross_entropy(head(pooled), labels[batch, k]) for k, head in enumerate(heads))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return text_encoder.requires_grad_(False).eval()

@@ -30,7 +30,8 @@ import torch
 
 from eval.digits_classifier import JudgeTrainConfig, build_digits_judge
 from pipelines import _tiny_components as components
-from pipelines._tiny_training import encode_latents, encode_prompts, latent_scaling_factor, train_unet, train_vae
+from pipelines._tiny_training import (encode_latents, encode_prompts, latent_scaling_factor, pretrain_text_encoder,
+                                      train_unet, train_vae)
 from pipelines.testbed_data import AugmentConfig, color_table, render_digits, split_digits
 from prompts.colored_digits import DIGIT_WORDS, grammar, grammar_prompts
 
@@ -68,15 +69,19 @@ class DefaultModelConfig:
     text_layers: int = 2
     text_heads: int = 4
     token_embedding_std: float = 1.0
+    text_pretrain_steps: int = 300  # the text encoder learns the grammar's meaning first (~20 s)
+    text_pretrain_batch_size: int = 64
+    text_pretrain_learning_rate: float = 1e-3
+    text_pretrain_pooling: str = "mean"
     test_fraction: float = 0.2  # real digits held out for the judges (split before augmenting)
     renders_per_digit: int = 4  # coloured, augmented renders of each train digit
     vae_block_out_channels: tuple[int, ...] = (16, 32, 32)
-    vae_steps: int = 400
+    vae_steps: int = 300
     vae_batch_size: int = 32
     vae_learning_rate: float = 3e-3
     vae_kl_weight: float = 1e-6
     unet_block_out_channels: tuple[int, int] = (32, 64)
-    unet_steps: int = 4000
+    unet_steps: int = 2500
     unet_batch_size: int = 32
     unet_learning_rate: float = 2e-3
     unet_warmup_steps: int = 50
@@ -100,7 +105,12 @@ class DefaultModelConfig:
             raise ValueError(f"text_hidden_size {self.text_hidden_size} must divide by text_heads {self.text_heads}")
         if self.model_max_length < 12:
             raise ValueError(f"model_max_length {self.model_max_length} cannot hold the grammar's prompts (>= 12)")
-        for name in ("renders_per_digit", "vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size"):
+        if self.text_pretrain_pooling not in ("mean", "eos"):
+            raise ValueError(f"text_pretrain_pooling={self.text_pretrain_pooling!r} is unknown; choose 'mean' or 'eos'")
+        if self.text_pretrain_steps < 0:
+            raise ValueError(f"text_pretrain_steps must be >= 0 (0: a random encoder), got {self.text_pretrain_steps}")
+        for name in ("renders_per_digit", "vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size",
+                     "text_pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -113,7 +123,7 @@ class DefaultModelConfig:
     @classmethod
     def fast(cls) -> "DefaultModelConfig":
         """A few-second build for tests: same architecture, a handful of steps (draws noise)."""
-        return cls(renders_per_digit=1, vae_steps=2, unet_steps=2, unet_warmup_steps=1,
+        return cls(renders_per_digit=1, vae_steps=2, unet_steps=2, unet_warmup_steps=1, text_pretrain_steps=2,
                    judge=JudgeTrainConfig(epochs=1))
 
     def config_hash(self, seed: int) -> str:
@@ -176,6 +186,13 @@ def render_training_set(seed: int, config: DefaultModelConfig) -> tuple[torch.Te
     return images * 2.0 - 1.0, digits, colors
 
 
+def prompt_meanings() -> torch.Tensor:
+    """``[P, 2]`` for the grammar's prompts: the digit, and the colour index (``len(colors)``: none named)."""
+    color_names = list(grammar().colors)
+    return torch.tensor([[p.extra["label"], len(color_names) if p.extra["color"] is None else
+                          color_names.index(p.extra["color"])] for p in grammar_prompts().prompts])
+
+
 def phrasing_sampler(digits: torch.Tensor, colors: torch.Tensor):
     """``(batch, generator) -> prompt indices`` into ``grammar_prompts()``: for each image a random
     phrasing (any group, word or numeral) that names its colour with probability
@@ -219,6 +236,10 @@ def _train_pipeline(seed: int, config: DefaultModelConfig, tokenizer_dir: Path):
     tokenizer = components.build_tokenizer(tokenizer_dir, tuple(grammar().vocabulary()), config.model_max_length)
     text_encoder = components.build_text_encoder(tokenizer, config.text_hidden_size, config.text_layers,
                                                  config.text_heads, config.token_embedding_std)
+    text_encoder = pretrain_text_encoder(text_encoder, tokenizer, grammar_prompts().texts, prompt_meanings(),
+                                         [10, len(grammar().colors) + 1], config.text_pretrain_steps,
+                                         config.text_pretrain_batch_size, config.text_pretrain_learning_rate,
+                                         generator, config.text_pretrain_pooling)
     prompt_embeds = encode_prompts(tokenizer, text_encoder, [*grammar_prompts().texts, ""])
     unet = components.build_unet(latents.shape[-1], config.unet_block_out_channels, config.text_hidden_size)
     train_scheduler, sample_scheduler = components.build_schedulers()

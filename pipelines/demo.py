@@ -31,12 +31,12 @@ from PIL import Image
 from erasure.output import OutputDir, write_text_atomic
 from eval.digits_classifier import load_digits_judge
 from eval.grid import image_grid
-from eval.testbed import EVAL_SEED, evaluate_testbed
+from eval.testbed import EVAL_SEED, TestbedSamples, report_of, sample_testbed
 from pipelines import erase, generate
 from pipelines.default_model import build_default_model, default_judge_path
 from pipelines.sampling import SampleItem, generate as draw, load_pipeline
 from prompts.base import Prompt
-from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, parse_concept
+from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, grammar_prompts, parse_concept
 
 logger = logging.getLogger("pipelines.demo")
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "erase_digits.yaml"
@@ -105,19 +105,25 @@ def grid_images(pipe, prompts: list[list[str]], args: argparse.Namespace) -> lis
     return [images[r * GRID_SEEDS:(r + 1) * GRID_SEEDS] for r in range(len(prompts))]
 
 
-def judge_model(model_dir: str | Path, judge, args: argparse.Namespace) -> tuple[dict, list[list[Image.Image]]]:
-    """The testbed report of a model for the demo's concept, and its grid images."""
+def draw_model(model_dir: str | Path, args: argparse.Namespace) -> tuple[TestbedSamples, list[list[Image.Image]]]:
+    """Generations of every grammar prompt on the evaluation seeds, and the grid images, of a model."""
     pipe = load_pipeline(model_dir)
-    report = evaluate_testbed(pipe, judge, args.concept, images_per_prompt=args.eval_images, seed=EVAL_SEED,
-                              num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
-    return report, grid_images(pipe, grid_rows(args.concept)[1], args)
+    samples = sample_testbed(pipe, images_per_prompt=args.eval_images, seed=EVAL_SEED,
+                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    return samples, grid_images(pipe, grid_rows(args.concept)[1], args)
+
+
+UTILITY = ("diversity", "pixel_diversity", "alignment", "fid", "kid", "fid_base", "kid_base", "diversity_ratio")
 
 
 def side(report: dict) -> dict:
-    """One side of metrics.json: the concept's figures on the word prompts (the headline), the
-    numeral and paraphrase groups apart, and the colour figures of every group."""
-    concept = report["concept"]
-    return {**concept["word"], "numeral": concept["numeral"], "paraphrase": concept["paraphrase"],
+    """One side of metrics.json: the concept's figures on the word prompts (the headline: erased,
+    others, worst_other, ...) with their distribution-level utility (diversity, alignment, FID and
+    KID against real digits; on the after side also against the base model's generations), the
+    numeral and paraphrase groups apart, and every group's full figures."""
+    concept, word = report["concept"], report["groups"]["word"]
+    utility = {key: word[key] for key in UTILITY if key in word}
+    return {**concept["word"], **utility, "numeral": concept["numeral"], "paraphrase": concept["paraphrase"],
             "groups": report["groups"]}
 
 
@@ -140,11 +146,18 @@ def main(argv: list[str] | None = None) -> dict:
     erase.main(["--config", args.config, "--pretrained_model_name_or_path", str(model_dir), "--data_dir", str(data_dir),
                 "--output_dir", str(erased_dir), "--concept", args.concept, "--method", args.method,
                 "--seed", str(args.seed), *args.erase_args])
-    before, before_grid = judge_model(model_dir, judge, args)
-    after, after_grid = judge_model(erased_dir, judge, args)
+    before_samples, before_grid = draw_model(model_dir, args)
+    after_samples, after_grid = draw_model(erased_dir, args)
+    before = report_of(before_samples, judge, args.concept)
+    after = report_of(after_samples, judge, args.concept, base=before_samples)
+    protocol = {"judge": "DigitsJudge", "color_judge": "ColorJudge (stroke hue rule)",
+                "features": "DigitsJudge penultimate layer (diversity, FID, KID)",
+                "prompt_set_sha256": grammar_prompts().sha256(), "images_per_prompt": args.eval_images,
+                "seed": EVAL_SEED, "num_inference_steps": args.num_inference_steps,
+                "guidance_scale": args.guidance_scale, "grid_seeds": GRID_SEEDS}
     metrics = {"concept": args.concept, "erased": args.concept.partition(":")[2], "method": args.method,
                "before": side(before), "after": side(after),
-               "protocol": {**after["protocol"], "judge": "DigitsJudge", "grid_seeds": GRID_SEEDS},
+               "protocol": protocol,
                "seconds": time.perf_counter() - started}
     write_text_atomic(output.path / "metrics.json", json.dumps(metrics, indent=2))
     labels, _ = grid_rows(args.concept)
@@ -153,9 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
                column_labels=["before", *[""] * (GRID_SEEDS - 1), "after"], scale=2)
     b, a = metrics["before"], metrics["after"]
     logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
-                "%.0f%% (%s)", args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
+                "%.0f%%; diversity x%.2f of the base; FID vs real digits %.2f -> %.2f, vs the base %.2f (%s)",
+                args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
                 100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
-                100 * b["others"], 100 * a["others"], output.path / "metrics.json")
+                100 * b["others"], 100 * a["others"], a["diversity_ratio"], b["fid"], a["fid"], a["fid_base"],
+                output.path / "metrics.json")
     return metrics
 
 

@@ -109,6 +109,15 @@ class DiffusionObjective(Objective):
             target = uncond - self.negative_guidance * (cond - uncond)
         return self._mse(self._predict(unet, noisy, t, batch["y"]), target)
 
+    def distilled_loss(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> Tensor:
+        """MSE between ``unet``'s prediction and the frozen original's at the same noisy latent,
+        step and prompt: the retain term of ``retain_loss="distill"``."""
+        batch = self._with_noise(batch)
+        noisy, _ = self._noisy_and_target(batch)
+        with torch.no_grad():
+            target = self._predict(frozen, noisy, batch["timesteps"], batch["y"])
+        return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
+
     @torch.no_grad()
     def fit_reference(self, unet: nn.Module, batches: Iterable[Any], num_batches: int | None = None,
                       timesteps: tuple[int, ...] | None = None) -> dict[str, float]:

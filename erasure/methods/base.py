@@ -8,6 +8,7 @@ gradients are synchronised, ``finalize_gradients`` before ``optimizer.step()``.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, ClassVar, Iterable
 
 from torch import Tensor, nn
@@ -47,6 +48,13 @@ class UnlearningMethod:
         self.retain_reference: dict[str, float] | None = None
         self.total_steps = 1
         self.step_index = 0
+        self.original: nn.Module | None = None  # frozen copy for retain_loss="distill"
+
+    def snapshot(self, model: nn.Module) -> None:
+        """Keep what the method needs of the *original* model; the job calls it on a fresh start
+        and on resume alike, before ``prepare`` and before any checkpoint is loaded."""
+        if self.config.retain_loss == "distill":
+            self.original = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
 
     # -- life cycle -----------------------------------------------------------------------
     def prepare(self, model: nn.Module, forget_loader: Iterable[Any], retain_loader: Iterable[Any],
@@ -97,7 +105,15 @@ class UnlearningMethod:
         return weighted_sum(losses, weights)
 
     def retain_loss(self, model: nn.Module, batch: Any) -> Tensor:
-        return finite_or_raise(self.reduce_retain(self.objective.loss(model, batch), batch), "retain loss")
+        """The retain term: the task loss on ``batch`` or, with ``retain_loss="distill"``, the
+        distance to the original model's output on it (LoReUn weights either)."""
+        if self.config.retain_loss == "distill":
+            if self.original is None:
+                raise RuntimeError("retain_loss='distill' needs snapshot(model) on the original model before training")
+            losses = self.objective.distilled_loss(model, self.original, batch)
+        else:
+            losses = self.objective.loss(model, batch)
+        return finite_or_raise(self.reduce_retain(losses, batch), "retain loss")
 
     # -- checkpointing (accelerator.register_for_checkpointing) --------------------------
     def state_dict(self) -> dict[str, Any]:

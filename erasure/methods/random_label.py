@@ -26,7 +26,7 @@ class RandomLabel(UnlearningMethod):
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
         loss_forget = self.forget_term(model, forget_batch)
-        loss_retain = self.reduce_retain(self.objective.loss(model, retain_batch), retain_batch)
+        loss_retain = self.retain_loss(model, retain_batch)
         loss = finite_or_raise(loss_forget + self.config.alpha * loss_retain, "random-label loss")
         backward(loss)
         return {"loss_forget_relabeled": loss_forget.item(), "loss_retain": loss_retain.item()}

@@ -21,6 +21,12 @@ class Regression(Objective):
         x, y = batch
         return (model(x).squeeze(1) + y) ** 2
 
+    def distilled_loss(self, model, frozen, batch):
+        x, _ = batch
+        with torch.no_grad():
+            target = frozen(x).squeeze(1)
+        return (model(x).squeeze(1) - target) ** 2
+
     def guided_loss(self, model, frozen, batch):
         x, _ = batch
         with torch.no_grad():
@@ -171,3 +177,27 @@ def test_every_method_runs_a_step(name):
     opt.step()
     assert logs and all(isinstance(v, float) for v in logs.values())
     assert any(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("name", ["scissorhands", "scissorhands_minmax", "finetune", "salun"])
+def test_distill_retain_term_pulls_towards_the_untrimmed_original(name):
+    """snapshot() runs before prepare(): the distillation target is the model before trimming."""
+    model, forget, retain = _model(), _batches(1), _batches(2)
+    original = copy.deepcopy(model)
+    method = build_method(MethodConfig(method=name, retain_loss="distill", kept_fraction=0.5), Regression())
+    method.snapshot(model)
+    method.prepare(model, forget, retain)
+    x, _ = retain[0]
+    assert torch.equal(method.original(x), original(x))  # the copy is untouched by trimming
+    assert not any(p.requires_grad for p in method.original.parameters())
+    loss = method.retain_loss(model, retain[0])
+    expected = ((model(x).squeeze(1) - original(x).squeeze(1)) ** 2).mean()
+    assert torch.allclose(loss, expected)
+    if name.startswith("scissorhands"):
+        assert loss > 0  # trimming moved the model away from the original
+
+
+def test_distill_without_snapshot_fails_clearly():
+    method = build_method(MethodConfig(method="finetune", retain_loss="distill"), Regression())
+    with pytest.raises(RuntimeError, match="snapshot"):
+        method.retain_loss(_model(), _batches(2)[0])

@@ -1,5 +1,7 @@
 """The testbed quality report: metrics on hand-made samples with known answers, and a real run."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -26,15 +28,24 @@ def test_expected_entropy_is_below_one_for_small_samples_and_near_one_for_large(
     assert 0.75 < small < 0.95 and large > 0.99
 
 
-class FixedJudge:
-    """Predicts whatever digit it was told to, image by image."""
+class FixedJudge(torch.nn.Module):
+    """Predicts whatever digit it was told to, image by image; its features are 2x2-pooled pixels."""
+
+    config = SimpleNamespace(channels=[12])
 
     def __init__(self, digits):
-        self.digits = digits
+        super().__init__()
+        self.digits, self.told = digits, digits
 
     def predict(self, images):
         out, self.digits = self.digits[: len(images)], self.digits[len(images):]
         return out
+
+    def probabilities(self, images):
+        return torch.nn.functional.one_hot(self.told[: len(images)], 10).float()
+
+    def features(self, images):
+        return torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
 
 
 def painted(colors):
@@ -59,8 +70,15 @@ def test_judge_and_summaries_on_hand_made_samples():
     assert word["recognition_worst"] == pytest.approx(2 / 3)
     assert word["color_accuracy"] == 0.5 and word["color_accuracy_per_color"] == {"red": 0.0, "blue": 1.0}
     assert word["color_entropy"] == pytest.approx(torch.log(torch.tensor(2.0)).item() / torch.log(torch.tensor(6.0)).item())
+    # one-hot judge: the prompted digit's probability is 1 where it was recognised (3 of 4)
+    assert word["alignment"] == pytest.approx(0.75)
+    # prompt 2 has a red and a blue generation: positive diversity; the others have one image each
+    assert word["diversity"] > 0 and word["pixel_diversity"] > 0
+    assert word["fid"] >= 0 and "kid" in word and "fid_base" not in word
     red_summary = concept_summary(report, samples, "color:red")["word"]
     assert red_summary["erased"] == 0.0 and red_summary["digit_kept"] == 1.0
     assert red_summary["others"] == 0.0 and red_summary["worst_other_color"] == 1.0
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
+    base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
+    assert base["fid_base"] == pytest.approx(0.0, abs=1e-3) and base["diversity_ratio"] == pytest.approx(1.0)
     assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3)}

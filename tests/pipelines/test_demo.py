@@ -6,7 +6,11 @@ import sys
 
 import pytest
 
+import pipelines.demo as demo
+from pipelines.default_model import DefaultModelConfig, build_default_model
 from pipelines.demo import grid_rows, main, parse
+
+SIDE_KEYS = {"erased", "others", "worst_other", "diversity", "alignment", "fid", "kid", "numeral", "paraphrase", "groups"}
 
 
 def test_bad_digit_names_the_argument():
@@ -66,5 +70,21 @@ def test_demo_runs_end_to_end(tmp_path, concept):
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert saved["concept"] == concept and (tmp_path / "demo" / "grid.png").is_file()
     for side in ("before", "after"):
-        assert {"erased", "others", "numeral", "paraphrase", "groups"} <= set(saved[side])
+        assert {"erased", "others", "numeral", "paraphrase", "groups", "diversity", "fid", "kid"} <= set(saved[side])
     assert metrics["before"]["erased"] >= 0.8
+
+
+def test_metrics_json_has_the_utility_figures_on_both_sides(tmp_path, monkeypatch):
+    """A few-step run on the fast build: the keys of metrics.json, FID/KID/diversity per side."""
+    fast = build_default_model(tmp_path / "model", seed=0, config=DefaultModelConfig.fast())
+    monkeypatch.setattr(demo, "build_default_model", lambda: fast)
+    monkeypatch.setattr(demo, "default_judge_path", lambda: fast / "judge")
+    metrics = main(["--concept", "digits:two", "--output_dir", str(tmp_path / "demo"), "--num_images", "4",
+                    "--eval_images", "2", "--num_inference_steps", "2", "--erase_args", "--num_train_epochs", "1",
+                    "--train_batch_size", "4"])
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert saved["before"].keys() >= SIDE_KEYS and saved["after"].keys() >= SIDE_KEYS | {"fid_base", "kid_base",
+                                                                                        "diversity_ratio"}
+    assert "fid_base" not in saved["before"]
+    assert saved["after"]["fid_base"] >= 0 and saved["after"]["diversity_ratio"] > 0
+    assert metrics["after"]["fid"] == saved["after"]["fid"]

@@ -1,0 +1,262 @@
+"""Erasure quality: every method in one harness on the offline testbed, forget against utility.
+
+    python -m benchmarks.erasure_quality --quick              # 3 digits x 1 seed, every method
+    python -m benchmarks.erasure_quality                      # 3 digits x 3 seeds
+    python -m benchmarks.erasure_quality --concepts color:red digits:two --methods scissorhands esd
+
+For each concept and seed the forget/retain sets are generated once by the default model
+(``pipelines.generate``) and shared by every method; each method erases with its own tuned
+configuration (``configs/erase_digits_<method>.yaml``, chosen on tuning seeds) and is judged on
+the evaluation seeds (``eval.testbed``) against the base model's generations of the same prompts
+and seeds. Per run: erased recognition (word, numeral and paraphrase prompts), the others' mean
+and worst, diversity ratio to the base, alignment, FID and KID against real digits and against
+the base, and the erase job's wall time. Writes ``<out>.json``, ``<out>.md`` and a forget-vs-utility
+scatter ``<out>.png`` (one point per method and seed), with the targets of issue 8 met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("scissorhands", "scissorhands_minmax", "salun", "esd", "random_label", "grad_ascent", "finetune")
+DEFAULT_CONCEPTS = ("digits:two", "digits:five", "digits:seven")
+logger = logging.getLogger("benchmarks.erasure_quality")
+
+
+def method_config(method: str) -> Path:
+    """The tuned erase configuration of ``method`` on the testbed."""
+    path = ROOT / "configs" / f"erase_digits_{method}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"method {method!r} has no tuned testbed configuration at {path}")
+    return path
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--concepts", nargs="+", default=list(DEFAULT_CONCEPTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="one seed (the first of --seeds)")
+    parser.add_argument("--num_images", type=int, default=64, help="forget and retain images per concept and seed")
+    parser.add_argument("--eval_images", type=int, default=2, help="judged generations per grammar prompt (>= 2)")
+    parser.add_argument("--num_inference_steps", type=int, default=20)
+    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "erasure-quality"),
+                        help="results path without suffix (.json, .md, .png are written)")
+    parser.add_argument("--eval_seed", type=int, default=None,
+                        help="first evaluation seed (default eval.testbed's EVAL_SEED; tuning uses TUNING_SEED, "
+                             "with --tune)")
+    parser.add_argument("--tune", action="store_true",
+                        help="judge on the tuning seeds (eval.testbed.TUNING_SEED), never the reported ones")
+    parser.add_argument("--num_threads", type=int, default=None)
+    parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
+                        help="extra flags for every erase job (a tuning grid point; must come last)")
+    args = parser.parse_args(argv)
+    from eval.testbed import EVAL_SEED, TUNING_SEED
+
+    if args.tune and args.eval_seed is not None:
+        raise ValueError(f"give --tune or --eval_seed, not both (eval_seed={args.eval_seed})")
+    args.eval_seed = TUNING_SEED if args.tune else (EVAL_SEED if args.eval_seed is None else args.eval_seed)
+    from erasure.methods import get_method
+    from prompts.colored_digits import parse_concept
+
+    for method in args.methods:
+        get_method(method)
+        method_config(method)
+    for concept in args.concepts:
+        try:
+            parse_concept(concept)
+        except ValueError as err:
+            raise ValueError(f"concepts: {concept!r}: {err}") from err
+    if args.eval_images < 2:
+        raise ValueError(f"eval_images={args.eval_images} must be >= 2 (diversity compares seeds of one prompt)")
+    for name in ("num_images", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
+    if args.quick:
+        args.seeds = args.seeds[:1]
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ValueError(f"out={args.out!r}: folder {out.parent} does not exist")
+    return args
+
+
+def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, model_dir: Path, base, judge,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """Erase ``concept`` with ``method`` and judge it against the base samples."""
+    from eval.testbed import report_of, sample_testbed
+    from pipelines import erase
+    from pipelines.sampling import load_pipeline
+
+    erased = work / f"erased-{method}"
+    started = time.perf_counter()
+    erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path", str(model_dir),
+                "--data_dir", str(data_dir), "--output_dir", str(erased), "--concept", concept,
+                "--method", method, "--seed", str(seed), *args.erase_args])
+    seconds = time.perf_counter() - started
+    samples = sample_testbed(load_pipeline(erased), images_per_prompt=args.eval_images, seed=args.eval_seed,
+                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    report = report_of(samples, judge, concept, base=base)
+    shutil.rmtree(erased)
+    return row_of(method, concept, seed, report, seconds)
+
+
+def row_of(method: str, concept: str, seed: int, report: dict, seconds: float | None) -> dict[str, Any]:
+    """One result row: the concept's word-prompt figures, the numeral and paraphrase erasure, utility."""
+    word, summary = report["groups"]["word"], report["concept"]
+    keep = ("diversity", "diversity_ratio", "alignment", "fid", "kid", "fid_base", "kid_base")
+    return {"method": method, "concept": concept, "seed": seed, **summary["word"],
+            "numeral_erased": summary["numeral"]["erased"], "paraphrase_erased": summary["paraphrase"]["erased"],
+            **{k: word[k] for k in keep if k in word}, "seconds": seconds}
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names whose (a, b) no other point beats in both (lower is better in both)."""
+    return sorted(name for name, (a, b) in points.items()
+                  if not any(a2 <= a and b2 <= b and (a2, b2) != (a, b) for a2, b2 in points.values()))
+
+
+def summarise(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: medians over concepts and seeds; the forget-utility Pareto front; the targets."""
+    per_method: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        per_method[method] = {key: statistics.median(r[key] for r in mine)
+                              for key in mine[0] if isinstance(mine[0][key], (int, float)) and key != "seed"}
+    front = pareto_front({m: (s["erased"], s["fid"]) for m, s in per_method.items()})
+    return {"per_method": per_method, "pareto_front_erased_vs_fid": front,
+            "targets": targets(rows, base_rows, front)}
+
+
+def _status(ok: bool | None) -> str:
+    return "unmeasured" if ok is None else ("met" if ok else "missed")
+
+
+def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: list[str]) -> dict[str, Any]:
+    """Issue 8's targets for Scissorhands (every run must meet them) and the baselines."""
+    base = {(r["concept"]): r for r in base_rows}
+    mine = [r for r in rows if r["method"] == "scissorhands"]
+    result: dict[str, Any] = {}
+    if mine:
+        checks = {
+            "erased <= 5%": [r["erased"] <= 0.05 for r in mine],
+            "diversity >= 0.9x base": [r["diversity_ratio"] >= 0.9 for r in mine],
+            "FID vs real <= 1.2x base": [r["fid"] <= 1.2 * base[r["concept"]]["fid"] for r in mine],
+        }
+        if "worst_other" in mine[0]:
+            checks["worst other within 10 points of base"] = [
+                r["worst_other"] >= base[r["concept"]]["worst_other"] - 0.10 for r in mine]
+            checks["others' mean within 5 points of base"] = [
+                r["others"] >= base[r["concept"]]["others"] - 0.05 for r in mine]
+        for goal, passed in checks.items():
+            result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
+                                               "runs": len(passed)}
+        result["scissorhands on the erased-vs-FID Pareto front"] = {"status": _status("scissorhands" in front),
+                                                                    "front": front}
+    for method in ("salun", "esd"):
+        theirs = [r["erased"] for r in rows if r["method"] == method]
+        if theirs:
+            result[f"{method} erases (<= 20%)"] = {"status": _status(max(theirs) <= 0.20), "worst_run": max(theirs)}
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The per-run table, the medians per method and the targets."""
+    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
+               "diversity_ratio", "alignment", "fid", "fid_base", "kid_base", "seconds")
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+    lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
+             "## Base model", "", "| concept | erased | others | worst_other | diversity | fid |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | {fmt(r.get('worst_other'))} | "
+              f"{fmt(r['diversity'])} | {fmt(r['fid'])} |" for r in results["base"]]
+    lines += ["", "## Runs", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in results["runs"]]
+    lines += ["", "## Targets", "", "| target | status | detail |", "|---|---|---|"]
+    for goal, t in results["summary"]["targets"].items():
+        detail = {k: v for k, v in t.items() if k != "status"}
+        lines.append(f"| {goal} | {t['status']} | `{json.dumps(detail)}` |")
+    return "\n".join(lines) + "\n"
+
+
+def scatter(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], path: Path) -> None:
+    """Erased recognition against FID (vs real digits) and against the others' recognition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        axes[0].scatter([r["erased"] for r in mine], [r["fid"] for r in mine], label=method, alpha=0.8)
+        axes[1].scatter([r["erased"] for r in mine], [r.get("others", r.get("other_colors")) for r in mine],
+                        label=method, alpha=0.8)
+    axes[0].scatter([r["erased"] for r in base_rows], [r["fid"] for r in base_rows], marker="*", s=150, c="k",
+                    label="base model")
+    axes[0].set(xlabel="erased concept recognised (lower: better erased)", ylabel="FID vs real digits (lower: better)",
+                title="forget vs distribution quality")
+    axes[1].set(xlabel="erased concept recognised", ylabel="others recognised (higher: better)",
+                title="forget vs retained classes")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from erasure.output import write_text_atomic
+    from eval.digits_classifier import load_digits_judge
+    from eval.testbed import report_of, sample_testbed
+    from pipelines import generate
+    from pipelines.default_model import build_default_model, default_judge_path
+    from pipelines.sampling import load_pipeline
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    model_dir, judge = build_default_model(), load_digits_judge(default_judge_path())
+    base = sample_testbed(load_pipeline(model_dir), images_per_prompt=args.eval_images, seed=args.eval_seed,
+                          num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    base_rows = [row_of("base", c, -1, report_of(base, judge, c), None) for c in args.concepts]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="erasure-quality-") as tmp:
+        for concept in args.concepts:
+            for seed in args.seeds:
+                data_dir = Path(tmp) / f"data-{concept.replace(':', '-')}-{seed}"
+                generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", concept,
+                               "--output_dir", str(data_dir), "--num_images", str(args.num_images),
+                               "--num_inference_steps", str(args.num_inference_steps),
+                               "--guidance_scale", str(args.guidance_scale), "--seed", str(seed)])
+                for method in args.methods:
+                    rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args))
+                    logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})
+    protocol = {"eval_seed": args.eval_seed, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
+                "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
+                "seeds": args.seeds, "features": "DigitsJudge penultimate layer"}
+    results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
+               "configs": {m: method_config(m).read_text() for m in args.methods}}
+    out = Path(args.out)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
+    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    scatter(rows, base_rows, out.with_suffix(".png"))
+    for goal, t in results["summary"]["targets"].items():
+        logger.info("%s: %s %s", goal, t["status"], {k: v for k, v in t.items() if k != "status"})
+    return results
+
+
+if __name__ == "__main__":
+    from erasure.jobconfig import run_cli
+
+    run_cli(main)

@@ -1,0 +1,55 @@
+"""The erasure-quality harness on the fast (noise-drawing) build: every figure, file and target is
+written; the numbers themselves are what the real run measures."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import benchmarks.erasure_quality as quality
+from pipelines.default_model import DefaultModelConfig, build_default_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_method_has_a_tuned_testbed_config():
+    for method in quality.METHODS:
+        text = quality.method_config(method).read_text()
+        assert f"method: {method}\n" in text
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    points = {"a": (0.0, 10.0), "b": (0.5, 5.0), "c": (0.6, 6.0), "d": (1.0, 1.0), "e": (0.0, 12.0)}
+    assert quality.pareto_front(points) == ["a", "b", "d"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nope"], "method='nope' is unknown"),
+    (["--concepts", "digits:eleven"], "concepts: 'digits:eleven'"),
+    (["--eval_images", "1"], "eval_images=1 must be >= 2"),
+    (["--tune", "--eval_seed", "5"], "give --tune or --eval_seed"),
+    (["--out", "/no/such/folder/x"], "does not exist"),
+])
+def test_bad_arguments_fail_before_any_work(argv, message):
+    with pytest.raises(ValueError, match=message):
+        quality.parse(argv)
+
+
+def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch):
+    fast = build_default_model(tmp_path / "model", seed=0, config=DefaultModelConfig.fast())
+    monkeypatch.setattr("pipelines.default_model.build_default_model", lambda: fast)
+    monkeypatch.setattr("pipelines.default_model.default_judge_path", lambda: fast / "judge")
+    out = tmp_path / "quality"
+    results = quality.main(["--methods", "scissorhands", "finetune", "--concepts", "digits:two", "--quick",
+                            "--num_images", "4", "--eval_images", "2", "--num_inference_steps", "2", "--out", str(out),
+                            "--erase_args", "--num_train_epochs", "1", "--train_batch_size", "4"])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert [r["method"] for r in saved["runs"]] == ["scissorhands", "finetune"]
+    for row in saved["runs"]:
+        assert {"erased", "others", "worst_other", "diversity_ratio", "fid", "kid", "fid_base", "kid_base",
+                "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
+    assert set(saved["summary"]["per_method"]) == {"scissorhands", "finetune"}
+    assert any(goal.startswith("scissorhands: erased") for goal in saved["summary"]["targets"])
+    assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert results["protocol"]["seeds"] == [0]

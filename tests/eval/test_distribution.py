@@ -1,0 +1,79 @@
+"""Distribution-level utility figures on inputs with known answers."""
+
+import pytest
+import torch
+from torch import nn
+
+from eval.colors import ColorJudge
+from eval.distribution import alignment, feature_distances, feature_diversity, reference_renders
+from prompts.colored_digits import COLOR_NAMES
+
+
+class PooledFeatures(nn.Module):
+    """Per-channel means and stds of a 4x4 pooled image: 96 features that see colour and layout."""
+
+    num_features = 96
+
+    def forward(self, images):
+        pooled = nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
+        return torch.cat([pooled, pooled.square()], dim=1)
+
+
+def test_identical_generations_have_zero_diversity():
+    features = torch.randn(3, 8).repeat_interleave(4, dim=0)
+    assert feature_diversity(features, torch.arange(3).repeat_interleave(4)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_diversity_is_the_mean_pairwise_distance_per_prompt():
+    features = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [1.0, 0.0]])
+    # prompt 0: one pair at distance 5; prompt 1: identical pair -> mean over prompts 2.5
+    assert feature_diversity(features, torch.tensor([0, 0, 1, 1])) == pytest.approx(2.5)
+
+
+def test_diversity_needs_repeated_prompts():
+    with pytest.raises(ValueError, match="at least two"):
+        feature_diversity(torch.randn(3, 2), torch.arange(3))
+
+
+def test_a_set_against_itself_has_zero_fid_and_a_shifted_set_does_not():
+    images = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    same = feature_distances(PooledFeatures(), images, images.clone(), kid_subsets=5, kid_subset_size=50)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert abs(same["kid"]) < 1e-3
+    darker = feature_distances(PooledFeatures(), images * 0.5, images, kid_subsets=5, kid_subset_size=50)
+    assert darker["fid"] > 0.1 and darker["kid"] > 1e-3
+
+
+def test_a_collapsed_set_has_a_larger_fid_than_a_fresh_sample():
+    generator = torch.Generator().manual_seed(1)
+    reference, fresh = torch.rand(300, 3, 16, 16, generator=generator), torch.rand(300, 3, 16, 16, generator=generator)
+    collapsed = fresh[:3].repeat(100, 1, 1, 1)  # three images, each 100 times: perfect "accuracy", no variety
+    fresh_fid = feature_distances(PooledFeatures(), fresh, reference, kid_subsets=5)["fid"]
+    collapsed_fid = feature_distances(PooledFeatures(), collapsed, reference, kid_subsets=5)["fid"]
+    assert collapsed_fid > 3 * fresh_fid
+
+
+class FixedJudge:
+    def __init__(self, probabilities):
+        self.table = probabilities
+
+    def probabilities(self, images):
+        return self.table[: len(images)]
+
+
+def test_alignment_reads_the_prompted_class():
+    probabilities = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])
+    judge = FixedJudge(probabilities)
+    assert alignment(judge, torch.zeros(3, 3, 4, 4), torch.tensor([0, 0, 1])) == pytest.approx((0.9 + 0.4 + 0.8) / 3)
+
+
+def test_reference_renders_follow_the_requested_labels_and_colours():
+    digits = torch.tensor([0, 1, 2, 3] * 6)
+    colors = torch.tensor([c for c in range(len(COLOR_NAMES)) for _ in range(4)])
+    images = reference_renders(digits, colors, seed=0)
+    assert images.shape == (24, 3, 32, 32) and 0.0 <= images.min() and images.max() <= 1.0
+    assert torch.equal(ColorJudge().predict(images), colors)
+    again = reference_renders(digits, colors, seed=0)
+    assert torch.equal(images, again)
+    free = reference_renders(torch.zeros(60, dtype=torch.long), torch.full((60,), -1), seed=0)
+    assert len(ColorJudge().predict(free).unique()) >= 4  # colour-free labels are drawn over the colours
