@@ -26,18 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.demo import method_config
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("scissorhands", "scissorhands_minmax", "salun", "esd", "random_label", "grad_ascent", "finetune")
 DEFAULT_CONCEPTS = ("digits:two", "digits:five", "digits:seven")
 logger = logging.getLogger("benchmarks.erasure_quality")
-
-
-def method_config(method: str) -> Path:
-    """The tuned erase configuration of ``method`` on the testbed."""
-    path = ROOT / "configs" / f"erase_digits_{method}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"method {method!r} has no tuned testbed configuration at {path}")
-    return path
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +52,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tune", action="store_true",
                         help="judge on the tuning seeds (eval.testbed.TUNING_SEED), never the reported ones")
     parser.add_argument("--num_threads", type=int, default=None)
+    parser.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="combine results files of runs split by method or concept (same protocol) into --out; "
+                             "runs nothing")
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every erase job (a tuning grid point; must come last)")
     args = parser.parse_args(argv)
@@ -115,7 +112,8 @@ def row_of(method: str, concept: str, seed: int, report: dict, seconds: float | 
     word, summary = report["groups"]["word"], report["concept"]
     keep = ("diversity", "diversity_ratio", "alignment", "fid", "kid", "fid_base", "kid_base")
     return {"method": method, "concept": concept, "seed": seed, **summary["word"],
-            "numeral_erased": summary["numeral"]["erased"], "paraphrase_erased": summary["paraphrase"]["erased"],
+            "numeral_erased": summary.get("numeral", {}).get("erased"),
+            "paraphrase_erased": summary.get("paraphrase", {}).get("erased"),
             **{k: word[k] for k in keep if k in word}, "seconds": seconds}
 
 
@@ -212,12 +210,43 @@ def scatter(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], path: P
     plt.close(figure)
 
 
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """``<out>.json``, ``<out>.md`` and the scatter ``<out>.png``; logs the targets."""
+    from erasure.output import write_text_atomic
+
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
+    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    scatter(results["runs"], results["base"], out.with_suffix(".png"))
+    for goal, t in results["summary"]["targets"].items():
+        logger.info("%s: %s %s", goal, t["status"], {k: v for k, v in t.items() if k != "status"})
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One results dict from several runs of the same protocol (split by method or concept).
+
+    Raises:
+        ValueError: files whose protocols differ (naming the first that does).
+    """
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    for path, part in zip(paths, parts):
+        if part["protocol"] != parts[0]["protocol"]:
+            raise ValueError(f"merge: {path} has protocol {part['protocol']}, {paths[0]} has {parts[0]['protocol']}")
+    base = list({r["concept"]: r for part in parts for r in part["base"]}.values())
+    rows = [r for part in parts for r in part["runs"]]
+    configs = {m: c for part in parts for m, c in part["configs"].items()}
+    return {"protocol": parts[0]["protocol"], "base": base, "runs": rows, "summary": summarise(rows, base),
+            "configs": configs, "merged_from": [str(p) for p in paths]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.merge:
+        results = merge(args.merge)
+        write_results(results, Path(args.out))
+        return results
     import torch
 
-    from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import report_of, sample_testbed
     from pipelines import generate
@@ -247,12 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer"}
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
                "configs": {m: method_config(m).read_text() for m in args.methods}}
-    out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
-    write_text_atomic(out.with_suffix(".md"), markdown(results))
-    scatter(rows, base_rows, out.with_suffix(".png"))
-    for goal, t in results["summary"]["targets"].items():
-        logger.info("%s: %s %s", goal, t["status"], {k: v for k, v in t.items() if k != "status"})
+    write_results(results, Path(args.out))
     return results
 
 

@@ -39,7 +39,19 @@ from prompts.base import Prompt
 from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, grammar_prompts, parse_concept
 
 logger = logging.getLogger("pipelines.demo")
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "erase_digits.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def method_config(method: str) -> Path:
+    """The erase configuration of ``method`` tuned on the testbed: ``configs/erase_digits_<method>.yaml``.
+
+    Raises:
+        FileNotFoundError: for a method without one (naming the path).
+    """
+    path = CONFIGS / f"erase_digits_{method}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"method {method!r} has no testbed configuration at {path}; pass --config")
+    return path
 GRID_SEEDS = 8
 
 
@@ -50,7 +62,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "colours but not yet digits, see the README)")
     parser.add_argument("--digit", default=None, help="shorthand for --concept digits:<digit>")
     parser.add_argument("--method", default="scissorhands")
-    parser.add_argument("--config", default=str(CONFIG), help="erase-job YAML (method hyperparameters)")
+    parser.add_argument("--config", default=None,
+                        help="erase-job YAML (default: the method's tuned configs/erase_digits_<method>.yaml)")
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--overwrite_output_dir", action="store_true")
     parser.add_argument("--num_images", type=int, default=64, help="forget and retain images to generate")
@@ -82,6 +95,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from erasure.methods import get_method
 
     get_method(args.method)  # an unknown method fails here, before anything is built or written
+    args.config = args.config or str(method_config(args.method))
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"config={args.config!r}: no such file")
     return args
 
 

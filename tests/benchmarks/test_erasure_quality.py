@@ -53,3 +53,16 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch):
     assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")
     assert out.with_suffix(".png").stat().st_size > 1000
     assert results["protocol"]["seeds"] == [0]
+
+    # a second run split off by method merges into one table with the same summary rules
+    merged = quality.main(["--merge", str(out.with_suffix(".json")), str(out.with_suffix(".json")),
+                           "--out", str(tmp_path / "merged")])
+    assert len(merged["runs"]) == 4 and (tmp_path / "merged.png").is_file()
+
+
+def test_merge_refuses_different_protocols(tmp_path):
+    for name, steps in (("a", 2), ("b", 20)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"protocol": {"num_inference_steps": steps}, "base": [],
+                                                           "runs": [], "configs": {}}))
+    with pytest.raises(ValueError, match="merge: .*b.json has protocol"):
+        quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])

@@ -118,9 +118,9 @@ def test_config_validation_and_hash():
 
 def test_default_paths(monkeypatch, tmp_path):
     monkeypatch.setenv("SCISSORHANDS_CACHE", str(tmp_path))
-    assert default_model_path(seed=3) == tmp_path / "default-v2-seed3"
-    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v2-seed3-")
-    assert default_judge_path(seed=3) == tmp_path / "default-v2-seed3" / "judge"
+    assert default_model_path(seed=3) == tmp_path / "default-v3-seed3"
+    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v3-seed3-")
+    assert default_judge_path(seed=3) == tmp_path / "default-v3-seed3" / "judge"
 
 
 def test_epoch_batches_and_scaling_factor():
