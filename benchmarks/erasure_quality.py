@@ -42,6 +42,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one seed (the first of --seeds)")
     parser.add_argument("--num_images", type=int, default=64, help="forget and retain images per concept and seed")
     parser.add_argument("--eval_images", type=int, default=2, help="judged generations per grammar prompt (>= 2)")
+    parser.add_argument("--groups", nargs="+", default=["word", "numeral", "paraphrase"],
+                        help="prompt groups to judge (eval.testbed); fewer for a quicker look")
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--guidance_scale", type=float, default=5.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "erasure-quality"),
@@ -74,6 +76,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             parse_concept(concept)
         except ValueError as err:
             raise ValueError(f"concepts: {concept!r}: {err}") from err
+    from prompts.colored_digits import EVAL_GROUPS
+
+    if not args.groups or not set(args.groups) <= set(EVAL_GROUPS) or "word" not in args.groups:
+        raise ValueError(f"groups={args.groups} must include 'word' and come from {list(EVAL_GROUPS)}")
     if args.eval_images < 2:
         raise ValueError(f"eval_images={args.eval_images} must be >= 2 (diversity compares seeds of one prompt)")
     for name in ("num_images", "num_inference_steps"):
@@ -101,6 +107,7 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
                 "--method", method, "--seed", str(seed), *args.erase_args])
     seconds = time.perf_counter() - started
     samples = sample_testbed(load_pipeline(erased), images_per_prompt=args.eval_images, seed=args.eval_seed,
+                             groups=tuple(args.groups),
                              num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     report = report_of(samples, judge, concept, base=base)
     shutil.rmtree(erased)
@@ -259,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.num_threads)
     model_dir, judge = build_default_model(), load_digits_judge(default_judge_path())
     base = sample_testbed(load_pipeline(model_dir), images_per_prompt=args.eval_images, seed=args.eval_seed,
+                          groups=tuple(args.groups),
                           num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     base_rows = [row_of("base", c, -1, report_of(base, judge, c), None) for c in args.concepts]
     rows = []
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for method in args.methods:
                     rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args))
                     logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})
-    protocol = {"eval_seed": args.eval_seed, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
+    protocol = {"eval_seed": args.eval_seed, "groups": args.groups, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
                 "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer"}
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),

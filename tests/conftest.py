@@ -26,3 +26,12 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-sd") / "pipeline"
     build_tiny_pipeline(seed=0).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def fast_default_model(tmp_path_factory, one_thread):
+    """The default model's fast build (same architecture, a few steps: draws noise), built once."""
+    from pipelines.default_model import DefaultModelConfig, build_default_model
+
+    return build_default_model(tmp_path_factory.mktemp("fast-default") / "model", seed=0,
+                               config=DefaultModelConfig.fast())

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 import benchmarks.erasure_quality as quality
-from pipelines.default_model import DefaultModelConfig, build_default_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,18 +28,20 @@ def test_pareto_front_keeps_the_undominated_points():
     (["--eval_images", "1"], "eval_images=1 must be >= 2"),
     (["--tune", "--eval_seed", "5"], "give --tune or --eval_seed"),
     (["--out", "/no/such/folder/x"], "does not exist"),
+    (["--groups", "numeral"], "must include 'word'"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, message):
     with pytest.raises(ValueError, match=message):
         quality.parse(argv)
 
 
-def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch):
-    fast = build_default_model(tmp_path / "model", seed=0, config=DefaultModelConfig.fast())
+def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_default_model):
+    fast = fast_default_model
     monkeypatch.setattr("pipelines.default_model.build_default_model", lambda: fast)
     monkeypatch.setattr("pipelines.default_model.default_judge_path", lambda: fast / "judge")
     out = tmp_path / "quality"
     results = quality.main(["--methods", "scissorhands", "finetune", "--concepts", "digits:two", "--quick",
+                            "--groups", "word",
                             "--num_images", "4", "--eval_images", "2", "--num_inference_steps", "2", "--out", str(out),
                             "--erase_args", "--num_train_epochs", "1", "--train_batch_size", "4"])
     saved = json.loads(out.with_suffix(".json").read_text())
@@ -48,6 +49,7 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch):
     for row in saved["runs"]:
         assert {"erased", "others", "worst_other", "diversity_ratio", "fid", "kid", "fid_base", "kid_base",
                 "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
+        assert row["numeral_erased"] is None  # --groups word: the numeral group was not drawn
     assert set(saved["summary"]["per_method"]) == {"scissorhands", "finetune"}
     assert any(goal.startswith("scissorhands: erased") for goal in saved["summary"]["targets"])
     assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")

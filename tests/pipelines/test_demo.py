@@ -7,7 +7,6 @@ import sys
 import pytest
 
 import pipelines.demo as demo
-from pipelines.default_model import DefaultModelConfig, build_default_model
 from pipelines.demo import grid_rows, main, parse
 
 SIDE_KEYS = {"erased", "others", "worst_other", "diversity", "alignment", "fid", "kid", "numeral", "paraphrase", "groups"}
@@ -74,9 +73,9 @@ def test_demo_runs_end_to_end(tmp_path, concept):
     assert metrics["before"]["erased"] >= 0.8
 
 
-def test_metrics_json_has_the_utility_figures_on_both_sides(tmp_path, monkeypatch):
+def test_metrics_json_has_the_utility_figures_on_both_sides(tmp_path, monkeypatch, fast_default_model):
     """A few-step run on the fast build: the keys of metrics.json, FID/KID/diversity per side."""
-    fast = build_default_model(tmp_path / "model", seed=0, config=DefaultModelConfig.fast())
+    fast = fast_default_model
     monkeypatch.setattr(demo, "build_default_model", lambda: fast)
     monkeypatch.setattr(demo, "default_judge_path", lambda: fast / "judge")
     metrics = main(["--concept", "digits:two", "--output_dir", str(tmp_path / "demo"), "--num_images", "4",
