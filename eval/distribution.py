@@ -24,8 +24,9 @@ from torch import Tensor, nn
 __all__ = ["alignment", "feature_distances", "feature_diversity", "reference_renders"]
 
 
-def feature_diversity(features: Tensor, prompt_ids: Tensor) -> float:
-    """Mean over prompts of the mean pairwise Euclidean distance between same-prompt features.
+def feature_diversity(features: Tensor, prompt_ids: Tensor, p: float = 2.0) -> float:
+    """Mean over prompts of the mean pairwise distance (Minkowski ``p``; Euclidean by default)
+    between same-prompt features.
 
     Args:
         features: ``[N, D]``, one row per generation.
@@ -42,7 +43,7 @@ def feature_diversity(features: Tensor, prompt_ids: Tensor) -> float:
         group = features[prompt_ids == prompt].double()
         n = len(group)
         if n >= 2:
-            per_prompt.append(torch.cdist(group, group).sum() / (n * (n - 1)))
+            per_prompt.append(torch.cdist(group, group, p=p).sum() / (n * (n - 1)))
     if not per_prompt:
         raise ValueError("feature_diversity needs a prompt with at least two generations")
     return float(torch.stack(per_prompt).mean())

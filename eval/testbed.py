@@ -124,17 +124,8 @@ def pixel_diversity(images: Tensor, prompt_ids: Tensor) -> float:
 
     0 when every seed gives the same image; prompts with one image are skipped.
     """
-    distances = []
-    for prompt in prompt_ids.unique():
-        group = images[prompt_ids == prompt].flatten(1)
-        if len(group) < 2:
-            continue
-        pairwise = torch.cdist(group, group, p=1) / group.shape[1]
-        n = len(group)
-        distances.append(pairwise.sum() / (n * (n - 1)))
-    if not distances:
-        raise ValueError("pixel_diversity needs a prompt with at least two generations")
-    return float(torch.stack(distances).mean())
+    pixels = images.flatten(1)
+    return feature_diversity(pixels, prompt_ids, p=1.0) / pixels.shape[1]
 
 
 def expected_entropy(probabilities: Tensor, num_samples: int, draws: int = 500, seed: int = 0) -> float:
