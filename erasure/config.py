@@ -19,16 +19,16 @@ RETAIN_LOSSES = ("data", "distill")
 class MethodConfig:
     """Hyperparameters of an unlearning method (see each method's docstring)."""
 
-    method: str = "scissorhands"
+    method: str = "scissorhands"  # a registered method (erasure/methods): unknown names list the known ones
     # trimming (paper 000 §2.2): kept_fraction=0.97 keeps 97% and re-initialises the top 3%
     kept_fraction: float = 0.97
-    sensitivity_batches: int | None = None
-    sensitivity_fraction: float | None = None
-    init: str = "kaiming_uniform"
-    bias_init: str = "zero"
-    init_value: float = 0.01
-    trim_include: tuple[str, ...] = ("*",)
-    trim_exclude: tuple[str, ...] = ()
+    sensitivity_batches: int | None = None  # forget batches the connection sensitivity is scored on (None: all)
+    sensitivity_fraction: float | None = None  # or this share of the forget set (None: all)
+    init: str = "kaiming_uniform"  # how trimmed weights are re-initialised (erasure/reinit.py)
+    bias_init: str = "zero"  # how trimmed biases are re-initialised
+    init_value: float = 0.01  # the scale of the "constant" / "normal" inits
+    trim_include: tuple[str, ...] = ("*",)  # glob patterns of parameter names that may be trimmed
+    trim_exclude: tuple[str, ...] = ()  # glob patterns of parameter names never trimmed (e.g. "*attn2*")
     # repair
     lam: float = 0.1  # lambda of Eq. 3: L = L_r - lam * L_f
     forget_loss: str = "ascent"  # or "substitute": + lam * relabeled loss on D_f (public SD code)
@@ -45,11 +45,11 @@ class MethodConfig:
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
     # LoReUn plug-in (paper 004)
-    loreun: bool = False
-    eta_forget: float = 0.1
-    eta_retain: float = 0.25
-    loreun_reference_batches: int | None = None
-    seed: int = 0
+    loreun: bool = False  # reweight per-sample losses by their difficulty (paper 004)
+    eta_forget: float = 0.1  # LoReUn weight scale on forget losses
+    eta_retain: float = 0.25  # LoReUn weight scale on retain losses
+    loreun_reference_batches: int | None = None  # batches the reference losses l0 are fitted on (None: all)
+    seed: int = 0  # sampling of batches and re-initialisation
 
     def __post_init__(self) -> None:
         self.trim_include, self.trim_exclude = tuple(self.trim_include), tuple(self.trim_exclude)

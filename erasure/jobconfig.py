@@ -15,7 +15,12 @@ aliases, no duplicate keys, no Python tags.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -49,23 +54,77 @@ def _bool(text: str) -> bool:
     return value
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--<field>`` flag per field of ``cls`` (default: unset).
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
+                            defaults: dict[str, Any] | None = None) -> None:
+    """Add one ``--<field>`` flag per field of ``cls`` (default: unset), its help from the field's
+    comment (`field_comments`) with its type and default (``defaults`` override the dataclass's).
 
     Flags are kept as text; `parse` converts them with the same rules as YAML values
     (`erasure.coerce`), so a bad flag fails with one line naming it.
     """
     hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
     for field in dataclasses.fields(cls):
         if any(a.dest == field.name for a in parser._actions):
             continue
         kind, many = _base_type(hints[field.name])
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": field.name}
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": field.name,
+                                  "help": _help_text(field, hints[field.name], comments.get(field.name),
+                                                     (defaults or {}).get(field.name, dataclasses.MISSING))}
         if kind is bool:
             kwargs.update(nargs="?", const=True, metavar="BOOL")
         if many:
             kwargs["nargs"] = "+"
         parser.add_argument(f"--{field.name}", **kwargs)
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """field name -> the comment that documents it in the class source (the comment lines right
+    above the field and its trailing comment), for every dataclass in ``cls``'s MRO.
+
+    The comments beside the fields are the documentation of the options; the flags' help reads
+    them rather than repeating them in a second place. Classes without source give nothing.
+    """
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines, _ = inspect.getsourcelines(klass)
+        except (OSError, TypeError):
+            continue
+        source = textwrap.dedent("".join(lines))
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+        code_lines = source.splitlines()
+        for node in ast.parse(source).body[0].body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            above, line = [], node.lineno - 1
+            while line >= 1 and line in comments and code_lines[line - 1].lstrip().startswith("#"):
+                above.insert(0, comments[line])
+                line -= 1
+            parts = above + ([comments[node.end_lineno]] if node.end_lineno in comments else [])
+            if parts:
+                found[node.target.id] = " ".join(parts)
+    return found
+
+
+def _help_text(field: dataclasses.Field, annotation: Any, comment: str | None, domain_default: Any) -> str:
+    """A flag's help: the field's ``metadata["help"]`` or its comment, then type and default."""
+    kind, many = _base_type(annotation)
+    type_name = getattr(kind, "__name__", str(kind)) + (" ..." if many else "")
+    if domain_default is not dataclasses.MISSING:
+        default = domain_default
+    elif field.default is not dataclasses.MISSING:
+        default = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = "required"
+    text = field.metadata.get("help") or comment or ""
+    text = f"{text} [{type_name}, default: {default}]" if text else f"[{type_name}, default: {default}]"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -161,7 +220,7 @@ def parse(classes: Sequence[type], argv: Sequence[str] | None = None, descriptio
     parser = parser or argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="YAML file with option: value pairs")
     for cls in classes:
-        add_dataclass_arguments(parser, cls)
+        add_dataclass_arguments(parser, cls, defaults)
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
     values = load_yaml(config_path) if config_path else {}

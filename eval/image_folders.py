@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Fields of a sampling protocol that an evaluation report repeats.
-SAMPLING_KEYS = ("model", "prompt_set", "categories", "images_per_prompt", "seeds", "guidance", "scheduler",
+SAMPLING_KEYS = ("model", "model_fingerprint", "prompt_set", "categories", "images_per_prompt", "seeds", "guidance", "scheduler",
                  "num_inference_steps", "image_size", "dtype")
 
 

@@ -34,6 +34,7 @@ from erasure.bounds import (MAX_IMAGES, check_finite_fields, check_image_budget,
 from erasure.lock import output_lock
 from pipelines.generate import PRECISIONS
 from pipelines.image_folder import ImageFolderWriter, refuse_changed_protocol, replace_atomic
+from pipelines.push import folder_fingerprint
 from pipelines.sampling import SCHEDULERS, SampleItem, generate, load_pipeline, plan_samples, shard
 from prompts.base import PromptSet
 from prompts.sets import get_prompt_set
@@ -162,7 +163,8 @@ def sampling_protocol(options: SamplingOptions, model: str, pipe: Any, prompt_se
     else:
         guidance = f"each prompt's own (I2P sd_guidance_scale), else {options.guidance_scale}"
     return {
-        "model": model, "prompt_set": prompt_set_record(prompt_set), "categories": list(options.categories) or None,
+        "model": model, "model_fingerprint": folder_fingerprint(model) if Path(model).is_dir() else None,
+        "prompt_set": prompt_set_record(prompt_set), "categories": list(options.categories) or None,
         "images_per_prompt": options.images_per_prompt, "num_images": options.images_per_prompt * len(prompt_set),
         "seeds": f"image k of a prompt: its own seed (I2P sd_seed) + k, else {options.seed} + image index",
         "seed": options.seed, "guidance": guidance, "fixed_guidance": options.fixed_guidance,
@@ -182,7 +184,9 @@ def check_resumable(folder: Path, protocol: dict[str, Any]) -> None:
     if not path.is_file():
         return
     previous = json.loads(path.read_text(encoding="utf-8"))
-    comparable = lambda p: {**{k: v for k, v in p.items() if k not in GROWING_KEYS and k != "prompt_set"},
+    # folders sampled before fingerprints were recorded are compared on the rest
+    skipped = {*GROWING_KEYS, "prompt_set", *(() if "model_fingerprint" in previous else ("model_fingerprint",))}
+    comparable = lambda p: {**{k: v for k, v in p.items() if k not in skipped},
                             "prompt_set.sha256": (p.get("prompt_set") or {}).get("sha256")}
     refuse_changed_protocol(folder, comparable(previous), comparable(protocol))
 

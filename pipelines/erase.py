@@ -38,9 +38,10 @@ from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
 from erasure.replicas import check_replicas
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
-from pipelines.card import public_config, push_to_hub, write_card
+from pipelines.card import public_config, write_card
 from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
+from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
 
 logger = logging.getLogger("pipelines.erase")
@@ -57,43 +58,45 @@ class EraseConfig:
 
     pretrained_model_name_or_path: str = "default"  # "default": the embedded digits model, built once
     revision: str | None = None  # Hub branch, tag or commit of pretrained_model_name_or_path
-    data_dir: str | None = None
-    forget_dir: str | None = None
-    retain_dir: str | None = None
+    data_dir: str | None = None  # pipelines.generate output: forget/ and retain/ with cached latents
+    forget_dir: str | None = None  # any image folder of the concept (with --retain_dir instead of --data_dir)
+    retain_dir: str | None = None  # any image folder of what to keep
     # the prompt of forget_dir/retain_dir images that have none (no metadata.jsonl, or rows
     # without a "prompt"); a row's own prompt wins
     forget_prompt: str | None = None
     retain_prompt: str | None = None
-    resolution: int | None = None
+    resolution: int | None = None  # image side for --forget_dir/--retain_dir images (a multiple of 8); None: as stored
     concept: str | None = None  # a label only: recorded in the model card and erase_config.json
-    substitute_prompt: str | None = None
+    substitute_prompt: str | None = None  # what forget prompts should draw instead; None: a retain prompt each
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
-    negative_guidance: float = 1.0
-    trainable: str = "full"
-    export: str = "pipeline"
-    output_dir: str = "runs/erase"
-    overwrite_output_dir: bool = False
+    negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
+    trainable: str = "full"  # UNet weights that train: full, xattn (cross-attention only) or noxattn
+    export: str = "pipeline"  # pipeline (a full diffusers folder) or unet (unet/ alone)
+    # the base's safety checker and feature extractor are kept in a pipeline export; this drops them
+    no_safety_checker: bool = False
+    output_dir: str = "runs/erase"  # the export, its card, checkpoint-N/ and logs/
+    overwrite_output_dir: bool = False  # replace a non-empty output_dir (refused with --resume_from_checkpoint)
     learning_rate: float = 1e-5
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 0.0
     adam_epsilon: float = 1e-8
-    use_8bit_adam: bool = False
-    train_batch_size: int = 16
-    num_train_epochs: int = 5
-    max_train_steps: int | None = None
+    use_8bit_adam: bool = False  # bitsandbytes AdamW8bit (pip install scissorhands[adam8bit])
+    train_batch_size: int = 16  # per process, for the forget and the retain batch each
+    num_train_epochs: int = 5  # passes over the forget set
+    max_train_steps: int | None = None  # stop after this many optimiser steps (overrides num_train_epochs)
     gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str | None = None
-    checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_token: str | None = None
-    report_to: str | None = None
-    seed: int = 0
+    gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass: less memory, slower
+    max_grad_norm: float | None = 1.0  # clip the gradient norm (None: no clipping)
+    mixed_precision: str | None = None  # no, fp16 or bf16 (default: accelerate's config)
+    checkpointing_steps: int | None = None  # save checkpoint-N every N steps (None: none)
+    checkpoints_total_limit: int | None = 2  # keep the newest N checkpoints
+    resume_from_checkpoint: str | None = None  # a checkpoint-N folder, or "latest" in output_dir
+    push_to_hub: bool = False  # upload the export after training (scissorhands push uploads an audited one)
+    hub_model_id: str | None = None  # the Hub repo, e.g. your-name/sd-v1-4-erased-nudity
+    hub_token: str | None = None  # default: the token of `huggingface-cli login`; never written anywhere
+    report_to: str | None = None  # tensorboard or wandb (accelerate trackers)
+    seed: int = 0  # data order, noise and timesteps
 
     def __post_init__(self) -> None:
         check_training(self)
@@ -233,7 +236,7 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(config.seed)
     model_id = resolve_model(config.pretrained_model_name_or_path)
-    pipe = load_pipeline(model_id, revision=config.revision)
+    pipe = load_pipeline(model_id, revision=config.revision, safety_checker=not config.no_safety_checker)
     forget_dir, retain_dir = config.data_dirs()
     pipe.vae.to(accelerator.device)
     forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution, config.forget_prompt)

@@ -7,7 +7,8 @@ job loads through `pipelines.sampling.load_pipeline`, which calls `check_pipelin
 first, so each of these ends in one line naming the folder, the file and what is wrong:
 
 - ``model_index.json`` is a JSON object; each component entry is ``[library, class]`` with a
-  library of `LIBRARIES` and a class that library has (``[null, null]``: no such component);
+  library of `LIBRARIES` or a ``diffusers.pipelines`` module (SD's safety checker) and a class
+  that library has (``[null, null]``: no such component);
 - each named component folder exists and holds its JSON config(s), each a JSON object;
 - model components hold ``.safetensors`` weights with readable headers (pickled ``.bin`` /
   ``.pt`` weights alone are refused, never unpickled);
@@ -18,6 +19,7 @@ first, so each of these ends in one line naming the folder, the file and what is
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,18 @@ def read_json_object(path: Path, folder: Path) -> dict[str, Any]:
     return data
 
 
+def _library_module(library: Any) -> str | None:
+    """The module a model_index.json library names, as diffusers resolves it: a library of
+    `LIBRARIES`, or a module of ``diffusers.pipelines`` (SD's safety checker is
+    ``["stable_diffusion", "StableDiffusionSafetyChecker"]``); None for anything else."""
+    if library in LIBRARIES:
+        return library
+    if not (isinstance(library, str) and library.isidentifier()):
+        return None
+    module = f"diffusers.pipelines.{library}"
+    return module if importlib.util.find_spec(module) is not None else None
+
+
 def _component_class(folder: Path, name: str, entry: Any) -> type | None:
     """The class a model_index.json entry names (None for ``[null, null]``)."""
     where = f"{MODEL_INDEX}: {name}={describe(entry)}"
@@ -62,9 +76,11 @@ def _component_class(folder: Path, name: str, entry: Any) -> type | None:
     library, class_name = entry
     if library is None and class_name is None:
         return None
-    if library not in LIBRARIES or not isinstance(class_name, str):
-        raise ValueError(f"{where}: the library must be one of {list(LIBRARIES)} and the class a name")
-    cls = getattr(importlib.import_module(library), class_name, None)
+    module = _library_module(library)
+    if module is None or not isinstance(class_name, str):
+        raise ValueError(f"{where}: the library must be one of {list(LIBRARIES)} or a diffusers pipeline module "
+                         "(as SD's [\"stable_diffusion\", \"StableDiffusionSafetyChecker\"]) and the class a name")
+    cls = getattr(importlib.import_module(module), class_name, None)
     if not isinstance(cls, type):
         raise ValueError(f"{where}: {library} has no class {class_name!r}")
     return cls

@@ -85,8 +85,10 @@ def load_pipeline(
     scheduler: str | None = None,
     revision: str | None = None,
     name: str = "pretrained_model_name_or_path",
+    safety_checker: bool = False,
 ) -> StableDiffusionPipeline:
-    """`StableDiffusionPipeline.from_pretrained` without the safety checker, plus a scheduler swap.
+    """`StableDiffusionPipeline.from_pretrained` (without the safety checker unless asked), plus a
+    scheduler swap.
 
     A local folder is checked first (`pipelines.model_folder.check_pipeline_folder`), so a damaged
     one fails with one line naming the file; weights are read from safetensors only
@@ -99,6 +101,8 @@ def load_pipeline(
         scheduler: a key of `SCHEDULERS`; None keeps the pipeline's own.
         revision: a Hub branch, tag or commit (``--revision``); None: the default branch.
         name: the option that gave ``name_or_path``, for messages.
+        safety_checker: load the base's safety checker and feature extractor too (an export keeps
+            them); False: evaluation draws unfiltered images, as the papers measure.
 
     Raises:
         ValueError / FileNotFoundError: a folder that is no (complete, readable) diffusers
@@ -112,7 +116,9 @@ def load_pipeline(
     if path.exists():
         check_pipeline_folder(path, f"{name}={str(name_or_path)!r}")
     pipeline_class = _import_diffusers().StableDiffusionPipeline
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if not safety_checker:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype  # at load time, so fp32-kept modules stay fp32
     if revision is not None:
