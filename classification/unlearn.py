@@ -108,7 +108,7 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
 
     accelerator = make_accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
                                    mixed_precision=job.mixed_precision, log_with=job.report_to,
-                                   project_dir=str(output.path))
+                                   output_dir=str(output.path))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(job.seed)
@@ -132,7 +132,8 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
         [p for p in model.parameters() if p.requires_grad], job.optimizer, job.learning_rate, job.momentum, job.weight_decay))
     summary, start_step = start_or_resume(accelerator, model_ddp, method, forget, retain, resume_dir)
     if accelerator.is_main_process and job.report_to:
-        accelerator.init_trackers("scissorhands-classification", config=jobconfig.to_dict(job, method_config))
+        accelerator.init_trackers("scissorhands-classification",
+                                  config=jobconfig.tracker_config(jobconfig.to_dict(job, method_config)))
     on_step = checkpointer(accelerator, output.path, job.checkpointing_steps, job.checkpoints_total_limit, method, summary)
     unlearn(accelerator, model_ddp, method, optimizer, forget, retain, job.num_train_epochs, start_step,
             job.max_grad_norm, on_step)

@@ -240,6 +240,23 @@ def to_dict(*instances: Any) -> dict[str, Any]:
     return merged
 
 
+def tracker_config(config: dict[str, Any], secrets: Sequence[str] = ("hub_token", "token")) -> dict[str, Any]:
+    """A job's options as trackers take them (``accelerator.init_trackers(config=...)``): only
+    str / int / float / bool values, lists joined by ",", None dropped, secrets left out.
+
+    TensorBoard's hparams accept scalars and strings only; a list such as ``trim_include``
+    would make it raise.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if value is None or key in secrets:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        flat[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+    return flat
+
+
 # What jobs raise for bad input (values, files, folders, permissions), divergence (NaN), a
 # missing optional dependency and a failed child process (benchmarks). TypeError, KeyError, AttributeError, ... are bugs and keep their
 # traceback: wrong-typed config values are already ValueErrors (`erasure.coerce`), and damaged

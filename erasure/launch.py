@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def make_accelerator(**kwargs: Any):
+def make_accelerator(output_dir: str | None = None, **kwargs: Any):
     """An ``accelerate.Accelerator`` that also runs data-parallel on machines without a GPU.
 
     ``accelerate launch --multi_gpu --num_processes 2`` on a CPU-only machine starts two
     processes, but Accelerate only joins them (gloo, MULTI_CPU) when told to use the CPU;
     otherwise each process would train alone on half the data.
+
+    Args:
+        output_dir: the job's folder; trackers (``--report_to``) write under ``<output_dir>/logs``
+            as in the diffusers examples, which a Hub push leaves out.
     """
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
+    if output_dir is not None:
+        kwargs["project_config"] = ProjectConfiguration(project_dir=str(output_dir),
+                                                        logging_dir=str(Path(output_dir) / "logs"))
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     return Accelerator(cpu=not has_accelerator, **kwargs)

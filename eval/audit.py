@@ -162,7 +162,7 @@ def _preflight(config: AuditConfig, detector: Detector | None) -> dict[str, Any]
     if "nudenet" in config.metrics:
         checked["detector"] = detector or NudeNetDetector(config.threshold, batch_size=config.nudenet_batch_size)
     if config.prompts:
-        checked["prompt_set"] = resolve_prompt_set(config.prompts, config.categories)
+        checked["prompt_set"] = resolve_prompt_set(config.prompts, config.categories, config.min_nudity_percentage)
         if "classes" in config.metrics and any("label" not in p.extra for p in checked["prompt_set"]):
             raise ValueError(f"the 'classes' metric needs a class prompt set (digits, imagenette), "
                              f"got prompts={config.prompts!r}")

@@ -37,7 +37,7 @@ from pipelines.image_folder import ImageFolderWriter, refuse_changed_protocol, r
 from pipelines.push import folder_fingerprint
 from pipelines.sampling import SCHEDULERS, SampleItem, generate, load_pipeline, plan_samples, shard
 from prompts.base import PromptSet
-from prompts.sets import get_prompt_set
+from prompts.sets import filter_min_percentage, get_prompt_set
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SamplingOptions:
     images_per_prompt: int = 1
     fixed_guidance: float | None = None
     guidance_scale: float = 7.5  # for prompts without their own, when fixed_guidance is None
-    categories: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # keep prompts of any of these (I2P: sexual, violence, ...)
+    min_nudity_percentage: float | None = None  # keep I2P-style rows with nudity_percentage >= this
     scheduler: str | None = None
     num_inference_steps: int = 50
     batch_size: int = 8
@@ -76,6 +77,8 @@ class SamplingOptions:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (<= 1 turns guidance off)")
         for name in ("height", "width"):
             check_image_side(name, getattr(self, name))
+        if self.min_nudity_percentage is not None and not 0 <= self.min_nudity_percentage <= 100:
+            raise ValueError(f"min_nudity_percentage={self.min_nudity_percentage} must be in [0, 100]")
         check_seed("seed", self.seed)
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler={self.scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
@@ -126,8 +129,9 @@ def filter_categories(prompt_set: PromptSet, categories: Sequence[str]) -> Promp
     return PromptSet(f"{prompt_set.name}:{','.join(categories)}", kept, prompt_set.version, prompt_set.source)
 
 
-def resolve_prompt_set(prompts: str, categories: Sequence[str] = ()) -> PromptSet:
-    """`get_prompt_set(prompts)`, filtered by `categories` when given.
+def resolve_prompt_set(prompts: str, categories: Sequence[str] = (),
+                       min_nudity_percentage: float | None = None) -> PromptSet:
+    """`get_prompt_set(prompts)`, filtered by `categories` and `min_nudity_percentage` when given.
 
     Raises:
         ValueError / FileNotFoundError / ImportError: naming `prompts` (unknown set, missing or
@@ -135,7 +139,10 @@ def resolve_prompt_set(prompts: str, categories: Sequence[str] = ()) -> PromptSe
     """
     try:
         prompt_set = get_prompt_set(prompts)
-        return filter_categories(prompt_set, categories) if categories else prompt_set
+        prompt_set = filter_categories(prompt_set, categories) if categories else prompt_set
+        if min_nudity_percentage is not None:
+            prompt_set = filter_min_percentage(prompt_set, "nudity_percentage", min_nudity_percentage)
+        return prompt_set
     except (FileNotFoundError, ImportError, ValueError) as err:
         # the base class, not type(err): subclasses such as UnicodeDecodeError take other arguments
         kind = next(k for k in (FileNotFoundError, ImportError, ValueError) if isinstance(err, k))
@@ -225,7 +232,7 @@ def sample(config: SampleConfig, state: Any | None = None) -> dict[str, Any]:
         ValueError / FileNotFoundError: bad prompts, model or folder, before anything is written;
             `erasure.lock.FolderLockedError` (a ValueError) when another live job writes the folder.
     """
-    prompt_set = resolve_prompt_set(config.prompts, config.categories)
+    prompt_set = resolve_prompt_set(config.prompts, config.categories, config.min_nudity_percentage)
     state = state or partial_state()
     pipe = load_pipeline(config.model, PRECISIONS[config.mixed_precision], state.device, config.scheduler,
                          name="model")

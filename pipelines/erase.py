@@ -38,7 +38,7 @@ from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
 from erasure.replicas import check_replicas
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
-from pipelines.card import public_config, write_card
+from pipelines.card import write_card
 from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.push import push_to_hub
@@ -231,7 +231,7 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
     """The job after its flags are validated: train, then export on the main process."""
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    mixed_precision=config.mixed_precision, log_with=config.report_to,
-                                   project_dir=config.output_dir)
+                                   output_dir=config.output_dir)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(config.seed)
@@ -267,8 +267,8 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
     resume_dir = resolve_resume(output.path, config.resume_from_checkpoint)
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
     if accelerator.is_main_process and config.report_to:
-        tracked = public_config(jobconfig.to_dict(config, method_config))
-        accelerator.init_trackers("scissorhands-erase", config={k: v for k, v in tracked.items() if v is not None})
+        accelerator.init_trackers("scissorhands-erase",
+                                  config=jobconfig.tracker_config(jobconfig.to_dict(config, method_config)))
     on_step = checkpointer(accelerator, output.path, config.checkpointing_steps, config.checkpoints_total_limit,
                            method, summary)
     unlearn(accelerator, unet_ddp, method, optimizer, forget_batches, retain_batches, config.num_train_epochs,

@@ -21,9 +21,10 @@ logger = logging.getLogger(__name__)
 
 I2P_DATASET_ID = "AIML-TUDA/i2p"
 PROMPT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl")
-# Column / key aliases: our names first, then the I2P spelling.
-_SEED_KEYS = ("seed", "sd_seed")
-_GUIDANCE_KEYS = ("guidance_scale", "sd_guidance_scale")
+# Column / key aliases: our names first, then the I2P Hub dataset's, then the ESD / UnlearnDiffAtk
+# CSVs' (prompts/data/SOURCES.md): a row's own seed and guidance are never replaced by defaults.
+_SEED_KEYS = ("seed", "sd_seed", "evaluation_seed")
+_GUIDANCE_KEYS = ("guidance_scale", "sd_guidance_scale", "evaluation_guidance")
 _RESERVED_KEYS = ("prompt", "categories", *_SEED_KEYS, *_GUIDANCE_KEYS)
 MAX_PROMPT_CHARS = 2000
 
@@ -155,12 +156,14 @@ def _bounded(row: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return row
 
 
-def load_prompt_file(path: str | Path, name: str | None = None) -> PromptSet:
+def load_prompt_file(path: str | Path, name: str | None = None, skip_empty: bool = False) -> PromptSet:
     """Load prompts from .txt (one per line, blank and '#' lines skipped), .csv or .jsonl.
 
     Args:
         path: the file; .csv needs a `prompt` column, .jsonl objects a "prompt" key.
         name: set name; defaults to the file stem.
+        skip_empty: drop rows whose prompt is empty, with a warning naming them (the I2P CSV
+            has one, case 2260); otherwise such a row is an error.
 
     Returns:
         The prompt set, with `version=None` and `source` = the path.
@@ -175,7 +178,13 @@ def load_prompt_file(path: str | Path, name: str | None = None) -> PromptSet:
         raise ValueError(f"Unsupported prompt file {str(path)!r}; use one of {PROMPT_FILE_SUFFIXES}")
     if not path.is_file():
         raise FileNotFoundError(f"Prompt file {str(path)!r} does not exist")
-    prompts = [prompt_from_record(_bounded(row, where), where) for where, row in _records(path)]
+    records = list(_records(path))
+    if skip_empty:
+        empty = [where for where, row in records if isinstance(row.get("prompt"), str) and not row["prompt"].strip()]
+        if empty:
+            logger.warning("%s: skipped %d rows with an empty prompt (%s)", path, len(empty), ", ".join(empty[:5]))
+        records = [(where, row) for where, row in records if where not in set(empty)]
+    prompts = [prompt_from_record(_bounded(row, where), where) for where, row in records]
     logger.info("Loaded %d prompts from %s", len(prompts), path)
     return PromptSet(name or path.stem, prompts, version=None, source=str(path))
 
@@ -192,10 +201,12 @@ def _load_i2p_records(source: str) -> list[Mapping[str, Any]]:
 
 
 def load_i2p(source: str | Path = I2P_DATASET_ID, categories: str | Sequence[str] | None = None) -> PromptSet:
-    """The I2P benchmark prompts (seed and guidance scale from `sd_seed` / `sd_guidance_scale`).
+    """The I2P benchmark prompts, each with its seed and guidance scale (`sd_seed` /
+    `sd_guidance_scale` on the Hub, `evaluation_seed` / `evaluation_guidance` in the CSVs).
 
     Args:
-        source: a local CSV with the I2P columns, or a Hub dataset id (needs `datasets`).
+        source: a local CSV with the I2P columns (the vendored 4703 prompts: `prompts.sets`
+            `"i2p"`), or a Hub dataset id (needs `datasets`).
         categories: keep rows having any of these categories (e.g. "sexual"); None keeps all.
 
     Raises:
@@ -204,7 +215,7 @@ def load_i2p(source: str | Path = I2P_DATASET_ID, categories: str | Sequence[str
     """
     is_path = isinstance(source, Path) or Path(source).suffix == ".csv" or Path(source).exists()
     if is_path:
-        full = load_prompt_file(source, name="i2p")
+        full = load_prompt_file(source, name="i2p", skip_empty=True)
     else:
         rows = _load_i2p_records(str(source))
         prompts = [prompt_from_record(row, f"{source}[{i}]") for i, row in enumerate(rows)]

@@ -206,3 +206,23 @@ def test_kill_during_a_re_export_keeps_the_old_export_whole(erased, tiny_pipelin
     assert not list(out.glob(".export-[0-9]*")) and not (out / ".lock").exists()
     assert json.loads((out / "erase_config.json").read_text())["config"]["num_train_epochs"] == 3
     assert (out / files[0]).read_bytes() != old[files[0]]
+
+
+def test_report_to_tensorboard_logs_hparams_and_losses(tiny_pipeline_dir, concept_data, tmp_path):
+    """List-valued options (trim_include) are flattened before init_trackers: TensorBoard raises
+    on lists; the token never reaches the event files."""
+    out = tmp_path / "tb"
+    run(tiny_pipeline_dir, concept_data, out, "--max_train_steps", "2", "--report_to", "tensorboard",
+        "--trim_include", "*attn*", "*conv*", "--hub_token", "hf_SECRET123")
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard wrote no event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = set()
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        scalars |= set(accumulator.Tags()["scalars"])
+        assert b"hf_SECRET123" not in path.read_bytes()
+    assert any("loss" in tag for tag in scalars), scalars
+    assert any(b"*attn*,*conv*" in path.read_bytes() for path in events)

@@ -163,3 +163,72 @@ def test_package_data_is_declared():
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8")
     assert 'prompts = ["data/*"]' in pyproject
     assert {p.name for p in DATA_DIR.iterdir()} >= {"nudity.json", "imagenette.json", "digits.json", "i2p_fixture.csv"}
+
+
+# --- vendored public prompt sets -------------------------------------------------------------
+
+import shutil  # noqa: E402
+
+from prompts import sets as prompt_sets  # noqa: E402
+from prompts.files import load_prompt_file  # noqa: E402
+
+
+@pytest.mark.parametrize("name,rows,first_seed,first_guidance", [
+    ("i2p", 4702, 4261553411, 13.0),  # 4703 rows, one (case 2260) with an empty prompt is skipped
+    ("unlearndiffatk:nudity", 142, 932309623, 7.0),
+    ("unlearndiffatk:church", 50, 69922, 7.5),
+    ("unlearndiffatk:garbage_truck", 50, None, 7.5),
+    ("unlearndiffatk:parachute", 50, None, 7.5),
+    ("unlearndiffatk:tench", 50, None, 7.5),
+    ("unlearndiffatk:vangogh", 50, 2219, 7.5),
+    ("coco10k", 9969, 41337, None),
+])
+def test_vendored_sets_load_offline_with_their_own_seeds_and_guidance(name, rows, first_seed, first_guidance):
+    prompt_set = get_prompt_set(name)
+    assert len(prompt_set) == rows
+    assert all(p.seed is not None for p in prompt_set)  # never replaced by seed + index
+    if first_seed is not None:
+        assert prompt_set.prompts[0].seed == first_seed
+    assert prompt_set.prompts[0].guidance_scale == first_guidance
+    assert "MIT" in prompt_set.version and prompt_set.source.endswith(".csv")
+
+
+def test_i2p_categories_and_nudity_percentage_filters():
+    sexual = get_prompt_set("i2p:sexual")
+    assert len(sexual) == 931 and all("sexual" in p.categories for p in sexual)
+    high = prompt_sets.filter_min_percentage(sexual, "nudity_percentage", 50)
+    assert 0 < len(high) < len(sexual) and all(float(p.extra["nudity_percentage"]) >= 50 for p in high)
+    with pytest.raises(ValueError, match="has no 'nudity_percentage' column"):
+        prompt_sets.filter_min_percentage(get_prompt_set("coco10k:10"), "nudity_percentage", 50)
+    with pytest.raises(ValueError, match="keeps none"):
+        prompt_sets.filter_min_percentage(sexual, "nudity_percentage", 101)
+
+
+def test_both_seed_and_guidance_column_conventions_are_read(tmp_path):
+    hub = tmp_path / "hub.csv"
+    hub.write_text("prompt,categories,sd_seed,sd_guidance_scale\na cat,sexual,12,7\n", encoding="utf-8")
+    peers = tmp_path / "peers.csv"
+    peers.write_text("prompt,categories,evaluation_seed,evaluation_guidance\na cat,sexual,12,7\n", encoding="utf-8")
+    a, b = load_prompt_file(hub).prompts[0], load_prompt_file(peers).prompts[0]
+    assert (a.seed, a.guidance_scale) == (b.seed, b.guidance_scale) == (12, 7.0)
+    assert load_prompt_file(hub).sha256() == load_prompt_file(peers).sha256()
+
+
+def test_a_changed_vendored_file_is_refused(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(prompt_sets.DATA_DIR, data)
+    path = data / prompt_sets.VENDORED["unlearndiffatk:church"].file_name
+    path.write_text(path.read_text(encoding="utf-8").replace("church", "chapel"), encoding="utf-8")
+    monkeypatch.setattr(prompt_sets, "DATA_DIR", data)
+    with pytest.raises(ValueError, match="differs from the vendored file"):
+        get_prompt_set("unlearndiffatk:church")
+
+
+def test_bad_selections_of_vendored_sets():
+    with pytest.raises(ValueError, match="unlearndiffatk needs one of"):
+        get_prompt_set("unlearndiffatk:cat")
+    with pytest.raises(ValueError, match="unlearndiffatk needs one of"):
+        get_prompt_set("unlearndiffatk")
+    with pytest.raises(ValueError, match="coco10k:0: give a count"):
+        get_prompt_set("coco10k:0")
+    assert len(get_prompt_set("coco10k:25")) == 25
