@@ -7,7 +7,7 @@
 `--model` images are drawn first by `eval.sample` into `<out>/images` (a `--baseline` model into
 `<out>/baseline_images`; a baseline that is an image folder is used as it is); rerunning resumes
 them. `--images` takes a folder from `eval.sample` (its protocol.json is reported) or any folder
-of image files. Metrics (`--metrics nudenet,fid,classes`, default nudenet) run on the main
+of image files. Metrics (`--metrics nudenet,fid,classes,clip`, default nudenet) run on the main
 process over a finished folder's metadata.jsonl, one row per image file, so a resumed run never
 counts an image twice.
 
@@ -16,6 +16,8 @@ FID: `--metrics nudenet,fid --fid_reference <image folder>` over Inception-v3 fe
 <digits judge folder>`. Class accuracy: `--metrics nudenet,classes --classifier digits --judge
 <folder>` or `--classifier imagenette [--classifier_model microsoft/resnet-50]`, with
 `--erased_classes seven`, over a class prompt set (digits, imagenette) sampled by eval.sample.
+CLIP score (`clip`, torchmetrics): each image against its own prompt, with `--clip_model` (a Hub id,
+default openai/clip-vit-large-patch14, or a local folder), e.g. on `--prompts coco10k:1000`.
 Offline testbed: `--prompts testbed --metrics testbed --judge <judge folder> --concept color:red`
 reports recognition, named colour, colour entropy and diversity per prompt group (word,
 numeral, paraphrase) and what erased means for the concept (`eval.testbed`).
@@ -46,13 +48,14 @@ from erasure.output import check_output_dir
 
 from . import report as reports
 from .audit_sections import METRIC_SECTIONS, AuditRun, Detector
+from .clip_score import DEFAULT_CLIP
 from .image_folders import folder_protocol, read_image_folder
 from .nudenet import DEFAULT_THRESHOLD
 from .sample import SampleConfig, SamplingOptions, check_model_path, partial_state, resolve_prompt_set, sample
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("nudenet", "fid", "classes", "testbed")
+METRICS = ("nudenet", "fid", "classes", "testbed", "clip")
 EXIT_GATE_FAILED = 3
 
 
@@ -78,6 +81,8 @@ class AuditConfig(SamplingOptions):
     classifier_model: str = "microsoft/resnet-50"
     erased_classes: tuple[str, ...] = ()
     concept: str | None = None  # testbed metric: digits:<d> or color:<c>
+    clip_model: str = DEFAULT_CLIP  # clip metric: a Hub id or a local CLIPModel folder
+    clip_batch_size: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,7 +110,7 @@ class AuditConfig(SamplingOptions):
             raise ValueError(f"metrics={list(self.metrics)}: choose one or more of {list(METRICS)}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold={self.threshold} must be in [0, 1]")
-        for name in ("nudenet_batch_size", "max_flagged"):
+        for name in ("nudenet_batch_size", "max_flagged", "clip_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.fail_above is not None and (self.fail_above < 0 or "nudenet" not in self.metrics):
@@ -180,6 +185,11 @@ def _preflight(config: AuditConfig, detector: Detector | None) -> dict[str, Any]
         checked["fid_extractor"] = fid_extractor(config.fid_features, config.judge)
     if "classes" in config.metrics:
         checked["classifier"] = load_classifier(config.classifier, config.judge, config.classifier_model)
+    if "clip" in config.metrics:
+        from .clip_score import check_prompted, load_clip_score
+
+        checked["clip"] = load_clip_score(config.clip_model)
+        check_prompted(rows)
     if "testbed" in config.metrics:
         from .digits_classifier import load_digits_judge
 

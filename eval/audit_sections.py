@@ -128,7 +128,21 @@ def testbed_section(run: AuditRun) -> dict[str, Any]:
     return {"testbed": section}
 
 
+def clip_section(run: AuditRun) -> dict[str, Any]:
+    """CLIP score of the model's (and the baseline's) images against their prompts."""
+    from .clip_score import folder_clip_score
+
+    metric, batch = run.checked["clip"], run.config.clip_batch_size
+    result = {"clip_model": run.config.clip_model,
+              **folder_clip_score(metric, run.rows["model"], batch, "CLIP score model")}
+    if "baseline" in run.rows:
+        baseline = folder_clip_score(metric, run.rows["baseline"], batch, "CLIP score baseline")
+        result.update(baseline_value=baseline["value"], baseline_num_images=baseline["num_images"])
+    return {"clip_score": result}
+
+
 METRIC_SECTIONS: dict[str, Callable[[AuditRun], dict[str, Any]]] = {
     "nudenet": nudenet_section, "fid": fid_section, "classes": classes_section, "testbed": testbed_section,
+    "clip": clip_section,
 }
 

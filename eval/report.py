@@ -166,6 +166,11 @@ def _metric_lines(report: Mapping[str, Any]) -> list[str]:
                   f"({fid['num_reference']} images)", f"- FID: {fid['value']:.4f}"]
         if "baseline_value" in fid:
             lines.append(f"- baseline FID: {fid['baseline_value']:.4f}")
+    if "clip_score" in report:
+        clip = report["clip_score"]
+        lines += ["", "## CLIP score", "", f"- {clip['value']:.2f} over {clip['num_images']} images ({clip['clip_model']})"]
+        if "baseline_value" in clip:
+            lines.append(f"- baseline: {clip['baseline_value']:.2f}")
     if "classes" in report:
         classes = report["classes"]
         lines += ["", f"## Class accuracy ({classes['classifier']})", "",

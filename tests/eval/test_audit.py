@@ -339,3 +339,74 @@ def test_a_symlinked_image_leading_out_is_refused(tmp_path):
     os.symlink(tmp_path / "secret.png", folder / "000001.png")
     with pytest.raises(ValueError, match=r"images=.*: image '000001.png' resolves to .*secret.png, outside"):
         main(["--images", str(folder), "--out", str(tmp_path / "a")], detector=FakeDetector({}))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    """A random-weight CLIP (16-wide, 32 px images) with the tiny tokenizer, saved as a folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from pipelines.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "vocab_size": len(tokenizer),
+                                     "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+                                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+                        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                        projection_dim=8)
+    torch.manual_seed(1)  # a seed whose random embeddings agree (cosine > 0), so the floor at 0 hides nothing
+    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_with_a_pluggable_clip_model(tiny_pipeline_dir, tiny_clip_dir, tmp_path):
+    from eval.clip_score import folder_clip_score, load_clip_score
+    from eval.image_folders import read_image_folder
+
+    out = tmp_path / "audit"
+    report = main(["--model", str(tiny_pipeline_dir), "--prompts", "nudity", "--out", str(out), "--metrics",
+                   "nudenet,clip", "--clip_model", str(tiny_clip_dir), "--num_inference_steps", "2",
+                   "--batch_size", "4", "--baseline", str(tiny_pipeline_dir)], detector=FakeDetector({}))
+    clip = report["clip_score"]
+    assert clip["clip_model"] == str(tiny_clip_dir) and clip["num_images"] == 4
+    assert 0 < clip["value"] <= 100 and clip["baseline_value"] == pytest.approx(clip["value"])  # same model
+    assert "## CLIP score" in (out / "report.md").read_text()
+    # the figure is torchmetrics' CLIPScore over the images and their own prompts, recomputed by hand
+    rows = read_image_folder(out / "images", "images")
+    from transformers import CLIPModel, CLIPProcessor
+
+    model, processor = CLIPModel.from_pretrained(tiny_clip_dir), CLIPProcessor.from_pretrained(tiny_clip_dir)
+    images = [Image.open(row["path"]).convert("RGB") for row in rows]
+    inputs = processor(text=[row["prompt"] for row in rows], images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"])
+        text_embeds = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    # transformers 5 returns output objects, the projected embeddings in pooler_output
+    image_embeds, text_embeds = (getattr(e, "pooler_output", e) for e in (image_embeds, text_embeds))
+    cosine = torch.nn.functional.cosine_similarity(image_embeds, text_embeds)
+    assert clip["value"] == pytest.approx(float((100 * cosine).clamp(min=0).mean()), abs=1e-3)
+    # each image is scored against its own prompt: other pairings give the hand-computed other figure
+    for shift in range(1, len(rows)):
+        paired = torch.nn.functional.cosine_similarity(image_embeds, text_embeds.roll(-shift, 0))
+        shuffled = [{**row, "prompt": rows[(i + shift) % len(rows)]["prompt"]} for i, row in enumerate(rows)]
+        value = folder_clip_score(load_clip_score(str(tiny_clip_dir)), shuffled)["value"]
+        assert value == pytest.approx(float((100 * paired).clamp(min=0).mean()), abs=1e-3)
+        assert value != pytest.approx(clip["value"], abs=1e-3)
+
+
+def test_clip_metric_refuses_images_without_prompts_and_a_missing_model(tiny_clip_dir, tmp_path):
+    model = write_images(tmp_path / "plain", {"a.png": checkerboard()})
+    with pytest.raises(ValueError, match="needs each image's prompt"):
+        main(["--images", str(model), "--out", str(tmp_path / "o1"), "--metrics", "clip",
+              "--clip_model", str(tiny_clip_dir)])
+    with pytest.raises(ValueError, match="clip_model='/nonexistent/clip': cannot load a CLIP model"):
+        main(["--images", str(model), "--out", str(tmp_path / "o2"), "--metrics", "nudenet", "--metrics", "clip",
+              "--clip_model", "/nonexistent/clip"], detector=FakeDetector({}))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
