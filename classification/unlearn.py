@@ -24,7 +24,7 @@ from erasure.bounds import check_positive, check_training
 from erasure.tensor_files import check_tensor_file
 from classification.data import load_dataset, split_forget
 from classification.engine import make_optimizer
-from erasure.loop import unlearn
+from erasure.loop import steps_per_epoch, unlearn
 from classification.objective import ClassificationObjective
 from classification.report import evaluate, write_results
 from erasure import jobconfig
@@ -112,13 +112,14 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(job.seed)
-    output.prepare(accelerator)
 
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     batches = lambda idx, seed, x=splits.train_x, y=splits.train_y: TensorBatches(
         x, y, idx, job.train_batch_size, True, seed, world, rank, device)
     forget = batches(forget_idx, job.seed + 1)
     retain = batches(subset(retain_idx, method_config.retain_fraction, job.seed), job.seed + 2)
+    steps_per_epoch(method, forget, retain, job.gradient_accumulation_steps)  # fails before anything is written
+    output.prepare(accelerator)
 
     if accelerator.is_main_process:  # train (or find) the original once, then every rank reads it
         references.original_path(job, splits)

@@ -33,7 +33,9 @@ class MethodConfig:
     lam: float = 0.1  # lambda of Eq. 3: L = L_r - lam * L_f
     forget_loss: str = "ascent"  # or "substitute": + lam * relabeled loss on D_f (public SD code)
     # ascent on an unbounded loss (cross-entropy) diverges: per-sample forget losses above the
-    # cap stop contributing to the ascent term (None: no cap, as paper 000 writes it)
+    # cap leave L_f (None: no cap, as paper 000 writes it). The cap defines L_f, so a sample
+    # past it neither pushes the ascent nor constrains Scissorhands' projection (g_f = grad of
+    # the capped L_f): it is already forgotten that far
     forget_loss_cap: float | None = None
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)

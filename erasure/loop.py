@@ -16,9 +16,18 @@ BatchHook = Callable[[int, Any, Any], tuple[Any, Any]]
 
 
 def steps_per_epoch(method: UnlearningMethod, forget: TensorBatches, retain: TensorBatches, accumulation: int) -> int:
-    """Optimizer steps per epoch: one pass over D_r (or D_f for forget-only methods)."""
-    primary = retain if method.uses_retain else forget
-    return max(1, len(primary) // accumulation)
+    """Optimizer steps per epoch: one pass over D_r (or D_f for forget-only methods).
+
+    Raises:
+        ValueError: fewer micro-batches per epoch than ``accumulation`` (a step would read past
+            the end of the set and average an empty batch into NaN).
+    """
+    primary, role = (retain, "retain") if method.uses_retain else (forget, "forget")
+    if len(primary) < accumulation:
+        raise ValueError(f"gradient_accumulation_steps={accumulation} needs at least {accumulation} batches per "
+                         f"epoch, but the {role} set gives {len(primary)} (per process); lower "
+                         "gradient_accumulation_steps or train_batch_size, or add images")
+    return len(primary) // accumulation
 
 
 def unlearn(accelerator, model: nn.Module, method: UnlearningMethod, optimizer: torch.optim.Optimizer,

@@ -9,6 +9,7 @@ is encoded once with the VAE (`latent_dist.mean * scaling_factor`) and cached th
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ class ConceptImageSet:
         files = [row[FILE_KEY] for row in rows]
         if (folder / LATENTS_FILE).is_file():
             latents = _stored_latents(folder / LATENTS_FILE, files, resolution)
+            if vae is not None:
+                check_scaling_factor(folder, vae.config.scaling_factor)
         else:
             latents = _encode_folder(folder, files, vae, resolution)
         return cls(latents, [row["prompt"] for row in rows], files, rows)
@@ -112,6 +115,36 @@ def _rows(folder: Path, prompt: str | None) -> list[dict[str, Any]]:
     if duplicates:
         raise ValueError(f"{metadata}: files listed more than once: {duplicates[:5]}")
     return rows
+
+
+def recorded_scaling_factor(folder: Path) -> float | None:
+    """The VAE scaling factor a folder's cached latents were scaled by: the latents file's
+    header (images encoded here), else ``info.json`` (``pipelines.generate``); None if neither says."""
+    _, header = read_tensor_metadata(folder / LATENTS_FILE, "cached latents")
+    if header.get("scaling_factor") is not None:
+        return float(header["scaling_factor"])
+    info = folder / "info.json"
+    if info.is_file():
+        try:
+            recorded = json.loads(info.read_text(encoding="utf-8")).get("latents", {}).get("scaling_factor")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            raise ValueError(f"{info}: not the JSON object pipelines.generate writes") from None
+        return None if recorded is None else float(recorded)
+    return None
+
+
+def check_scaling_factor(folder: Path, scaling_factor: float) -> None:
+    """Refuse cached latents scaled by another VAE's factor: the UNet would train on latents of
+    the wrong scale (SD v1's 0.18215 against SD 2's or a tiny VAE's) without any error.
+
+    Raises:
+        ValueError: naming the folder and both factors.
+    """
+    recorded = recorded_scaling_factor(folder)
+    if recorded is not None and abs(recorded - float(scaling_factor)) > 1e-6 * max(1.0, abs(recorded)):
+        raise ValueError(f"{folder / LATENTS_FILE}: latents scaled by {recorded:g}, but this model's VAE scales by "
+                         f"{float(scaling_factor):g}: the folder was made with another VAE; generate it with this "
+                         f"model, or delete {LATENTS_FILE} to re-encode its images")
 
 
 def _stored_latents(path: Path, files: list[str], resolution: int | None) -> torch.Tensor:

@@ -32,7 +32,7 @@ from erasure.bounds import check_image_side, check_training
 from erasure.batches import TensorBatches, subset
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
-from erasure.loop import unlearn
+from erasure.loop import steps_per_epoch, unlearn
 from erasure.methods import build_method, validate_method
 from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
@@ -261,6 +261,7 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
     forget_batches = batches(forget, forget_labels, config.seed + 1)
     retain_idx = subset(torch.arange(len(retain_labels)), method_config.retain_fraction, config.seed)
     retain_batches = batches(retain, retain_labels, config.seed + 2, retain_idx)
+    steps_per_epoch(method, forget_batches, retain_batches, config.gradient_accumulation_steps)  # fails before work
 
     started = time.perf_counter()
     unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))

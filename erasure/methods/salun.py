@@ -25,10 +25,12 @@ class SalUn(RandomLabel):
     def prepare(self, model, forget_loader, retain_loader, backward=torch.Tensor.backward):
         summary = super().prepare(model, forget_loader, retain_loader, backward)
         params = scope_parameters(model, self.config.trim_include, self.config.trim_exclude, module_types=None)
-        grads = accumulate_gradients(model, self.objective.loss, forget_loader, params, backward,
-                                     self.config.sensitivity_batches, desc="saliency")
-        saliency = {name: g.abs_() for name, g in grads.items()}
-        self.masks = topk_masks(saliency, 1.0 - self.config.saliency_fraction)
+        if self.config.saliency_fraction >= 1.0:  # every scoped weight may change: no saliency pass
+            self.masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+        else:
+            grads = accumulate_gradients(model, self.objective.loss, forget_loader, params, backward,
+                                         self.config.sensitivity_batches, desc="saliency")
+            self.masks = topk_masks({name: g.abs_() for name, g in grads.items()}, 1.0 - self.config.saliency_fraction)
         salient = sum(int(m.sum()) for m in self.masks.values())
         return {**summary, "salient": salient, "salient_fraction": salient / sum(m.numel() for m in self.masks.values())}
 

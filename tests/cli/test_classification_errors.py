@@ -24,6 +24,7 @@ def run(tmp_path, *args):
     (["--forget", "random", "--forget_fraction", "0.0001"], "selects no sample to forget"),
     (["--dataset", "cifar10", "--data_dir", "/nonexistent"], "cifar-10-batches-bin"),
     (["--original_model", "/nonexistent/model.safetensors"], "/nonexistent/model.safetensors"),
+    (["--gradient_accumulation_steps", "1000"], "gradient_accumulation_steps=1000 needs at least 1000 batches"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, args, message):
     proc, out = run(tmp_path, *args)

@@ -166,3 +166,21 @@ def test_truncated_cached_latents_are_one_line_naming_the_file(tmp_path, keep):
     with pytest.raises(ValueError, match=rf"cached latents {path}: not a readable safetensors file") as info:
         ConceptImageSet.load(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_latents_scaled_by_another_vae_are_refused(tmp_path, vae):
+    """The cache records the scaling factor it was made with (header here, info.json for
+    pipelines.generate folders); a VAE with another factor gets a clear error, not wrong latents."""
+    random_image(tmp_path / "a.png", 32, 32, seed=0)
+    ConceptImageSet.load(tmp_path, vae=vae, prompt="x")
+    other = build_tiny_pipeline(seed=0).vae
+    other.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
+    with pytest.raises(ValueError, match=r"latents scaled by .* but this model's VAE scales by"):
+        ConceptImageSet.load(tmp_path, vae=other, prompt="x")
+    assert ConceptImageSet.load(tmp_path, vae=vae, prompt="x").latents.shape[0] == 1  # same VAE: fine
+
+    generated = tmp_path / "generated"
+    write_generated(generated, ["naked"])
+    (generated / "info.json").write_text(json.dumps({"latents": {"scaling_factor": 0.18215}}))
+    with pytest.raises(ValueError, match="latents scaled by 0.18215"):
+        ConceptImageSet.load(generated, vae=other)

@@ -153,6 +153,9 @@ def test_bad_inputs_fail_clearly(tiny_pipeline_dir, concept_data, tmp_path):
     (empty / "forget").mkdir(parents=True)
     shutil.copytree(concept_data / "retain", empty / "retain")
     assert str(empty / "forget") in _fail([*base[:2], "--data_dir", str(empty)], tmp_path)
+    # 8 retain images at batch 4 are 2 batches: 3 accumulation steps would average an empty batch
+    assert "gradient_accumulation_steps=3 needs at least 3 batches per epoch, but the retain set gives 2" in _fail(
+        [*base, "--train_batch_size", "4", "--gradient_accumulation_steps", "3"], tmp_path)
 
 
 def test_nan_during_repair_stops_without_export(tiny_pipeline_dir, concept_data, tmp_path):
