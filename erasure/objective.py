@@ -12,6 +12,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from erasure.replicas import sum_across_processes
+
 
 
 class Objective:
@@ -46,16 +48,17 @@ class Objective:
     def fit_reference(self, model: nn.Module, batches: Iterable[Any], num_batches: int | None = None) -> dict[str, float]:
         """LoReUn Step 1: parameters of the original model's reference loss.
 
-        Here the mean loss over the batches (classification). Plain floats, so the method's
-        state checkpoints without pickling code.
+        Here the mean loss over the batches (classification), over every process's batches
+        under data parallelism. Plain floats, so the method's state checkpoints without pickling code.
 
         Raises:
             ValueError: if there is no batch.
         """
-        total, count = 0.0, 0
+        total, count, device = 0.0, 0, "cpu"
         for batch in itertools.islice(batches, num_batches):
             losses = self.loss(model, batch)
-            total, count = total + float(losses.sum()), count + losses.numel()
+            total, count, device = total + float(losses.sum()), count + losses.numel(), losses.device
+        total, count = sum_across_processes([total, count], device)  # one reference for every rank
         if count == 0:
             raise ValueError("cannot fit a LoReUn reference loss on an empty loader")
         return {"mean": total / count}

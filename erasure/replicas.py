@@ -1,4 +1,5 @@
-"""Check that data-parallel replicas hold bit-identical parameters (cheap insurance)."""
+"""Data-parallel helpers: replicas hold bit-identical parameters (cheap insurance), and
+statistics every rank must share are summed over the processes."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def check_replicas(model: nn.Module, accelerator: Any, when: str) -> list[str]:
     if accelerator.num_processes > 1:
         logger.info("%d replicas identical %s (%s)", len(digests), when, digests[0][:12])
     return digests
+
+
+def sum_across_processes(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """``values`` summed over every process of the default process group (unchanged without one).
+
+    Statistics fitted on each rank's shard (LoReUn's reference losses) must be one figure for
+    all ranks: otherwise each rank weights its losses by its own reference and only rank 0's
+    is saved. NCCL needs the tensor on the rank's GPU, hence ``device``.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(values)
+    if torch.distributed.get_backend() == "nccl" and torch.device(device).type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(totals)
+    return totals.cpu().tolist()

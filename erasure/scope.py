@@ -1,9 +1,11 @@
 """Which parameters a method may score, trim or train.
 
-The default scope follows the public Scissorhands code: weights (and biases) of convolution
-and linear layers, which in a diffusers UNet includes every attention projection. Norm
-layers and embeddings are left out. Name patterns (``fnmatch`` globs on parameter names,
-e.g. ``"*attn2*"``) narrow it further.
+The default scope is the weights (and biases) of convolution and linear layers, which in a
+diffusers UNet includes every attention projection; norm layers and embeddings are left out
+(a norm's scale re-initialised to kaiming values is no fresh start). This is a choice of this
+toolkit: the public SD code scores every UNet parameter and re-initialises selected entries of
+a few self-attention layers only (see `erasure.sensitivity`). Name patterns (``fnmatch`` globs
+on parameter names, e.g. ``"*attn2*"``) narrow the scope further.
 """
 
 from __future__ import annotations

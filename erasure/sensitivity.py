@@ -1,7 +1,12 @@
 """Connection sensitivity (SNIP) scores, paper 000 Eq. 2.
 
-s_j = E[ dl/dtheta_j * theta_j ]. As in the public code the expectation is a sum of
-gradients over the scored batches, and the score is its magnitude: |theta * sum grad|.
+s_j = E[ dl/dtheta_j * theta_j ]. Here the expectation is the sum of the (signed) gradients of
+the scored batches, and the score its magnitude: |theta * sum_batches grad|, as Eq. 2 writes it.
+The public SD code differs (JingWu321/Scissorhands ``SD/shs.py``, ``snip``): it sums |grad|
+per batch (``absolute=True`` of `accumulate_gradients`; the same for one batch, its README's
+``--prune_num 1``; ``train_shs.sh`` scores 10), and although it scores every UNet parameter
+it re-initialises only the selected entries of the self-attention (``attn1``) layers of
+output blocks 4 and 7. This toolkit re-initialises every selected entry in its scope.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ logger = logging.getLogger("pipelines.erase")
 
 SCOPES = {"full": lambda name: True, "xattn": lambda name: "attn2" in name, "noxattn": lambda name: "attn2" not in name}
 EXPORTS = ("pipeline", "unet")
-# the papers' defaults for Stable Diffusion (paper 000 §8.1.2; public code: k = 0.995 for nudity)
+# the papers' defaults for Stable Diffusion (paper 000 §8.1.2; the public SD code's train_shs.sh
+# runs nudity with --sparsity 0.995 --lam 0.1)
 DOMAIN_DEFAULTS = {"kept_fraction": 0.995, "lam": 0.1}
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from erasure.loreun import fit_exponential
 from erasure.objective import Objective
+from erasure.replicas import sum_across_processes
 
 RELABEL_TARGETS = ("noise", "prediction")
 
@@ -121,7 +122,8 @@ class DiffusionObjective(Objective):
     @torch.no_grad()
     def fit_reference(self, unet: nn.Module, batches: Iterable[Any], num_batches: int | None = None,
                       timesteps: tuple[int, ...] | None = None) -> dict[str, float]:
-        """LoReUn Step 1 for diffusion: mean loss at fixed timesteps, fitted by a*exp(b t)."""
+        """LoReUn Step 1 for diffusion: mean loss at fixed timesteps (over every process's
+        batches), fitted by a*exp(b t)."""
         train_steps = self.scheduler.config.num_train_timesteps
         timesteps = timesteps or tuple(range(train_steps // 20, train_steps, train_steps // 10))
         gen = torch.Generator().manual_seed(0)
@@ -133,9 +135,12 @@ class DiffusionObjective(Objective):
                 steps = torch.full((len(batch["x"]),), t, device=batch["x"].device, dtype=torch.long)
                 sums[t] += float(self.loss(unet, {**batch, "noise": noise, "timesteps": steps}).sum())
             count += len(batch["x"])
+            device = batch["x"].device
+        # every rank fits the same curve, on the batches of all ranks
+        *totals, count = sum_across_processes([*sums.values(), count], device if count else "cpu")
         if count == 0:
             raise ValueError("cannot fit a LoReUn reference loss on an empty loader")
-        curve = fit_exponential(list(sums), [v / count for v in sums.values()])
+        curve = fit_exponential(list(sums), [v / count for v in totals])
         return {"a": curve.a, "b": curve.b}
 
     def reference_loss(self, reference: dict[str, float], batch: dict) -> Tensor:

@@ -47,3 +47,36 @@ def test_exponential_fit_recovers_curve():
 def test_exponential_fit_rejects_bad_losses():
     with pytest.raises(ValueError, match="positive"):
         fit_exponential([0, 100], [0.5, 0.0])
+
+
+def _fit_on_rank(rank, world, init_file, results):
+    import torch.distributed as dist
+
+    from erasure.objective import Objective
+
+    class Squared(Objective):
+        def loss(self, model, batch):
+            return (model(batch[0]).squeeze(1) - batch[1]) ** 2
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    gen = torch.Generator().manual_seed(10 + rank)  # each rank its own shard, of its own size
+    batches = [(torch.randn(4 + rank, 3, generator=gen), torch.randn(4 + rank, generator=gen)) for _ in range(2)]
+    with torch.no_grad():
+        results[rank] = (Squared().fit_reference(model, batches)["mean"],
+                         float(torch.cat([Squared().loss(model, b) for b in batches]).sum()),
+                         sum(len(b[1]) for b in batches))
+    dist.destroy_process_group()
+
+
+def test_the_reference_is_one_figure_over_every_ranks_batches(tmp_path):
+    """Under data parallelism each rank sees its shard; the LoReUn reference must be the mean over
+    all shards on every rank (before: each rank fitted its own and only rank 0's was saved)."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_fit_on_rank, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    pooled = (results[0][1] + results[1][1]) / (results[0][2] + results[1][2])
+    assert results[0][0] == pytest.approx(pooled) and results[1][0] == pytest.approx(pooled)
+    assert results[0][1] / results[0][2] != pytest.approx(pooled)  # the shards differ

@@ -1,4 +1,8 @@
-"""DiffusionObjective's relabel modes: only `prediction` puts the forget prompt into the loss."""
+"""DiffusionObjective: epsilon / v targets, both relabel modes, ESD, shared noise and the LoReUn fit,
+against hand-written targets; only `prediction` relabelling puts the forget prompt into the loss."""
+
+import math
+import types
 
 import pytest
 import torch
@@ -54,3 +58,114 @@ def test_distilled_loss_is_zero_for_the_original_and_trains_only_the_student():
     losses.sum().backward()
     assert student.conv_out.bias.grad.abs().sum() > 0
     assert all(p.grad is None for p in original.parameters())
+
+
+class ConstantUNet(torch.nn.Module):
+    """Predicts ``scale * noisy + the prompt embedding's mean`` (per sample): every target below
+    can be written out by hand."""
+
+    def __init__(self, scale=0.5):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, noisy, t, embeddings):
+        return types.SimpleNamespace(sample=self.scale * noisy + embeddings.mean((1, 2)).view(-1, 1, 1, 1))
+
+
+
+def hand_batch():
+    gen = torch.Generator().manual_seed(3)
+    return {"x": torch.randn(2, 4, 8, 8, generator=gen), "y": torch.tensor([0, 1]), "index": torch.arange(2),
+            "noise": torch.randn(2, 4, 8, 8, generator=gen), "timesteps": torch.tensor([10, 900])}
+
+
+def hand_noisy(scheduler, batch):
+    alpha = scheduler.alphas_cumprod[batch["timesteps"]].view(-1, 1, 1, 1)
+    return alpha.sqrt() * batch["x"] + (1 - alpha).sqrt() * batch["noise"], alpha
+
+
+def mse(a, b):
+    return ((a - b) ** 2).flatten(1).mean(1)
+
+
+EMBEDDINGS = torch.stack([torch.full((5, 8), v) for v in (1.0, -2.0, 0.0)])  # forget, substitute, empty
+
+
+def test_epsilon_and_v_prediction_targets_by_hand():
+    batch, unet = hand_batch(), ConstantUNet()
+    for kind in ("epsilon", "v_prediction"):
+        scheduler = DDPMScheduler(prediction_type=kind)
+        objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), uncond_id=2)
+        noisy, alpha = hand_noisy(scheduler, batch)
+        target = batch["noise"] if kind == "epsilon" else alpha.sqrt() * batch["noise"] - (1 - alpha).sqrt() * batch["x"]
+        pred = 0.5 * noisy + torch.tensor([1.0, -2.0]).view(-1, 1, 1, 1)
+        torch.testing.assert_close(objective.loss(unet, batch), mse(pred, target))
+
+
+def test_both_relabel_modes_by_hand():
+    batch, unet, scheduler = hand_batch(), ConstantUNet(), DDPMScheduler()
+    noisy, _ = hand_noisy(scheduler, batch)
+    forget_pred = 0.5 * noisy + torch.tensor([1.0, -2.0]).view(-1, 1, 1, 1)  # prompts 0 and 1
+    substitute_pred = 0.5 * noisy + torch.tensor([-2.0, -2.0]).view(-1, 1, 1, 1)  # both -> prompt 1
+    prediction = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, relabel_target="prediction")
+    noise = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, relabel_target="noise")
+    torch.testing.assert_close(prediction.relabeled_loss(unet, batch), mse(forget_pred, substitute_pred))
+    torch.testing.assert_close(noise.relabeled_loss(unet, batch), mse(substitute_pred, batch["noise"]))
+
+
+def test_esd_target_by_hand():
+    """ESD: eps(x_t, c) -> eps*(x_t) - eta (eps*(x_t, c) - eps*(x_t)), the frozen model's guidance reversed."""
+    batch, scheduler = hand_batch(), DDPMScheduler()
+    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), uncond_id=2, negative_guidance=2.0)
+    student, frozen = ConstantUNet(0.3), ConstantUNet(0.5)
+    noisy, _ = hand_noisy(scheduler, batch)
+    uncond = 0.5 * noisy  # the empty prompt's embedding is 0
+    cond = 0.5 * noisy + torch.tensor([1.0, -2.0]).view(-1, 1, 1, 1)
+    target = uncond - 2.0 * (cond - uncond)
+    pred = 0.3 * noisy + torch.tensor([1.0, -2.0]).view(-1, 1, 1, 1)
+    losses = objective.guided_loss(student, frozen, batch)
+    torch.testing.assert_close(losses, mse(pred, target))
+    losses.sum().backward()
+    assert student.scale.grad is not None and frozen.scale.grad is None
+
+
+def test_noise_and_timesteps_without_a_hook_are_per_sample_and_shared_by_every_loss():
+    """One-off passes (sensitivity, saliency) draw noise from each sample's index and the seed:
+    the same sample gets the same noise in any batch, on any process, for every loss."""
+    objective = DiffusionObjective(DDPMScheduler(), EMBEDDINGS, torch.tensor([1, 1, 2]), 2, seed=7)
+    x = torch.randn(3, 4, 8, 8)
+    whole = objective._with_noise({"x": x, "y": torch.tensor([0, 0, 1]), "index": torch.tensor([4, 5, 6])})
+    alone = objective._with_noise({"x": x[1:2], "y": torch.tensor([0]), "index": torch.tensor([5])})
+    torch.testing.assert_close(whole["noise"][1:2], alone["noise"])
+    assert whole["timesteps"][1] == alone["timesteps"][0]
+    other_seed = DiffusionObjective(DDPMScheduler(), EMBEDDINGS, torch.tensor([1, 1, 2]), 2, seed=8)
+    assert not torch.equal(other_seed._with_noise({"x": x[1:2], "y": torch.tensor([0]),
+                                                   "index": torch.tensor([5])})["noise"], alone["noise"])
+    unet = ConstantUNet()
+    batch = {"x": x, "y": torch.tensor([0, 0, 1]), "index": torch.tensor([4, 5, 6])}
+    torch.testing.assert_close(objective.loss(unet, batch), objective.loss(unet, whole))  # same draw each call
+
+
+def test_loreun_reference_is_the_exponential_fit_of_the_mean_loss_per_timestep():
+    """fit_reference: mean loss at fixed timesteps -> a exp(b t); reference_loss evaluates it at a batch's t."""
+    scheduler = DDPMScheduler()
+    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2)
+    unet = ConstantUNet()
+    batches = [{"x": torch.randn(3, 4, 8, 8), "y": torch.tensor([0, 1, 0]), "index": torch.arange(3) + 3 * i}
+               for i in range(2)]
+    timesteps = (50, 300, 600, 950)
+    reference = objective.fit_reference(unet, batches, timesteps=timesteps)
+    from erasure.loreun import fit_exponential
+
+    gen = torch.Generator().manual_seed(0)  # fit_reference's own noise, drawn batch by batch, step by step
+    sums = dict.fromkeys(timesteps, 0.0)
+    for batch in batches:
+        for t in timesteps:
+            noise = torch.randn(batch["x"].shape, generator=gen)
+            steps = torch.full((3,), t)
+            sums[t] += float(objective.loss(unet, {**batch, "noise": noise, "timesteps": steps}).sum())
+    curve = fit_exponential(list(timesteps), [v / 6 for v in sums.values()])
+    assert reference == pytest.approx({"a": curve.a, "b": curve.b})
+    l0 = objective.reference_loss(reference, {"timesteps": torch.tensor([0, 500])})
+    torch.testing.assert_close(l0, torch.tensor([curve.a, curve.a * math.exp(curve.b * 500)]), rtol=1e-5, atol=0)
+
