@@ -96,6 +96,8 @@ class AuditConfig(SamplingOptions):
         check_output_dir(self.output_dir, "out")
         if self.model is not None:
             check_model_path(self.model, "model")
+        if self.baseline is not None and not Path(self.baseline).exists():
+            check_model_path(self.baseline, "baseline")  # a missing folder, unless a Hub id
         if self.baseline is not None and baseline_is_model(self.baseline) and not self.prompts:
             raise ValueError(f"baseline={self.baseline!r} is a model: sampling it needs --prompts")
         if self.categories and not self.prompts:

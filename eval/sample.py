@@ -113,6 +113,14 @@ def check_model_path(model: str, name: str) -> None:
     path = Path(model)
     if path.exists() and not (path / "model_index.json").is_file():
         raise ValueError(f"{name}={model!r} is not a diffusers pipeline folder (no model_index.json)")
+    if not path.exists() and looks_like_path(model):
+        raise FileNotFoundError(f"{name}={model!r}: no such folder (a Hub id is 'owner/name')")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path, never a Hub id ('owner/name' or 'name')."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+            or Path(name).suffix in (".json", ".safetensors", ".ckpt"))
 
 
 def filter_categories(prompt_set: PromptSet, categories: Sequence[str]) -> PromptSet:

@@ -286,6 +286,8 @@ def test_fid_and_class_accuracy_with_the_digits_judge(digits_folder, judge_dir, 
      r"images_per_prompt=10000000000 is out of range"),
     (["--model", "{tiny}", "--prompts", "nudity", "--height", "65536"], r"height=65536 is out of range"),
     (["--model", "{tiny}", "--prompts", "nudity", "--fixed_guidance", "nan"], r"fixed_guidance=.*finite"),
+    (["--images", "{unreadable}", "--baseline", "/nonexistent/baseline"], r"baseline='/nonexistent/baseline': no such fold"),
+    (["--model", "./no/such/model", "--prompts", "nudity"], r"model='./no/such/model': no such folder"),
 ])
 def test_bad_input_exits_1_naming_the_problem(argv, message, tiny_pipeline_dir, tmp_path):
     missing = write_images(tmp_path / "missing", {"000000.png": checkerboard()})
