@@ -155,6 +155,7 @@ def load_cifar100(root: str | None, seed: int = 0) -> DatasetSplits:
 def load_svhn(root: str | None, seed: int = 0) -> DatasetSplits:
     """SVHN (cropped digits) from ``root/{train,test}_32x32.mat``. ``seed`` is unused."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     source = (
         "download train_32x32.mat and test_32x32.mat (format 2) from "
@@ -162,8 +163,13 @@ def load_svhn(root: str | None, seed: int = 0) -> DatasetSplits:
     )
     arrays = {}
     for split in ("train", "test"):
-        mat = loadmat(_require(root, f"{split}_32x32.mat", source, "svhn"))
-        images = np.transpose(mat["X"], (3, 2, 0, 1))  # H, W, C, N -> N, C, H, W
+        path = _require(root, f"{split}_32x32.mat", source, "svhn")
+        try:
+            mat = loadmat(path)
+            images = np.transpose(mat["X"], (3, 2, 0, 1))  # H, W, C, N -> N, C, H, W
+        except (MatReadError, ValueError, KeyError, NotImplementedError, TypeError) as err:
+            raise ValueError(f"{path}: not SVHN's {split}_32x32.mat (format 2) with 'X' [32, 32, 3, N] and 'y' "
+                             f"({type(err).__name__}: {' '.join(str(err).split())[:120]}); {source}") from None
         labels = mat["y"].reshape(-1).astype(np.int64)
         labels[labels == 10] = 0  # SVHN stores the digit 0 as label 10
         arrays[split] = (_normalise(images, SVHN_MEAN, SVHN_STD), torch.from_numpy(labels))

@@ -24,9 +24,14 @@ def run(tmp_path, *args):
     (["--forget", "random", "--forget_fraction", "0.0001"], "selects no sample to forget"),
     (["--dataset", "cifar10", "--data_dir", "/nonexistent"], "cifar-10-batches-bin"),
     (["--original_model", "/nonexistent/model.safetensors"], "/nonexistent/model.safetensors"),
+    (["--dataset", "svhn", "--data_dir", "{garbage_svhn}"], "train_32x32.mat: not SVHN's train_32x32.mat"),
     (["--gradient_accumulation_steps", "1000"], "gradient_accumulation_steps=1000 needs at least 1000 batches"),
 ])
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, args, message):
+    if "{garbage_svhn}" in args:  # .mat files that are no MATLAB files
+        for split in ("train", "test"):
+            (tmp_path / f"{split}_32x32.mat").write_bytes(b"garbage")
+        args = [str(tmp_path) if a == "{garbage_svhn}" else a for a in args]
     proc, out = run(tmp_path, *args)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert message in proc.stderr
