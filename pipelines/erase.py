@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -> dict:
-    """The job after its flags are validated: train, then export on the main process."""
+    """The job after its flags are validated: load, train (`train_unet`), export on the main process."""
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    mixed_precision=config.mixed_precision, log_with=config.report_to,
                                    output_dir=config.output_dir)
@@ -238,17 +239,63 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
     set_seed(config.seed)
     model_id = resolve_model(config.pretrained_model_name_or_path)
     pipe = load_pipeline(model_id, revision=config.revision, safety_checker=not config.no_safety_checker)
+    forget, retain = load_concept_sets(pipe, config, accelerator.device)
+    unet, summary = train_unet(accelerator, pipe, forget, retain, config, method_config, output)
+    if accelerator.is_main_process:
+        settings = {**jobconfig.to_dict(config, method_config), "pretrained_model_name_or_path": model_id}
+        export(pipe, unet, config, output.path, (settings, summary, data_record(config, forget, retain)))
+        if config.push_to_hub:
+            push_to_hub(output.path, config.hub_model_id, config.hub_token)
+        logger.info("exported the erased %s to %s", config.export, output.path)
+    accelerator.end_training()
+    return summary
+
+
+def load_concept_sets(pipe, config: EraseConfig, device) -> tuple[ConceptImageSet, ConceptImageSet]:
+    """The forget and retain latents of ``config``'s folders (encoded with the pipeline's VAE if needed).
+
+    Raises:
+        ValueError: unreadable folders, or forget and retain latents of different shapes.
+    """
     forget_dir, retain_dir = config.data_dirs()
-    pipe.vae.to(accelerator.device)
+    pipe.vae.to(device)
     forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution, config.forget_prompt)
     retain = ConceptImageSet.load(retain_dir, pipe.vae, config.resolution, config.retain_prompt)
+    pipe.vae.to("cpu")
     if forget.latents.shape[1:] != retain.latents.shape[1:]:
         raise ValueError(f"forget latents {tuple(forget.latents.shape[1:])} and retain latents "
                          f"{tuple(retain.latents.shape[1:])} differ: generate both sets at one resolution")
-    pipe.vae.to("cpu")
-    objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device)
-    output.prepare(accelerator)
+    return forget, retain
 
+
+def data_record(config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet) -> dict:
+    """What the card and erase_config.json say about the data."""
+    forget_dir, retain_dir = config.data_dirs()
+    return {"forget_dir": str(forget_dir), "retain_dir": str(retain_dir), "forget_images": len(forget),
+            "retain_images": len(retain), "forget_prompts": sorted(set(forget.prompts)),
+            "retain_prompts": sorted(set(retain.prompts))}
+
+
+def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageSet, config: EraseConfig,
+               method_config: MethodConfig, output: OutputDir | None = None,
+               callback: Callable[[int, dict], None] | None = None):
+    """Erase from ``pipe.unet`` in place: the method's prepare (trimming), then the repair loop.
+
+    The job and the Python API (`pipelines.api.erase`) both train through this function.
+
+    Args:
+        output: the job's folder (checkpoints, resume, trackers); None trains without them.
+        callback: ``callback(step, logs)`` after each optimiser step.
+
+    Returns:
+        ``(unet, summary)``: the unwrapped, finite UNet in eval mode and the run's summary.
+
+    Raises:
+        ValueError: too few batches for the accumulation steps, or a diverged run.
+    """
+    objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device)
+    if output is not None:
+        output.prepare(accelerator)
     unet = pipe.unet
     for name, param in unet.named_parameters():
         param.requires_grad_(SCOPES[config.trainable](name))
@@ -266,31 +313,31 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
 
     started = time.perf_counter()
     unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))
-    resume_dir = resolve_resume(output.path, config.resume_from_checkpoint)
+    resume_dir = resolve_resume(output.path, config.resume_from_checkpoint) if output is not None else None
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
-    if accelerator.is_main_process and config.report_to:
+    if output is not None and accelerator.is_main_process and config.report_to:
         accelerator.init_trackers("scissorhands-erase",
                                   config=jobconfig.tracker_config(jobconfig.to_dict(config, method_config)))
-    on_step = checkpointer(accelerator, output.path, config.checkpointing_steps, config.checkpoints_total_limit,
-                           method, summary)
+    save = (checkpointer(accelerator, output.path, config.checkpointing_steps, config.checkpoints_total_limit,
+                         method, summary) if output is not None else None)
+
+    def on_step(step: int, logs: dict) -> None:
+        if save is not None:
+            save(step, logs)
+        if callback is not None:
+            callback(step, logs)
+
     unlearn(accelerator, unet_ddp, method, optimizer, forget_batches, retain_batches, config.num_train_epochs,
             start_step, config.max_grad_norm, on_step, noise_hook(objective, config.seed, rank), config.max_train_steps)
     accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - started
     summary["replicas_after_training"] = check_replicas(unet_ddp, accelerator, "after training")
-    if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(unet_ddp).eval()
-        check_finite(unet)
-        settings = {**jobconfig.to_dict(config, method_config), "pretrained_model_name_or_path": model_id}
-        data = {"forget_dir": str(forget_dir), "retain_dir": str(retain_dir), "forget_images": len(forget),
-                "retain_images": len(retain), "forget_prompts": sorted(set(forget.prompts)),
-                "retain_prompts": sorted(set(retain.prompts))}
-        export(pipe, unet, config, output.path, (settings, summary, data))
-        if config.push_to_hub:
-            push_to_hub(output.path, config.hub_model_id, config.hub_token)
-        logger.info("exported the erased %s to %s", config.export, output.path)
-    accelerator.end_training()
-    return summary
+    unet = accelerator.unwrap_model(unet_ddp).eval()
+    unet.requires_grad_(False)
+    if config.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    check_finite(unet)
+    return unet, summary
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""The Python API: erase a concept from a loaded pipeline and audit it, in a notebook or in your
+own code, with the same code path as the jobs.
+
+    from diffusers import StableDiffusionPipeline
+    from pipelines.api import audit, erase
+
+    pipe = StableDiffusionPipeline.from_pretrained("CompVis/stable-diffusion-v1-4")
+    erased = erase(pipe, "nudity", "scissorhands", num_images=400)      # pipe itself is untouched
+    report = audit(erased, "audit/erased", prompts="i2p:sexual", fail_above=50)
+    print(report.exposed_total, report.passed)
+
+`erase` draws the forget and retain images with the pipeline itself (as ``scissorhands
+generate``), then trains through `pipelines.erase.train_unet`, the function the erase job
+runs; `audit` saves the pipeline it is given next to the report (the fingerprint that
+``scissorhands push --audit`` checks is of that folder) and runs ``eval.audit``'s
+`run_audit`. Options are the jobs' typed fields (`EraseConfig`, `MethodConfig`, and the
+generation options `GENERATION_OPTIONS`), from ``config`` (a dict or a YAML file) and keyword
+overrides; an unknown name fails with the known ones. Multi-GPU runs and resume stay the
+jobs' concern (``accelerate launch -m pipelines.erase``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from erasure import jobconfig
+from erasure.coerce import coerce_fields, field_types
+from erasure.config import MethodConfig
+from erasure.methods import validate_method
+from prompts.base import Prompt, PromptSet
+
+logger = logging.getLogger(__name__)
+
+# generation options of `erase` (GenerateConfig fields) and what they default to here
+GENERATION_OPTIONS = ("num_images", "num_inference_steps", "guidance_scale", "batch_size", "concept_forms",
+                      "concept_phrasings", "scheduler")
+
+
+# the job's own business (where it writes, what it loads, how it publishes): not API options
+JOB_ONLY = ("pretrained_model_name_or_path", "revision", "data_dir", "forget_dir", "retain_dir", "output_dir",
+            "overwrite_output_dir", "export", "no_safety_checker", "checkpointing_steps", "checkpoints_total_limit",
+            "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token", "report_to", "concept")
+
+
+def _options(config: Mapping[str, Any] | str | Path | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed options from a dict or YAML file, then keyword overrides (unknown names fail)."""
+    from pipelines.erase import DOMAIN_DEFAULTS, EraseConfig
+    from pipelines.generate import GenerateConfig
+
+    known = {**{k: v for k, v in field_types(EraseConfig, MethodConfig).items() if k not in JOB_ONLY},
+             **{k: v for k, v in field_types(GenerateConfig).items() if k in GENERATION_OPTIONS}}
+    from_file = jobconfig.load_yaml(config) if isinstance(config, (str, Path)) else dict(config or {})
+    return {**DOMAIN_DEFAULTS,
+            **coerce_fields(from_file, known, lambda key: f"config: {key}"),
+            **coerce_fields(overrides, known, lambda key: f"erase(..., {key}=)")}
+
+
+def _prompt_sets(concept: str | None, forget_prompts: Sequence[str] | None, retain_prompts: Sequence[str] | None,
+                 options: Mapping[str, Any]) -> tuple[PromptSet, PromptSet]:
+    from pipelines.generate import CONCEPT_FORMS, CONCEPTS
+
+    if (concept is None) == (forget_prompts is None and retain_prompts is None):
+        raise ValueError(f"give a concept ({CONCEPT_FORMS}) or forget_prompts= and retain_prompts=, not both")
+    if concept is None:
+        if not forget_prompts or not retain_prompts:
+            raise ValueError("forget_prompts= and retain_prompts= must both be non-empty lists of prompts")
+        as_set = lambda name, texts: PromptSet(name, [Prompt(t) for t in texts], source="erase(...) arguments")
+        return as_set("forget", forget_prompts), as_set("retain", retain_prompts)
+    base, _, arg = concept.partition(":")
+    if base not in CONCEPTS:
+        raise ValueError(f"concept={concept!r} is not known; choose one of {CONCEPT_FORMS}")
+    try:
+        return CONCEPTS[base](arg or None, forms=tuple(options.get("concept_forms", ("word",))),
+                              phrasings=tuple(options.get("concept_phrasings", ("erase",))))
+    except ValueError as err:
+        raise ValueError(f"concept={concept!r}: {err}") from err
+
+
+def _draw_data(pipe: Any, sets: tuple[PromptSet, PromptSet], options: Mapping[str, Any], folder: Path,
+               label: str) -> Path:
+    """The forget/ and retain/ image folders of ``sets``, drawn by ``pipe`` (pipelines.generate's code)."""
+    from accelerate import PartialState
+
+    from pipelines.generate import GenerateConfig, generate_set, protocol_of
+    from pipelines.sampling import set_scheduler
+
+    generation = {k: v for k, v in options.items() if k in GENERATION_OPTIONS and k != "scheduler"}
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(pipe.unet.dtype, "no")
+    # the prompt sets are given (not read from files): "-" only satisfies the job's flag check
+    config = GenerateConfig(pretrained_model_name_or_path=label, output_dir=str(folder), concept=None,
+                            forget_prompts="-", retain_prompts="-", seed=options.get("seed", 0),
+                            mixed_precision=precision, **generation)
+    drawing = pipe
+    if options.get("scheduler"):
+        drawing = type(pipe)(**pipe.components)
+        set_scheduler(drawing, options["scheduler"])
+    state = PartialState(cpu=not torch.cuda.is_available())
+    for role, prompt_set in zip(("forget", "retain"), sets):
+        generate_set(drawing, state, config, role, prompt_set, protocol_of(config, drawing, prompt_set))
+    return folder
+
+
+def erase(pipe: Any, concept: str | None = None, method: str = "scissorhands", *,
+          forget_prompts: Sequence[str] | None = None, retain_prompts: Sequence[str] | None = None,
+          data: str | Path | None = None, config: Mapping[str, Any] | str | Path | None = None,
+          inplace: bool = False, callback: Callable[[int, dict], None] | None = None,
+          work_dir: str | Path | None = None, **overrides: Any) -> Any:
+    """Erase ``concept`` from ``pipe``'s UNet and return the pipeline.
+
+    Args:
+        pipe: a loaded ``StableDiffusionPipeline`` (any SD 1.x / 2.x, or the offline default).
+        concept: ``nudity``, ``imagenette:<class>``, ``digits:<d>``, ``color:<c>``; or None with
+            ``forget_prompts`` and ``retain_prompts`` (lists of prompts).
+        method: a registered method (``scissorhands``, ``salun``, ``esd``, ...).
+        data: a prepared ``pipelines.generate`` folder (``forget/`` and ``retain/``); None draws
+            the images with ``pipe`` (``num_images`` per set, ``num_inference_steps``, ...).
+        config: options as a dict or a YAML file (the jobs' typed fields); ``overrides`` win.
+        inplace: train ``pipe.unet`` itself; by default a copy is trained and ``pipe`` is untouched.
+        callback: ``callback(step, logs)`` after each optimiser step (losses, projection stats).
+        work_dir: where drawn images are kept (reused by a second call); None: a temporary folder.
+
+    Returns:
+        A pipeline with the erased UNet, on the device and in the dtype of ``pipe.unet``; it
+        shares every other component with ``pipe``.
+
+    Raises:
+        ValueError / FileNotFoundError: an unknown concept, method or option (listing the known
+            ones), bad option values, or unreadable data.
+    """
+    from accelerate.utils import set_seed
+
+    from erasure.launch import make_accelerator
+    from pipelines.erase import EraseConfig, load_concept_sets, train_unet
+
+    options = _options(config, {**overrides, "method": method})
+    method_config = jobconfig.build(MethodConfig, options)
+    validate_method(method_config)
+    sets = None if data is not None else _prompt_sets(concept, forget_prompts, retain_prompts, options)
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    placed = {name: module.device for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+    trainee = unet if inplace else copy.deepcopy(unet)
+    with tempfile.TemporaryDirectory(prefix="scissorhands-erase-") as scratch:
+        data_dir = Path(data) if data is not None else _draw_data(
+            pipe, sets, options, Path(work_dir or scratch) / "data", getattr(pipe, "name_or_path", "") or "pipe")
+        erase_config = jobconfig.build(EraseConfig, {**options, "data_dir": str(data_dir), "output_dir": scratch,
+                                                     "concept": concept})
+        accelerator = make_accelerator(gradient_accumulation_steps=erase_config.gradient_accumulation_steps,
+                                       mixed_precision=erase_config.mixed_precision)
+        set_seed(erase_config.seed)  # as the job does
+        training = type(pipe)(**{**pipe.components, "unet": trainee.to(accelerator.device, torch.float32)})
+        forget, retain = load_concept_sets(training, erase_config, accelerator.device)
+        erased, summary = train_unet(accelerator, training, forget, retain, erase_config, method_config,
+                                     callback=callback)
+    erased = erased.to(device, dtype)
+    for name, where in placed.items():  # training moved the shared VAE / text encoder; put them back
+        if name != "unet":
+            pipe.components[name].to(where)
+    logger.info("erased %s with %s in %.1f s", concept or "the forget prompts", method, summary["seconds"])
+    if inplace:
+        pipe.unet = erased
+        return pipe
+    result = type(pipe)(**{**pipe.components, "unet": erased})
+    result.erase_summary = summary  # what trimming and the loop did (trimmed_fraction, seconds, ...)
+    return result
+
+
+@dataclass
+class AuditReport:
+    """The figures of ``scissorhands audit`` on a pipeline (``report`` is report.json's content)."""
+
+    report: dict[str, Any]
+    output_dir: Path
+    model_dir: Path
+    exposed_total: int | None = None
+    passed: bool | None = None
+    fid: float | None = None
+    clip_score: float | None = None
+    classes: dict[str, Any] | None = None
+    testbed: dict[str, Any] | None = None
+    files: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], output_dir: Path, model_dir: Path) -> "AuditReport":
+        return cls(report=report, output_dir=output_dir, model_dir=model_dir,
+                   exposed_total=report.get("exposed_total"), passed=(report.get("gate") or {}).get("passed"),
+                   fid=(report.get("fid") or {}).get("value"), clip_score=(report.get("clip_score") or {}).get("value"),
+                   classes=report.get("classes"), testbed=report.get("testbed"), files=report.get("files") or {})
+
+    def to_json(self) -> str:
+        """report.json's content as JSON text."""
+        return json.dumps(self.report, indent=2, ensure_ascii=False)
+
+
+def audit(pipe: Any, output_dir: str | Path, *, prompts: str = "i2p:sexual", metrics: Sequence[str] = ("nudenet",),
+          detector: Any = None, **options: Any) -> AuditReport:
+    """Audit ``pipe`` as ``scissorhands audit --model`` does and return its figures.
+
+    The pipeline is saved to ``output_dir/model`` first (the folder the report's fingerprint is
+    of: publish it with ``scissorhands push OUTPUT_DIR/model --audit OUTPUT_DIR/report.json``).
+
+    Args:
+        output_dir: the audit folder (images, report.json, report.md, plots).
+        prompts: a prompt set name or file (``i2p``, ``i2p:sexual``, ``coco10k:1000``, ``testbed``...).
+        metrics: ``nudenet``, ``fid``, ``classes``, ``testbed``, ``clip``.
+        detector: replaces NudeNet (tests).
+        **options: `eval.audit.AuditConfig` fields (``fail_above``, ``fid_reference``, ``judge``,
+            ``num_inference_steps``, ``baseline``, ...).
+
+    Raises:
+        ValueError / FileNotFoundError: bad options or inputs, before any image is drawn.
+    """
+    from eval.audit import AuditConfig, run_audit
+
+    output_dir = Path(output_dir)
+    model_dir = output_dir / "model"
+    typed = coerce_fields({**options, "metrics": tuple(metrics)}, field_types(AuditConfig),
+                          lambda key: f"audit(..., {key}=)")
+    settings = {**typed, "prompts": prompts, "output_dir": str(output_dir)}
+    AuditConfig(**settings, model="validate/only")  # every check before the model is written
+    pipe.save_pretrained(model_dir, safe_serialization=True)
+    config = AuditConfig(**settings, model=str(model_dir))
+    report = run_audit(config, detector)
+    return AuditReport.from_report(report, output_dir, model_dir)
