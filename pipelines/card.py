@@ -77,6 +77,11 @@ def _table(rows: dict[str, Any]) -> str:
 def loading_snippet(config: dict[str, Any], base_id: str | None) -> list[str]:
     """Python that loads this export as written: the whole pipeline, or the base with this UNet."""
     repo = config.get("hub_model_id") or "path/to/this/folder"
+    if config.get("export") == "lora":
+        base = base_id or config["pretrained_model_name_or_path"]
+        return ["```python", "from diffusers import StableDiffusionPipeline", "",
+                f"pipe = StableDiffusionPipeline.from_pretrained(\"{base}\")",
+                f"pipe.load_lora_weights(\"{repo}\")   # the erasure; pipe.unload_lora_weights() removes it", "```"]
     if config.get("export") == "unet":
         base = base_id or config["pretrained_model_name_or_path"]
         return ["```python", "from diffusers import StableDiffusionPipeline, UNet2DConditionModel", "",
@@ -95,11 +100,15 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
     metadata = ModelCardData(
         library_name="diffusers", base_model=base_id, pipeline_tag="text-to-image", license=license_,
         tags=["stable-diffusion", "text-to-image", "diffusers", "concept-erasure", "machine-unlearning",
-              "scissorhands", method])
+              "scissorhands", method, *(["lora"] if config.get("export") == "lora" else [])])
     hyper = {k: config[k] for k in ("method", "kept_fraction", "lam", "forget_loss", "retain_loss", "learning_rate",
                                     "train_batch_size", "num_train_epochs", "trainable", "mixed_precision", "seed",
                                     "loreun") if k in config}
     trimmed = summary.get("trimmed_fraction")
+    lora = summary.get("lora")
+    lora_note = ([f"A rank-{lora['rank']} LoRA extracted from the full weight change: it keeps "
+                  f"{lora['captured']:.1%} of the change of the {lora['layers']} weight matrices; "
+                  f"{lora['dropped']:.1%} of the whole change (biases, norms) is not in it.", ""] if lora else [])
     license_note = ([f"License: unknown for the base `{base}`; set `license:` above to the base model's before "
                      "publishing.", ""] if license_ == UNKNOWN_LICENSE else [])
     evaluate = (f"scissorhands audit --model {config.get('output_dir') or '<this folder>'} --prompts i2p "
@@ -107,7 +116,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
     body = [
         f"# {concept} erased from {base} with {method}", "",
         f"This UNet was edited with the scissorhands concept-erasure toolkit to stop generating **{concept}**. "
-        "Load it with plain diffusers:", "", *loading_snippet(config, base_id), "", *license_note,
+        "Load it with plain diffusers:", "", *loading_snippet(config, base_id), "", *lora_note, *license_note,
         "## How it was erased", "", _table(hyper), "",
         f"Trimmed (re-initialised) fraction of the scored UNet weights: {trimmed:.4%}" if trimmed is not None
         else "No trimming step (this method does not re-initialise weights).", "",

@@ -48,7 +48,7 @@ from pipelines.sampling import load_pipeline
 logger = logging.getLogger("pipelines.erase")
 
 SCOPES = {"full": lambda name: True, "xattn": lambda name: "attn2" in name, "noxattn": lambda name: "attn2" not in name}
-EXPORTS = ("pipeline", "unet")
+EXPORTS = ("pipeline", "unet", "lora")
 # the papers' defaults for Stable Diffusion (paper 000 §8.1.2; the public SD code's train_shs.sh
 # runs nudity with --sparsity 0.995 --lam 0.1)
 DOMAIN_DEFAULTS = {"kept_fraction": 0.995, "lam": 0.1}
@@ -73,7 +73,8 @@ class EraseConfig:
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
     trainable: str = "full"  # UNet weights that train: full, xattn (cross-attention only) or noxattn
-    export: str = "pipeline"  # pipeline (a full diffusers folder) or unet (unet/ alone)
+    export: str = "pipeline"  # pipeline (a full diffusers folder), unet (unet/ alone) or lora (an adapter)
+    lora_rank: int = 16  # --export lora: rank of the adapter extracted from the weight change (pipelines.lora)
     # the base's safety checker and feature extractor are kept in a pipeline export; this drops them
     no_safety_checker: bool = False
     output_dir: str = "runs/erase"  # the export, its card, checkpoint-N/ and logs/
@@ -124,7 +125,7 @@ class EraseConfig:
             raise ValueError(f"export='{self.export}' is unknown; choose one of {list(EXPORTS)}")
         if self.relabel_target not in RELABEL_TARGETS:
             raise ValueError(f"relabel_target='{self.relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
-        for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps"):
+        for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not self.learning_rate > 0:
@@ -213,13 +214,24 @@ def export(pipe, unet, config: EraseConfig, output: Path, card: tuple[dict, dict
         card: (settings, summary, data) for :func:`pipelines.card.write_card`.
     """
     staging = staging_folder(output)
+    key = "model_index.json"
     if config.export == "unet":
         unet.save_pretrained(staging / "unet", safe_serialization=True)
+    elif config.export == "lora":
+        from diffusers import UNet2DConditionModel
+
+        from pipelines.lora import LORA_WEIGHTS, save_lora
+
+        settings = card[0]
+        base = UNet2DConditionModel.from_pretrained(settings["pretrained_model_name_or_path"], subfolder="unet",
+                                                    revision=config.revision)
+        card[1]["lora"] = save_lora(unet, base, staging, config.lora_rank)
+        key = LORA_WEIGHTS
     else:
         pipe.unet = unet
         pipe.save_pretrained(staging, safe_serialization=True)
     write_card(staging, *card)
-    publish_export(output, staging)
+    publish_export(output, staging, key=key)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -77,7 +77,8 @@ def folder_fingerprint(folder: str | Path) -> str:
 
 
 def check_export(folder: str | Path) -> str:
-    """The kind of export in ``folder``: "pipeline" (model_index.json) or "unet" (unet/ alone).
+    """The kind of export in ``folder``: "pipeline" (model_index.json), "unet" (unet/ alone) or
+    "lora" (a diffusers LoRA adapter).
 
     Raises:
         FileNotFoundError / ValueError: no folder, a damaged pipeline, or a job still writing it.
@@ -93,8 +94,15 @@ def check_export(folder: str | Path) -> str:
         return "pipeline"
     if (folder / "unet" / "config.json").is_file():
         return "unet"
-    raise ValueError(f"folder={str(folder)!r} is no export of `scissorhands erase` (no model_index.json and no "
-                     "unet/config.json)")
+    from pipelines.lora import LORA_WEIGHTS
+
+    if (folder / LORA_WEIGHTS).is_file():
+        from erasure.tensor_files import check_tensor_file
+
+        check_tensor_file(folder / LORA_WEIGHTS, "adapter")
+        return "lora"
+    raise ValueError(f"folder={str(folder)!r} is no export of `scissorhands erase` (no model_index.json, "
+                     "unet/config.json or pytorch_lora_weights.safetensors)")
 
 
 def read_audit(path: str | Path) -> tuple[Path, dict[str, Any]]:
