@@ -111,11 +111,16 @@ def samples_from_rows(rows: Sequence[dict[str, Any]]) -> TestbedSamples:
 
 def report_of(samples: TestbedSamples, judge: Any, concept: str | None = None,
               base: TestbedSamples | None = None) -> dict[str, Any]:
-    """``judge_testbed``'s per-group figures (JSON-ready), plus ``concept_summary`` with a concept."""
+    """``judge_testbed``'s per-group figures (JSON-ready), plus ``concept_summary`` with a concept
+    (``"concept"``), or one per concept with several joined by "," (``"concepts"``)."""
     report = judge_testbed(samples, judge, base=base)
     result: dict[str, Any] = {"groups": report["groups"]}
-    if concept is not None:
-        result["concept"] = concept_summary(report, samples, concept)
+    names = [] if concept is None else [c.strip() for c in concept.split(",") if c.strip()]
+    if len(names) == 1:
+        result["concept"] = concept_summary(report, samples, names[0])
+    elif names:  # several concepts erased at once: each one's figures, the others not counted as kept
+        result["concepts"] = {name: concept_summary(report, samples, name, tuple(n for n in names if n != name))
+                              for name in names}
     return result
 
 
@@ -209,33 +214,49 @@ def _distribution_report(samples: TestbedSamples, mask: Tensor, judge: Any, base
     return report
 
 
-def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: str) -> dict[str, Any]:
+def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: str,
+                    also_erased: tuple[str, ...] = ()) -> dict[str, Any]:
     """What "erased" means for ``concept``, per group, from a ``judge_testbed`` report.
 
     ``digits:<d>``: ``erased`` = recognition of d; ``others`` / ``worst_other`` over the rest.
     ``color:<c>``: ``erased`` = prompts naming c judged c; ``digit_kept`` = their digit still
     recognised; ``other_colors`` / ``worst_other_color`` = the other named colours judged right;
     ``others`` = digits recognised on prompts naming other colours.
+    ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
+    (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).
     """
     kind, value = parse_concept(concept)
+    erased_digits = {v for k, v in map(parse_concept, also_erased) if k == "digits"}
+    erased_colors = {COLOR_NAMES.index(v) for k, v in map(parse_concept, also_erased) if k == "color"}
     judged_digits, judged_colors = report["judged_digits"], report["judged_colors"]
     summary = {}
     for group, figures in report["groups"].items():
         mask = torch.tensor([g == group for g in samples.groups])
         if kind == "digits":
-            others = [r for d, r in enumerate(figures["recognition_per_digit"]) if d != value and r is not None]
-            summary[group] = {"erased": figures["recognition_per_digit"][value],
-                              "others": sum(others) / len(others), "worst_other": min(others)}
+            others = [r for d, r in enumerate(figures["recognition_per_digit"])
+                      if d != value and d not in erased_digits and r is not None]
+            summary[group] = {"erased": figures["recognition_per_digit"][value], "others": _mean(others),
+                              "worst_other": min(others, default=None)}
             continue
         c = COLOR_NAMES.index(value)
-        forgotten, kept = mask & (samples.colors == c), mask & (samples.colors >= 0) & (samples.colors != c)
-        right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean())
-        other_colors = {n: a for n, a in figures["color_accuracy_per_color"].items() if n != value}
+        kept = mask & (samples.colors >= 0) & (samples.colors != c)
+        for other in erased_colors:
+            kept &= samples.colors != other
+        for digit in erased_digits:
+            kept &= samples.digits != digit
+        forgotten = mask & (samples.colors == c)
+        right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean()) if m.any() else None
+        other_colors = [a for n, a in figures["color_accuracy_per_color"].items()
+                        if n != value and COLOR_NAMES.index(n) not in erased_colors]
         summary[group] = {"erased": float((judged_colors[forgotten] == c).float().mean()),
-                          "digit_kept": right(forgotten), "others": right(kept),
-                          "other_colors": sum(other_colors.values()) / len(other_colors),
-                          "worst_other_color": min(other_colors.values())}
+                          "digit_kept": right(forgotten), "others": right(kept), "other_colors": _mean(other_colors),
+                          "worst_other_color": min(other_colors, default=None)}
     return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean, or None when nothing is left to average (everything else erased too)."""
+    return sum(values) / len(values) if values else None
 
 
 def evaluate_testbed(pipe: Any, judge: Any, concept: str | None = None, **sampling: Any) -> dict[str, Any]:

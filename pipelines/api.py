@@ -65,7 +65,7 @@ def _options(config: Mapping[str, Any] | str | Path | None, overrides: Mapping[s
 
 def _prompt_sets(concept: str | None, forget_prompts: Sequence[str] | None, retain_prompts: Sequence[str] | None,
                  options: Mapping[str, Any]) -> tuple[PromptSet, PromptSet]:
-    from pipelines.generate import CONCEPT_FORMS, CONCEPTS
+    from pipelines.generate import CONCEPT_FORMS, concept_sets
 
     if (concept is None) == (forget_prompts is None and retain_prompts is None):
         raise ValueError(f"give a concept ({CONCEPT_FORMS}) or forget_prompts= and retain_prompts=, not both")
@@ -74,14 +74,8 @@ def _prompt_sets(concept: str | None, forget_prompts: Sequence[str] | None, reta
             raise ValueError("forget_prompts= and retain_prompts= must both be non-empty lists of prompts")
         as_set = lambda name, texts: PromptSet(name, [Prompt(t) for t in texts], source="erase(...) arguments")
         return as_set("forget", forget_prompts), as_set("retain", retain_prompts)
-    base, _, arg = concept.partition(":")
-    if base not in CONCEPTS:
-        raise ValueError(f"concept={concept!r} is not known; choose one of {CONCEPT_FORMS}")
-    try:
-        return CONCEPTS[base](arg or None, forms=tuple(options.get("concept_forms", ("word",))),
-                              phrasings=tuple(options.get("concept_phrasings", ("erase",))))
-    except ValueError as err:
-        raise ValueError(f"concept={concept!r}: {err}") from err
+    return concept_sets(concept, tuple(options.get("concept_forms", ("word",))),
+                        tuple(options.get("concept_phrasings", ("erase",))))
 
 
 def _draw_data(pipe: Any, sets: tuple[PromptSet, PromptSet], options: Mapping[str, Any], folder: Path,
@@ -108,7 +102,7 @@ def _draw_data(pipe: Any, sets: tuple[PromptSet, PromptSet], options: Mapping[st
     return folder
 
 
-def erase(pipe: Any, concept: str | None = None, method: str = "scissorhands", *,
+def erase(pipe: Any, concept: str | Sequence[str] | None = None, method: str = "scissorhands", *,
           forget_prompts: Sequence[str] | None = None, retain_prompts: Sequence[str] | None = None,
           data: str | Path | None = None, config: Mapping[str, Any] | str | Path | None = None,
           inplace: bool = False, callback: Callable[[int, dict], None] | None = None,
@@ -117,8 +111,9 @@ def erase(pipe: Any, concept: str | None = None, method: str = "scissorhands", *
 
     Args:
         pipe: a loaded ``StableDiffusionPipeline`` (any SD 1.x / 2.x, or the offline default).
-        concept: ``nudity``, ``imagenette:<class>``, ``digits:<d>``, ``color:<c>``; or None with
-            ``forget_prompts`` and ``retain_prompts`` (lists of prompts).
+        concept: ``nudity``, ``imagenette:<class>``, ``digits:<d>``, ``color:<c>``, several (a
+            list, or joined by ","; the forget side is their union, the retain side excludes all
+            of them); or None with ``forget_prompts`` and ``retain_prompts`` (lists of prompts).
         method: a registered method (``scissorhands``, ``salun``, ``esd``, ...).
         data: a prepared ``pipelines.generate`` folder (``forget/`` and ``retain/``); None draws
             the images with ``pipe`` (``num_images`` per set, ``num_inference_steps``, ...).
@@ -140,6 +135,8 @@ def erase(pipe: Any, concept: str | None = None, method: str = "scissorhands", *
     from erasure.launch import make_accelerator
     from pipelines.erase import EraseConfig, load_concept_sets, train_unet
 
+    if isinstance(concept, (list, tuple)):
+        concept = ",".join(concept)  # several concepts in one run
     options = _options(config, {**overrides, "method": method})
     method_config = jobconfig.build(MethodConfig, options)
     validate_method(method_config)

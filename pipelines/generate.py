@@ -9,7 +9,9 @@ offline testbed's `digits:<word or digit>` (an object: that digit in every colou
 nine) and `color:<name>` (an attribute: every digit in that colour vs the other colours), whose
 prompts come from the grammar of `prompts/colored_digits.py` (`--concept_forms word` and
 `--concept_phrasings erase` by default: numerals and paraphrases stay unseen for evaluation),
-or `--forget_prompts FILE --retain_prompts FILE` (.txt/.csv/.jsonl).
+or `--forget_prompts FILE --retain_prompts FILE` (.txt/.csv/.jsonl). Several concepts at once:
+`--concept digits:two,digits:five,color:red` or `--concept @concepts.txt` (one per line): the
+forget set is their union, the retain set excludes every prompt any of them forgets.
 
 Layout: `output_dir/forget/` and `output_dir/retain/`, each an image folder (see
 `pipelines.image_folder`): `{index:06d}.png`, `metadata.jsonl`, `latents.safetensors` (image file
@@ -23,6 +25,8 @@ Processes split the images (`shard`); the main process merges their metadata and
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -81,6 +85,68 @@ CONCEPTS: dict[str, Callable[..., tuple[PromptSet, PromptSet]]] = {
 CONCEPT_FORMS = "nudity, imagenette:<class>, digits:<word or digit>, color:<name>"
 
 
+def split_concepts(concept: str) -> list[str]:
+    """The concepts of a ``--concept`` value: one name, several joined by ",", or ``@FILE`` (one per line).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing file, or no concept.
+    """
+    if concept.startswith("@"):
+        path = Path(concept[1:])
+        if not path.is_file():
+            raise FileNotFoundError(f"concept={concept!r}: no such file {path}")
+        names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = [name.strip() for name in concept.split(",")]
+    names = list(dict.fromkeys(name for name in names if name))
+    if not names:
+        raise ValueError(f"concept={concept!r} names no concept; choose from {CONCEPT_FORMS}")
+    return names
+
+
+def concept_sets(concept: str, forms: tuple[str, ...] = ("word",), phrasings: tuple[str, ...] = ("erase",),
+                 ) -> tuple[PromptSet, PromptSet]:
+    """The (forget, retain) prompts of one concept or several (``"digits:two,color:red"``).
+
+    Several concepts: the forget side is the union of theirs (each prompt's ``extra["concept"]``
+    says whose), the retain side the union of theirs without any prompt that one of them forgets
+    (erasing digits:two and color:red retains neither "a red digit one" nor "a blue digit two").
+
+    Raises:
+        ValueError: an unknown concept or selection, or nothing left to retain.
+    """
+    names = split_concepts(concept)
+    forgets, retains = [], []
+    for name in names:
+        base, _, arg = name.partition(":")
+        if base not in CONCEPTS:
+            raise ValueError(f"concept={name!r} is not known; choose one of {CONCEPT_FORMS}")
+        try:
+            forget, retain = CONCEPTS[base](arg or None, forms=forms, phrasings=phrasings)
+        except ValueError as err:
+            raise ValueError(f"concept={name!r}: {err}") from err
+        forgets.append((name, forget))
+        retains.append(retain)
+    if len(names) == 1:
+        return forgets[0][1], retains[0]
+    per_concept, seen = [], set()
+    for name, forget in forgets:
+        mine = []
+        for prompt in forget:
+            if prompt.text not in seen:
+                seen.add(prompt.text)
+                mine.append(dataclasses.replace(prompt, extra={**prompt.extra, "concept": name}))
+        per_concept.append(mine)
+    # interleaved, so that the first N images (num_images < the prompts) cover every concept alike
+    tagged = [p for row in itertools.zip_longest(*per_concept) for p in row if p is not None]
+    kept = list({p.text: p for retain in retains for p in retain if p.text not in seen}.values())
+    if not kept:
+        raise ValueError(f"concept={concept!r}: every retain prompt is forgotten by one of {names}; nothing to retain")
+    joined = "+".join(names)
+    return PromptSet(joined, tagged, source="+".join(f.source for _, f in forgets)), \
+        PromptSet(f"{joined}-retain", kept, source="+".join(r.source for r in retains))
+
+
 @dataclass
 class GenerateConfig:
     """Options of the generation job; each field is a `--flag` of the same name."""
@@ -120,8 +186,10 @@ class GenerateConfig:
         if self.concept is None and (self.forget_prompts is None or self.retain_prompts is None):
             raise ValueError(f"concept is required ({CONCEPT_FORMS}), or both --forget_prompts and --retain_prompts; "
                              f"got forget_prompts={self.forget_prompts!r}, retain_prompts={self.retain_prompts!r}")
-        if self.concept is not None and self.concept.partition(":")[0] not in CONCEPTS:
-            raise ValueError(f"concept={self.concept!r} is not known; choose one of {CONCEPT_FORMS}")
+        if self.concept is not None and not self.concept.startswith("@"):
+            unknown = [c for c in split_concepts(self.concept) if c.partition(":")[0] not in CONCEPTS]
+            if unknown:
+                raise ValueError(f"concept={unknown[0]!r} is not known; choose one of {CONCEPT_FORMS}")
         for name, allowed in (("concept_forms", FORMS), ("concept_phrasings", GROUPS)):
             values = tuple(getattr(self, name))
             if not values or any(v not in allowed for v in values):
@@ -140,12 +208,7 @@ def resolve_prompts(config: GenerateConfig) -> tuple[PromptSet, PromptSet]:
         ValueError / FileNotFoundError: naming the field (unknown class, missing or empty file).
     """
     if config.concept is not None:
-        base, _, arg = config.concept.partition(":")
-        try:
-            return CONCEPTS[base](arg or None, forms=tuple(config.concept_forms),
-                                  phrasings=tuple(config.concept_phrasings))
-        except ValueError as err:
-            raise ValueError(f"concept={config.concept!r}: {err}") from err
+        return concept_sets(config.concept, tuple(config.concept_forms), tuple(config.concept_phrasings))
     sets = []
     for name in ("forget_prompts", "retain_prompts"):
         path = getattr(config, name)

@@ -82,3 +82,21 @@ def test_judge_and_summaries_on_hand_made_samples():
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
     assert base["fid_base"] == pytest.approx(0.0, abs=1e-3) and base["diversity_ratio"] == pytest.approx(1.0)
     assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3)}
+
+
+def test_several_concepts_each_get_figures_without_counting_the_others_as_kept():
+    red, blue, green = (COLOR_NAMES.index(c) for c in ("red", "blue", "green"))
+    # digit 2 (recognised), digit 3 (misread as 5), digit 4 (recognised) on red / blue / green prompts
+    samples = TestbedSamples(images=painted([red, blue, green]), digits=torch.tensor([2, 3, 4]),
+                             colors=torch.tensor([red, blue, green]), prompt_ids=torch.tensor([0, 1, 2]),
+                             groups=["word"] * 3)
+    report = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 4])), ColorJudge())
+    alone = concept_summary(report, samples, "digits:two")["word"]
+    assert alone["others"] == pytest.approx(0.5)  # digits 3 (0%) and 4 (100%)
+    with_three = concept_summary(report, samples, "digits:two", also_erased=("digits:three",))["word"]
+    assert with_three["others"] == 1.0 and with_three["worst_other"] == 1.0  # 3 is erased too: not an "other"
+    red_with = concept_summary(report, samples, "color:red", also_erased=("color:blue", "digits:four"))["word"]
+    assert set(report["groups"]["word"]["color_accuracy_per_color"]) >= {"red", "blue", "green"}
+    assert red_with["other_colors"] == 1.0  # green only: blue is erased too
+    nothing_left = concept_summary(report, samples, "color:red", also_erased=("color:blue", "color:green"))["word"]
+    assert nothing_left["others"] is None and nothing_left["other_colors"] is None  # every other prompt erased

@@ -123,3 +123,10 @@ def test_the_readme_python_snippet_runs_as_written(fast_default_model, tmp_path,
     assert isinstance(namespace["report"], AuditReport)
     assert namespace["report"].testbed["summary"]["word"]["erased"] is not None
     assert (tmp_path / "runs" / "api-audit" / "report.json").is_file()
+
+
+def test_several_concepts_in_one_call(tiny, tmp_path):
+    erased = erase(tiny, ["digits:2", "color:red"], "scissorhands", work_dir=tmp_path, **FAST)
+    rows = (tmp_path / "data" / "forget" / "metadata.jsonl").read_text()
+    assert '"concept": "digits:2"' in rows and '"concept": "color:red"' in rows
+    assert erased.unet is not tiny.unet

@@ -175,3 +175,33 @@ def test_color_concept_folders_hold_only_that_colour_on_the_forget_side(tiny_pip
     assert {w for row in forget for w in row["prompt"].split() if w in words} == {"zero", "one", "two", "three"}
     info = json.loads((out / "forget" / "info.json").read_text())
     assert info["concept"] == "color:red" and info["prompt_set"]["num_prompts"] == 30
+
+
+def test_several_concepts_forget_their_union_and_retain_none_of_them(tmp_path):
+    from pipelines.generate import concept_sets
+
+    forget, retain = concept_sets("digits:two,digits:five,color:red")
+    single = {c: concept_sets(c)[0] for c in ("digits:two", "digits:five", "color:red")}
+    assert {p.text for p in forget} == set().union(*({p.text for p in s} for s in single.values()))
+    assert all(p.text in {q.text for q in single[p.extra["concept"]]} for p in forget)  # tagged with its concept
+    texts = [p.text for p in retain]
+    assert texts and not any(" red " in f" {t} " or t.endswith((" two", " 2")) or " two " in f" {t} "
+                             or " five " in f" {t} " for t in texts)
+    assert not {p.text for p in forget} & set(texts)
+    assert [p.extra["concept"] for p in forget][:3] == ["digits:two", "digits:five", "color:red"]  # interleaved
+    listed = tmp_path / "concepts.txt"
+    listed.write_text("digits:two  # the digit\ndigits:five\n\ncolor:red\n")
+    assert [p.text for p in concept_sets(f"@{listed}")[0]] == [p.text for p in forget]
+    with pytest.raises(ValueError, match="concept='cats' is not known"):
+        concept_sets("digits:two,cats")
+    with pytest.raises(ValueError, match="nothing to retain"):
+        concept_sets(",".join(f"color:{c}" for c in ("white", "red", "green", "blue", "yellow", "magenta")))
+
+
+def test_generate_job_takes_several_concepts(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "multi"
+    info = main(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--concept", "digits:two,color:red",
+                 "--output_dir", str(out), "--num_images", "4", "--num_inference_steps", "2"])
+    assert info["forget"]["prompt_set"]["name"] == "digits:two+color:red"
+    rows = [json.loads(line) for line in (out / "forget" / "metadata.jsonl").read_text().splitlines()]
+    assert {row["extra"]["concept"] for row in rows} <= {"digits:two", "color:red"}
