@@ -51,6 +51,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def sd14_adapter_sizes(ranks: list[int]) -> dict[int, dict[str, float]]:
+    """Bytes (fp32) of a rank-r adapter on every linear and convolution weight of SD v1.4's UNet,
+    against the UNet's bytes: counted from the architecture (meta tensors), no weights needed.
+    The testbed's UNet is too small to judge the size target (its layers are 32-64 wide)."""
+    from torch import nn
+
+    from benchmarks.unets import _meta_unet
+
+    unet = _meta_unet("sd14")
+    total = sum(p.numel() for p in unet.parameters()) * 4
+    layers = [m for m in unet.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    sizes = {}
+    for rank in ranks:
+        count = 0
+        for module in layers:
+            out_dim, in_dim = module.weight.shape[0], module.weight[0].numel()
+            r = min(rank, out_dim, in_dim)
+            count += r * (in_dim + out_dim)
+        sizes[rank] = {"bytes": count * 4, "ratio": count * 4 / total}
+    return sizes
+
+
 def target(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method: the smallest rank within 2 points (erased, others) and 10% (FID vs base) of the
     full export in <= 5% of the UNet's bytes, or the closest miss."""
@@ -78,6 +100,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"Protocol: `{json.dumps(results['protocol'])}`", "", "| " + " | ".join(columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in results["runs"]]
+    lines += ["", "Adapter size on SD v1.4's UNet (fp32, from the architecture): " + ", ".join(
+        f"rank {r}: {s['bytes'] / 1e6:.1f} MB ({100 * s['ratio']:.2f}% of the UNet)"
+        for r, s in results["sd14_adapter_sizes"].items()) + "."]
     lines += ["", "## Target (issue 14)", "", "| method | status | rank | detail |", "|---|---|---|---|"]
     for method, t in results["target"].items():
         lines.append(f"| {method} | {t['status']} | {t['rank']} | `{json.dumps(t['per_rank'])}` |")
@@ -129,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"protocol": {**{k: getattr(args, k) for k in ("concept", "seed", "num_images", "eval_images", "groups",
                                                             "num_inference_steps", "guidance_scale", "ranks")},
                             "eval_seed": EVAL_SEED},
-               "runs": rows, "target": target(rows)}
+               "runs": rows, "target": target(rows), "sd14_adapter_sizes": sd14_adapter_sizes(args.ranks)}
     out = Path(args.out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
     write_text_atomic(out.with_suffix(".md"), markdown(results))
