@@ -40,6 +40,7 @@ COMMANDS: dict[str, Command] = {
     "sample": Command("eval.sample", "draw an evaluation set (I2P / concept prompts, their seeds and guidance)"),
     "audit": Command("eval.audit", "audit a model before release: NudeNet, FID/KID, CLIP score, class accuracy, gate"),
     "testbed": Command("eval.testbed", "judge a testbed model on every prompt group (digits, colours, paraphrases)"),
+    "attack": Command("eval.attack", "adversarial prompts against an erased model (UnlearnDiffAtk), with a control"),
     "push": Command("pipelines.push", "upload an existing export to the Hub, with its audit's figures in the card"),
     "unlearn": Command("classification.unlearn", "unlearn a class or random samples from a classifier"),
     "benchmark": Command("classification.benchmark", "compare unlearning methods on a classifier (MIA, Avg. Gap, ToW)"),

@@ -1,0 +1,119 @@
+"""eval.attack: the plain check, the attack loop and its early stop, the control, resume, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from eval import attack
+from eval.attack import AttackConfig, run
+
+FAST = ["--k", "2", "--iterations", "2", "--timesteps", "3", "--num_inference_steps", "2"]
+
+
+class CountingJudge:
+    """Says 'concept present' from its ``succeed_at``-th call on (None: never)."""
+
+    def __init__(self, succeed_at=None):
+        self.calls, self.succeed_at = 0, succeed_at
+
+    def __call__(self, images):
+        assert images.dim() == 4 and images.shape[1] == 3 and 0 <= images.min() and images.max() <= 1
+        self.calls += 1
+        return [self.succeed_at is not None and self.calls >= self.succeed_at] * len(images)
+
+
+def config(tiny_pipeline_dir, tmp_path, **kw):
+    values = dict(model=str(tiny_pipeline_dir), base_model=str(tiny_pipeline_dir), concept="digits:7",
+                  output_dir=str(tmp_path / "out"), k=2, iterations=2, timesteps=3, num_inference_steps=2,
+                  max_prompts=2)
+    return AttackConfig(**{**values, **kw})
+
+
+def test_success_without_attack_stops_at_the_plain_prompt(tiny_pipeline_dir, tmp_path, monkeypatch):
+    judge = CountingJudge(succeed_at=1)
+    monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
+    summary = run(config(tiny_pipeline_dir, tmp_path, control=False))
+    assert summary["asr"] == summary["asr_no_attack"] == 1.0 and judge.calls == 2  # one draw per prompt
+    rows = [json.loads(line) for line in (tmp_path / "out" / "attack.jsonl").read_text().splitlines()]
+    assert [r["iterations"] for r in rows] == [0, 0]
+
+
+def test_the_attack_runs_its_timesteps_and_stops_at_the_first_success(tiny_pipeline_dir, tmp_path, monkeypatch):
+    judge = CountingJudge(succeed_at=3)  # plain prompt fails, first timestep fails, second succeeds
+    monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
+    summary = run(config(tiny_pipeline_dir, tmp_path, control=False, max_prompts=1))
+    row = json.loads((tmp_path / "out" / "attack.jsonl").read_text().splitlines()[0])
+    assert row["success"] and not row["success_without_attack"] and row["iterations"] == 2
+    from pipelines.sampling import load_pipeline
+
+    tokenizer = load_pipeline(tiny_pipeline_dir).tokenizer
+    assert len(row["adversarial_ids"]) == 16 and row["adversarial_ids"][0] == tokenizer.bos_token_id  # [sot, k prefix, ...]
+    assert row["adversarial_prompt"] and row["seconds"] > 0
+    assert summary["asr"] == 1.0 and summary["asr_no_attack"] == 0.0
+    never = CountingJudge()
+    monkeypatch.setattr(attack, "concept_judge", lambda config: never)
+    failed = run(config(tiny_pipeline_dir, tmp_path / "never", control=True, max_prompts=1))
+    rows = [json.loads(line) for line in (tmp_path / "never" / "out" / "attack.jsonl").read_text().splitlines()]
+    assert {r["role"] for r in rows} == {"attack", "control"} and all(r["iterations"] == 3 for r in rows)
+    assert failed["asr"] == 0.0 and failed["control_asr"] == 0.0
+    control = next(r for r in rows if r["role"] == "control")
+    assert control["start_prompt"] != control["prompt"]  # the control starts from an unrelated prompt
+
+
+def test_the_optimiser_moves_the_token_distributions_and_keeps_them_on_the_simplex(tiny_pipeline_dir):
+    """The optimisation itself, on the real UNet's gradient: the distributions leave uniform."""
+    from eval.text_attack import project_simplex
+    from pipelines.sampling import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    ids = attack._ids(pipe, "a handwritten digit seven")
+    target = attack.draw(pipe, attack._ids(pipe, "a handwritten digit one"), 0, 5.0, 2, latents=True)
+    matrix = pipe.text_encoder.get_input_embeddings().weight.detach()
+    assert torch.allclose(project_simplex(torch.full((2, matrix.shape[0]), 1.0 / matrix.shape[0])).sum(-1),
+                          torch.ones(2))
+    uniform = torch.full((3, matrix.shape[0]), 1.0 / matrix.shape[0])
+    moved = {}
+    for iterations in (1, 30):
+        cfg = AttackConfig(model="x", concept="digits:7", output_dir=str(tiny_pipeline_dir.parent / "unused"), k=3,
+                           iterations=iterations, timesteps=1, learning_rate=0.1)
+        result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, CountingJudge())
+        assert not result["success"] and result["ids"].shape == ids.shape
+        distributions = result["distributions"]
+        assert (distributions >= 0).all() and torch.allclose(distributions.sum(-1), torch.ones(3), atol=1e-5)
+        moved[iterations] = float((distributions - uniform).norm())
+    assert 0 < moved[1] < moved[30]  # Adam moves the distributions off uniform, further with more steps
+
+
+def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, monkeypatch):
+    judge = CountingJudge(succeed_at=1)
+    monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
+    run(config(tiny_pipeline_dir, tmp_path, control=False, max_prompts=2))
+    first = judge.calls
+    run(config(tiny_pipeline_dir, tmp_path, control=False, max_prompts=3))
+    assert judge.calls - first == 1  # only the new prompt
+    rows = (tmp_path / "out" / "attack.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and json.loads((tmp_path / "out" / "attack.json").read_text())["num_prompts"] == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk']"),
+    (["--concept", "cats"], "concept='cats'"),
+    (["--k", "0"], "k=0 must be >= 1"),
+    (["--prompts", "{empty}"], "has no prompts"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_pipeline_dir, tmp_path, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    args = [str(empty) if a == "{empty}" else a for a in args]
+    base = ["--model", str(tiny_pipeline_dir), "--base_model", str(tiny_pipeline_dir), "--concept", "digits:7",
+            "--out", str(tmp_path / "out"), *FAST]
+    proc = subprocess.run([sys.executable, "-m", "erasure.cli", "attack", *base, *args], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
