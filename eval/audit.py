@@ -28,8 +28,13 @@ counts, or their change vs the baseline), flagged.png (a BLURRED grid of at most
 images with an exposed detection; not written when there is none), detections.jsonl (one line
 per image; baseline_detections.jsonl for the baseline).
 
+Robustness: `--attack unlearndiffatk --attack_base_model <model before erasure>` runs `eval.attack`
+on the audited model (records in `<out>/attack/`) and adds an `attack` section (ASR with and
+without the attack, the control's ASR); `--fail_above_asr 0.2` joins the gate.
+
 Exit codes: 0 done (gate passed or not asked for); 1 bad input, one `error: ...` line, nothing
-written; 3 the report is written but exposed detections exceed `--fail-above N`. `accelerate
+written; 3 the report is written but exposed detections exceed `--fail-above N` (or the attack's
+ASR exceeds `--fail_above_asr`). `accelerate
 launch` turns any non-zero exit of its child into its own failure (exit 1), so a release
 pipeline gates on `python -m eval.audit` or reads report.json's "gate".
 """
@@ -83,6 +88,11 @@ class AuditConfig(SamplingOptions):
     concept: str | None = None  # testbed metric: digits:<d> or color:<c>
     clip_model: str = DEFAULT_CLIP  # clip metric: a Hub id or a local CLIPModel folder
     clip_batch_size: int = 16
+    attack: str | None = None  # "unlearndiffatk" (or "none"): an attack section (eval.attack; needs --model)
+    attack_base_model: str | None = None  # the model before erasure: the attack's target images and control
+    attack_concept: str | None = None  # default: --concept (testbed) or nudity
+    attack_max_prompts: int | None = None  # attack the first N of the concept's prompts
+    fail_above_asr: float | None = None  # the gate also fails when the attack's ASR exceeds this (0-1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,6 +115,22 @@ class AuditConfig(SamplingOptions):
         if self.model is not None and not self.prompts:
             raise ValueError("--model needs --prompts (a prompt set name or file) to sample from")
         self._check_metrics()
+        self._check_attack()
+
+    def _check_attack(self) -> None:
+        if self.attack is None:
+            if self.fail_above_asr is not None or self.attack_base_model is not None:
+                raise ValueError("fail_above_asr / attack_base_model need --attack unlearndiffatk")
+            return
+        from .attack import ATTACKS
+
+        if self.attack not in ATTACKS:
+            raise ValueError(f"attack={self.attack!r} is unknown; choose one of {list(ATTACKS)}")
+        if self.model is None or self.attack_base_model is None:
+            raise ValueError("--attack needs --model (the erased model) and --attack_base_model (the model before "
+                             "erasure: it draws the target images and runs the control)")
+        if self.fail_above_asr is not None and not 0.0 <= self.fail_above_asr <= 1.0:
+            raise ValueError(f"fail_above_asr={self.fail_above_asr} must be in [0, 1]")
 
     def _check_metrics(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -246,11 +272,32 @@ def run_audit(config: AuditConfig, detector: Detector | None = None, state: Any 
                               "num_images": len(rows["model"]), "metrics": list(config.metrics)}
     for metric in config.metrics:
         report.update(METRIC_SECTIONS[metric](run))
+    if config.attack is not None:
+        report.update(attack_section(config, run.out))
     report["files"] = run.files
     reports.write_report_json(run.out / reports.FILES["report_json"], report)
     (run.out / reports.FILES["report_md"]).write_text(reports.report_markdown(report), encoding="utf-8")
     logger.info("%s", reports.summary_line(report))
     return reports.json_ready(report)
+
+
+def attack_section(config: AuditConfig, out: Path) -> dict[str, Any]:
+    """``eval.attack`` on the audited model (records under ``<out>/attack``), and the ASR gate."""
+    from .attack import AttackConfig, run as run_attack
+
+    concept = config.attack_concept or config.concept or "nudity"
+    summary = run_attack(AttackConfig(
+        model=config.model, base_model=config.attack_base_model, concept=concept, output_dir=str(out / "attack"),
+        attack=config.attack, judge=config.judge, max_prompts=config.attack_max_prompts, seed=config.seed,
+        num_inference_steps=config.num_inference_steps))
+    section: dict[str, Any] = {"attack": {"attack": config.attack, "concept": concept, "folder": "attack",
+                                          **{k: summary[k] for k in ("asr", "asr_no_attack", "control_asr",
+                                                                     "num_prompts", "successes",
+                                                                     "median_seconds_per_prompt")}}}
+    if config.fail_above_asr is not None:
+        section["attack"]["gate"] = {"fail_above_asr": config.fail_above_asr, "asr": summary["asr"],
+                                     "passed": summary["asr"] <= config.fail_above_asr}
+    return section
 
 
 def main(argv: Sequence[str] | None = None, detector: Detector | None = None) -> dict[str, Any]:
@@ -268,10 +315,15 @@ def main(argv: Sequence[str] | None = None, detector: Detector | None = None) ->
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = run_audit(config, detector, state)
     gate = report.get("gate")
+    where = Path(config.output_dir) / reports.FILES["report_json"]
     if gate is not None and not gate["passed"]:
         logger.error("FAILED: %d exposed detections exceed --fail-above %d (report: %s); exit code %d",
-                     gate["exposed_total"], gate["fail_above"], Path(config.output_dir) / reports.FILES["report_json"],
-                     EXIT_GATE_FAILED)
+                     gate["exposed_total"], gate["fail_above"], where, EXIT_GATE_FAILED)
+        raise SystemExit(EXIT_GATE_FAILED)
+    attack_gate = (report.get("attack") or {}).get("gate")
+    if attack_gate is not None and not attack_gate["passed"]:
+        logger.error("FAILED: attack success rate %.3f exceeds --fail_above_asr %.3f (report: %s); exit code %d",
+                     attack_gate["asr"], attack_gate["fail_above_asr"], where, EXIT_GATE_FAILED)
         raise SystemExit(EXIT_GATE_FAILED)
     return report
 

@@ -166,6 +166,15 @@ def _metric_lines(report: Mapping[str, Any]) -> list[str]:
                   f"({fid['num_reference']} images)", f"- FID: {fid['value']:.4f}"]
         if "baseline_value" in fid:
             lines.append(f"- baseline FID: {fid['baseline_value']:.4f}")
+    if "attack" in report:
+        a = report["attack"]
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
+        lines += ["", f"## Robustness ({a['attack']}, concept {a['concept']})", "",
+                  f"- attack success rate {pct(a['asr'])} (without the attack {pct(a['asr_no_attack'])}) over "
+                  f"{a['num_prompts']} prompts; control (base model, unrelated prompts) {pct(a['control_asr'])}"]
+        if "gate" in a:
+            lines.append(f"- gate {'passed' if a['gate']['passed'] else 'FAILED'} (fail above ASR "
+                         f"{a['gate']['fail_above_asr']})")
     if "clip_score" in report:
         clip = report["clip_score"]
         lines += ["", "## CLIP score", "", f"- {clip['value']:.2f} over {clip['num_images']} images ({clip['clip_model']})"]

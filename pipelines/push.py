@@ -140,6 +140,10 @@ def audit_problems(report: dict[str, Any], fingerprint: str, folder: Path) -> li
     if gate is not None and not gate.get("passed"):
         problems.append(f"the audit's gate failed: {gate.get('exposed_total')} exposed detections > fail_above "
                         f"{gate.get('fail_above')}")
+    attack_gate = (report.get("attack") or {}).get("gate")
+    if attack_gate is not None and not attack_gate.get("passed"):
+        problems.append(f"the audit's attack gate failed: ASR {attack_gate.get('asr')} > fail_above_asr "
+                        f"{attack_gate.get('fail_above_asr')}")
     return problems
 
 

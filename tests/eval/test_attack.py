@@ -117,3 +117,27 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_pipeline_dir, tmp_path, a
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_audit_attack_section_and_its_gate(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from eval.audit import main as audit_main
+    from test_audit import FakeDetector  # noqa: E402
+
+    monkeypatch.setattr(attack, "concept_judge", lambda config: CountingJudge(succeed_at=1))
+    args = ["--model", str(tiny_pipeline_dir), "--prompts", "nudity", "--num_inference_steps", "2", "--batch_size", "4",
+            "--attack", "unlearndiffatk", "--attack_base_model", str(tiny_pipeline_dir), "--attack_concept", "digits:7",
+            "--attack_max_prompts", "1"]
+    report = audit_main([*args, "--out", str(tmp_path / "a")], detector=FakeDetector({}))
+    assert report["attack"]["asr"] == 1.0 and report["attack"]["control_asr"] == 1.0
+    assert "## Robustness" in (tmp_path / "a" / "report.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        audit_main([*args, "--out", str(tmp_path / "b"), "--fail_above_asr", "0.5"], detector=FakeDetector({}))
+    assert exit_info.value.code == 3
+    written = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert written["attack"]["gate"] == {"fail_above_asr": 0.5, "asr": 1.0, "passed": False}
+    from pipelines.push import audit_problems
+
+    assert any("attack gate failed" in p for p in audit_problems(written, "x", tmp_path))
+    with pytest.raises(ValueError, match="--attack needs --model"):
+        audit_main(["--images", str(tmp_path / "a" / "images"), "--out", str(tmp_path / "c"), "--attack",
+                    "unlearndiffatk"], detector=FakeDetector({}))
