@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--groups", nargs="+", default=["word"])
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--trained_methods", nargs="*", default=["esd"],
+                        help="also train these through a PEFT LoRA from the start (--trainable lora), at each rank")
+    parser.add_argument("--trained_lr_scales", nargs="+", type=float, default=[1.0, 10.0],
+                        help="learning rates of the trained adapters, as multiples of the method's tuned one")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lora-export"))
     args = parser.parse_args(argv)
     for method in args.methods:
@@ -85,7 +90,8 @@ def target(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "fid_base_ratio": r["fid_base"] / max(full["fid_base"], 1e-9)}
             ok = (gaps["erased"] <= 0.02 and gaps["others"] <= 0.02 and gaps["fid_base_ratio"] <= 1.10
                   and r["size_ratio"] <= 0.05)
-            fits.append({"rank": r["rank"], "ok": ok, **gaps, "size_ratio": r["size_ratio"]})
+            fits.append({"export": r["export"], "rank": r["rank"], "learning_rate": r.get("learning_rate"), "ok": ok,
+                         **gaps, "size_ratio": r["size_ratio"]})
         met = [f for f in fits if f["ok"]]
         result[method] = {"status": "met" if met else "missed", "rank": met[0]["rank"] if met else None,
                           "per_rank": fits}
@@ -93,8 +99,8 @@ def target(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    columns = ("method", "export", "rank", "erased", "others", "worst_other", "diversity_ratio", "fid_base",
-               "size_ratio", "captured", "dropped")
+    columns = ("method", "export", "rank", "learning_rate", "erased", "others", "worst_other", "diversity_ratio",
+               "fid_base", "size_ratio", "captured", "dropped")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# LoRA adapters vs the full export (offline testbed)", "",
              f"Protocol: `{json.dumps(results['protocol'])}`", "", "| " + " | ".join(columns) + " |",
@@ -151,6 +157,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              **{k: info[k] for k in ("size_ratio", "captured", "dropped", "file_bytes", "unet_bytes")}})
                 logger.info("%s rank %d: %s", method, rank, {k: rows[-1][k] for k in
                                                           ("erased", "others", "fid_base", "size_ratio", "captured")})
+        for method in args.trained_methods:
+            tuned = float(re.search(r"learning_rate:\s*([0-9.eE+-]+)", method_config(method).read_text()).group(1))
+            for scale in args.trained_lr_scales:
+                for rank in args.ranks:
+                    out = Path(tmp) / f"trained-{method}-{rank}-{scale}"
+                    erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path",
+                                str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out), "--concept",
+                                args.concept, "--method", method, "--seed", str(args.seed), "--trainable", "lora",
+                                "--export", "lora", "--lora_rank", str(rank), "--learning_rate", str(tuned * scale)])
+                    info = json.loads((out / "lora_export.json").read_text())
+                    base_pipe.load_lora_weights(out)
+                    report = report_of(sample(base_pipe), judge, args.concept, base=base)
+                    base_pipe.unload_lora_weights()
+                    rows.append({**row_of(method, args.concept, args.seed, report, None), "export": "trained lora",
+                                 "rank": rank, "learning_rate": tuned * scale,
+                                 **{k: info[k] for k in ("size_ratio", "file_bytes", "unet_bytes")}})
+                    logger.info("%s trained rank %d lr %g: %s", method, rank, tuned * scale,
+                                {k: rows[-1][k] for k in ("erased", "others", "fid_base")})
     results = {"protocol": {**{k: getattr(args, k) for k in ("concept", "seed", "num_images", "eval_images", "groups",
                                                             "num_inference_steps", "guidance_scale", "ranks")},
                             "eval_seed": EVAL_SEED},

@@ -106,9 +106,15 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
                                     "loreun") if k in config}
     trimmed = summary.get("trimmed_fraction")
     lora = summary.get("lora")
-    lora_note = ([f"A rank-{lora['rank']} LoRA extracted from the full weight change: it keeps "
-                  f"{lora['captured']:.1%} of the change of the {lora['layers']} weight matrices; "
-                  f"{lora['dropped']:.1%} of the whole change (biases, norms) is not in it.", ""] if lora else [])
+    if lora and lora.get("trained"):
+        lora_note = [f"A rank-{lora['rank']} LoRA trained on the attention projections of {lora['layers']} layers "
+                     "(the base weights were frozen).", ""]
+    elif lora:
+        lora_note = [f"A rank-{lora['rank']} LoRA extracted from the full weight change: it keeps "
+                     f"{lora['captured']:.1%} of the change of the {lora['layers']} weight matrices; "
+                     f"{lora['dropped']:.1%} of the whole change (biases, norms) is not in it.", ""]
+    else:
+        lora_note = []
     license_note = ([f"License: unknown for the base `{base}`; set `license:` above to the base model's before "
                      "publishing.", ""] if license_ == UNKNOWN_LICENSE else [])
     evaluate = (f"scissorhands audit --model {config.get('output_dir') or '<this folder>'} --prompts i2p "

@@ -34,7 +34,7 @@ from erasure.batches import TensorBatches, subset
 from erasure.config import MethodConfig
 from erasure.launch import make_accelerator
 from erasure.loop import steps_per_epoch, unlearn
-from erasure.methods import build_method, validate_method
+from erasure.methods import build_method, get_method, validate_method
 from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
 from erasure.replicas import check_replicas
@@ -48,6 +48,8 @@ from pipelines.sampling import load_pipeline
 logger = logging.getLogger("pipelines.erase")
 
 SCOPES = {"full": lambda name: True, "xattn": lambda name: "attn2" in name, "noxattn": lambda name: "attn2" not in name}
+# trainable="lora": a PEFT LoRA on the attention projections trains instead (the diffusers LoRA examples' targets)
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 EXPORTS = ("pipeline", "unet", "lora")
 # the papers' defaults for Stable Diffusion (paper 000 §8.1.2; the public SD code's train_shs.sh
 # runs nudity with --sparsity 0.995 --lam 0.1)
@@ -72,7 +74,9 @@ class EraseConfig:
     substitute_prompt: str | None = None  # what forget prompts should draw instead; None: a retain prompt each
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
-    trainable: str = "full"  # UNet weights that train: full, xattn (cross-attention only) or noxattn
+    # UNet weights that train: full, xattn (cross-attention only), noxattn, or lora (a PEFT LoRA of
+    # rank lora_rank on the attention projections; needs --export lora)
+    trainable: str = "full"
     export: str = "pipeline"  # pipeline (a full diffusers folder), unet (unet/ alone) or lora (an adapter)
     lora_rank: int = 16  # --export lora: rank of the adapter extracted from the weight change (pipelines.lora)
     # the base's safety checker and feature extractor are kept in a pipeline export; this drops them
@@ -119,8 +123,11 @@ class EraseConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
                 raise FileNotFoundError(f"{name}={value}: no such folder")
-        if self.trainable not in SCOPES:
-            raise ValueError(f"trainable='{self.trainable}' is unknown; choose one of {list(SCOPES)}")
+        if self.trainable not in (*SCOPES, "lora"):
+            raise ValueError(f"trainable='{self.trainable}' is unknown; choose one of {[*SCOPES, 'lora']}")
+        if self.trainable == "lora" and self.export != "lora":
+            raise ValueError(f"trainable='lora' trains an adapter only: it needs --export lora (got export="
+                             f"'{self.export}')")
         if self.export not in EXPORTS:
             raise ValueError(f"export='{self.export}' is unknown; choose one of {list(EXPORTS)}")
         if self.relabel_target not in RELABEL_TARGETS:
@@ -222,10 +229,14 @@ def export(pipe, unet, config: EraseConfig, output: Path, card: tuple[dict, dict
 
         from pipelines.lora import LORA_WEIGHTS, save_lora
 
-        settings = card[0]
-        base = UNet2DConditionModel.from_pretrained(settings["pretrained_model_name_or_path"], subfolder="unet",
-                                                    revision=config.revision)
-        card[1]["lora"] = save_lora(unet, base, staging, config.lora_rank)
+        if config.trainable == "lora":  # the trained adapter itself
+            from pipelines.lora import save_trained_lora
+
+            card[1]["lora"] = save_trained_lora(unet, staging)
+        else:  # extracted from the full weight change
+            base = UNet2DConditionModel.from_pretrained(card[0]["pretrained_model_name_or_path"], subfolder="unet",
+                                                        revision=config.revision)
+            card[1]["lora"] = save_lora(unet, base, staging, config.lora_rank)
         key = LORA_WEIGHTS
     else:
         pipe.unet = unet
@@ -309,8 +320,18 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     if output is not None:
         output.prepare(accelerator)
     unet = pipe.unet
-    for name, param in unet.named_parameters():
-        param.requires_grad_(SCOPES[config.trainable](name))
+    if config.trainable == "lora":
+        from peft import LoraConfig
+
+        if get_method(method_config.method).reinitializes_weights:
+            raise ValueError(f"method='{method_config.method}' re-initialises UNet weights, which an adapter cannot "
+                             "hold: train it with --trainable full (then --export lora extracts an adapter)")
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=LORA_TARGETS))
+    else:
+        for name, param in unet.named_parameters():
+            param.requires_grad_(SCOPES[config.trainable](name))
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     method = build_method(method_config, objective)

@@ -38,6 +38,43 @@ def _unet(model: Any) -> nn.Module:
     return getattr(model, "unet", model)
 
 
+def base_digest(unet: nn.Module) -> str:
+    """sha256 of a UNet's own weights (names and bytes), PEFT adapter layers left out: what an
+    adapter was made against, checked when it is loaded (`load_lora`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in _unet(unet).named_parameters():
+        if "lora_" in name:
+            continue
+        digest.update(name.replace(".base_layer", "").encode())
+        digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_lora(pipe: Any, path: str | Path, force: bool = False) -> Any:
+    """``pipe.load_lora_weights(path)`` after checking that the adapter was made against this
+    pipeline's UNet (the digest `save_lora` records in `LORA_INFO`).
+
+    Raises:
+        FileNotFoundError: no adapter in ``path``.
+        ValueError: an adapter of another base (unless ``force``), naming both digests.
+    """
+    path = Path(path)
+    if not (path / LORA_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path}: no {LORA_WEIGHTS} (not a LoRA folder of scissorhands erase --export lora)")
+    info = json.loads((path / LORA_INFO).read_text(encoding="utf-8")) if (path / LORA_INFO).is_file() else {}
+    recorded = info.get("base_unet_sha256")
+    if recorded is not None and not force:
+        actual = base_digest(pipe.unet)
+        if actual != recorded:
+            raise ValueError(f"{path}: this LoRA was made against another base UNet (sha256 {recorded[:12]}…), this "
+                             f"pipeline's is {actual[:12]}…; load it onto the model it was erased from "
+                             "(force=True loads it anyway)")
+    pipe.load_lora_weights(path)
+    return pipe
+
+
 def lora_from_delta(erased: Any, base: Any, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """``(state_dict, adapter metadata, report)`` of the rank-``rank`` adapter taking ``base`` to ``erased``.
 
@@ -87,6 +124,27 @@ def lora_from_delta(erased: Any, base: Any, rank: int) -> tuple[dict[str, torch.
     return state, metadata, report
 
 
+def save_trained_lora(unet: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Write the PEFT adapter a UNet was trained with (``--trainable lora``) as a diffusers LoRA folder."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=state, safe_serialization=True)
+    adapter = unet.peft_config["default"]
+    base_bytes = sum(p.numel() * p.element_size() for n, p in unet.named_parameters() if "lora_" not in n)
+    report = {"trained": True, "base_unet_sha256": base_digest(unet),
+              "rank": adapter.r, "layers": sum(1 for k in state if k.endswith(("lora_A.weight", "lora.down.weight"))),
+              "captured": 1.0, "dropped": 0.0, "parameters": sum(t.numel() for t in state.values()),
+              "file_bytes": (path / LORA_WEIGHTS).stat().st_size, "unet_bytes": base_bytes}
+    report["size_ratio"] = report["file_bytes"] / base_bytes
+    (path / LORA_INFO).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
 def save_lora(erased: Any, base: Any, path: str | Path, rank: int = 16) -> dict[str, Any]:
     """Write ``erased``'s change from ``base`` as a diffusers LoRA folder; returns the report.
 
@@ -101,7 +159,8 @@ def save_lora(erased: Any, base: Any, path: str | Path, rank: int = 16) -> dict[
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=state, unet_lora_adapter_metadata=metadata,
                                               safe_serialization=True)
     unet_bytes = sum(p.numel() * p.element_size() for p in _unet(erased).parameters())
-    report = {**report, "file_bytes": (path / LORA_WEIGHTS).stat().st_size, "unet_bytes": unet_bytes}
+    report = {**report, "file_bytes": (path / LORA_WEIGHTS).stat().st_size, "unet_bytes": unet_bytes,
+              "base_unet_sha256": base_digest(base)}
     report["size_ratio"] = report["file_bytes"] / unet_bytes
     (path / LORA_INFO).write_text(json.dumps(report, indent=2), encoding="utf-8")
     logger.info("LoRA rank %d: %d layers, %.1f%% of the matrices' change kept, %.1f%% of the change not "

@@ -35,6 +35,8 @@ class UnlearningMethod:
     name: ClassVar[str] = ""
     uses_forget: ClassVar[bool] = True
     uses_retain: ClassVar[bool] = True
+    # trimming re-initialises weights of the model itself: no adapter-only training can hold it
+    reinitializes_weights: ClassVar[bool] = False
     supports_loreun: ClassVar[bool] = True
     # run prepare() again when resuming (it must not change the model then)
     prepare_on_resume: ClassVar[bool] = False

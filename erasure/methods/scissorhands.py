@@ -24,6 +24,7 @@ from erasure.trim import trim
 
 class Scissorhands(UnlearningMethod):
     name = "scissorhands"
+    reinitializes_weights = True
 
     def __init__(self, config, objective):
         super().__init__(config, objective)

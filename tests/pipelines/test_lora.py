@@ -101,3 +101,48 @@ def test_erase_job_exports_a_lora_that_loads_onto_the_base_and_pushes(tiny_pipel
     assert not torch.allclose(predict(base), plain, atol=1e-6)
     result = push_main([str(out), "--repo_id", "me/lora", "--dry_run"])
     assert result["export"] == "lora" and LORA_WEIGHTS in result["files"]
+
+
+def test_a_lora_of_another_base_is_refused(tiny_pipeline_dir, tmp_path):
+    from pipelines.lora import load_lora
+    from pipelines.tiny import build_tiny_pipeline
+
+    base = load_pipeline(tiny_pipeline_dir)
+    save_lora(changed_weights(base.unet), base.unet, tmp_path / "lora", rank=2)
+    other = build_tiny_pipeline(seed=1)  # same architecture, other weights
+    with pytest.raises(ValueError, match="made against another base UNet"):
+        load_lora(other, tmp_path / "lora")
+    load_lora(other, tmp_path / "lora", force=True)  # the user insists
+    load_lora(base, tmp_path / "lora")  # its own base: fine
+    with pytest.raises(FileNotFoundError, match="no pytorch_lora_weights.safetensors"):
+        load_lora(base, tmp_path)
+    with pytest.raises(ValueError, match="rank=0 must be >= 1"):
+        save_lora(changed_weights(base.unet), base.unet, tmp_path / "zero", rank=0)
+
+
+def test_peft_lora_training_exports_the_trained_adapter(tiny_pipeline_dir, tmp_path):
+    from pipelines import erase
+    from pipelines.generate import main as generate_main
+    from pipelines.lora import load_lora
+
+    data = tmp_path / "data"
+    generate_main(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--concept", "digits:7",
+                   "--output_dir", str(data), "--num_images", "4", "--num_inference_steps", "2"])
+    args = ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(data), "--max_train_steps",
+            "2", "--learning_rate", "1e-2", "--train_batch_size", "4"]
+    out = tmp_path / "trained"
+    erase.main([*args, "--output_dir", str(out), "--method", "esd", "--trainable", "lora", "--export", "lora",
+                "--lora_rank", "4"])
+    info = __import__("json").loads((out / LORA_INFO).read_text())
+    assert info["trained"] and info["rank"] == 4 and info["layers"] > 0
+    base = load_pipeline(tiny_pipeline_dir)
+    plain = predict(base)
+    load_lora(base, out)
+    assert not torch.allclose(predict(base), plain, atol=1e-6)  # the trained adapter changes the base
+    base.unload_lora_weights()
+    torch.testing.assert_close(predict(base), plain, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="re-initialises UNet weights"):
+        erase.main([*args, "--output_dir", str(tmp_path / "sh"), "--method", "scissorhands", "--trainable", "lora",
+                    "--export", "lora"])
+    with pytest.raises(ValueError, match="needs --export lora"):
+        erase.main([*args, "--output_dir", str(tmp_path / "pl"), "--method", "esd", "--trainable", "lora"])
