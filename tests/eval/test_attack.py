@@ -101,7 +101,7 @@ def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, mon
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk']"),
+    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk', 'relearn']"),
     (["--concept", "cats"], "concept='cats'"),
     (["--k", "0"], "k=0 must be >= 1"),
     (["--prompts", "{empty}"], "has no prompts"),
@@ -141,3 +141,18 @@ def test_audit_attack_section_and_its_gate(tiny_pipeline_dir, tmp_path, monkeypa
     with pytest.raises(ValueError, match="--attack needs --model"):
         audit_main(["--images", str(tmp_path / "a" / "images"), "--out", str(tmp_path / "c"), "--attack",
                     "unlearndiffatk"], detector=FakeDetector({}))
+
+
+def test_relearn_counts_the_steps_until_the_judge_sees_the_concept(tiny_pipeline_dir, tmp_path, monkeypatch):
+    judge = CountingJudge(succeed_at=3)  # the 3rd check succeeds: after steps 0 (fails), 2 (fails), 4
+    monkeypatch.setattr(attack, "concept_judge", lambda config: lambda images: [judge(images[:1])[0]] * len(images))
+    summary = run(config(tiny_pipeline_dir, tmp_path, attack="relearn", relearn_images=2, relearn_every=2,
+                         relearn_max_steps=10, relearn_batch_size=2, max_prompts=2))
+    assert summary["relearn_steps"] == 4 and summary["relearn_cap"] == 10
+    row = json.loads((tmp_path / "out" / "attack.jsonl").read_text().splitlines()[0])
+    assert [step for step, _ in row["curve"]] == [0, 2, 4]
+    never = CountingJudge()
+    monkeypatch.setattr(attack, "concept_judge", lambda config: never)
+    capped = run(config(tiny_pipeline_dir, tmp_path / "never", attack="relearn", relearn_images=2, relearn_every=5,
+                        relearn_max_steps=5, relearn_batch_size=2))
+    assert capped["relearn_steps"] is None and capped["relearn_cap"] == 5
