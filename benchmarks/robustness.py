@@ -34,7 +34,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--max_prompts", type=int, default=6)
     parser.add_argument("--attacks", nargs="+", default=["unlearndiffatk", "relearn"],
-                        choices=["unlearndiffatk", "relearn"])
+                        choices=["unlearndiffatk", "relearn", "paraphrase"])
     parser.add_argument("--relearn_learning_rate", type=float, default=1e-3)
     parser.add_argument("--relearn_max_steps", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robustness"))
@@ -49,11 +49,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# UnlearnDiffAtk on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
              f"Control (base model, from unrelated prompts): ASR {pct(results['control'].get('control_asr'))} over "
              f"{results['control']['num_prompts']} prompts.", "",
-             "| method | ASR without attack | ASR under attack | median s / prompt | relearn steps |",
-             "|---|---|---|---|---|"]
+             f"Paraphrase control (base model on the rewordings): {pct(results['control'].get('paraphrase_control_asr'))}.",
+             "", "| method | ASR without attack | ASR under attack | median s / prompt | relearn steps | paraphrase ASR |",
+             "|---|---|---|---|---|---|"]
     for method, s in results["methods"].items():
         lines.append(f"| {method} | {pct(s['asr_no_attack'])} | {pct(s['asr'])} | {s['median_seconds_per_prompt']:.1f} | "
-                     f"{s.get('relearn_steps', '-') if s.get('relearn_steps') is not None else 'never (cap ' + str(s.get('relearn_cap')) + ')'} |")
+                     f"{s.get('relearn_steps') if s.get('relearn_steps') is not None else ('-' if s.get('relearn_cap') is None else 'never (cap ' + str(s.get('relearn_cap')) + ')')} | "
+                     f"{pct(s.get('paraphrase_asr'))} |")
     lines += ["", "## Targets (issue 9)", "", "| target | status | detail |", "|---|---|---|"]
     for goal, t in results["targets"].items():
         lines.append(f"| {goal} | {t['status']} | `{json.dumps({k: v for k, v in t.items() if k != 'status'})}` |")
@@ -111,6 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 model=str(erased), concept=args.concept, output_dir=f"{tmp}/attack-{method}",
                 max_prompts=args.max_prompts, control=False, seed=args.seed,
                 attack="unlearndiffatk" if "unlearndiffatk" in args.attacks else "none"))
+            if "paraphrase" in args.attacks:
+                reworded = run(AttackConfig(model=str(erased), concept=args.concept, output_dir=f"{tmp}/para-{method}",
+                                            attack="paraphrase", seed=args.seed, control=method == args.methods[0]))
+                summaries[method]["paraphrase_asr"] = reworded["asr"]
+                if reworded["control_asr"] is not None:
+                    summaries.setdefault("_paraphrase_control", {"asr": reworded["control_asr"]})
             if "relearn" in args.attacks:
                 relearned = run(AttackConfig(
                     model=str(erased), concept=args.concept, output_dir=f"{tmp}/relearn-{method}", attack="relearn",
@@ -118,15 +126,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     relearn_max_steps=args.relearn_max_steps))
                 summaries[method].update(relearn_steps=relearned["relearn_steps"], relearn_cap=relearned["relearn_cap"])
             logger.info("%s: %s", method, {k: summaries[method].get(k) for k in ("asr", "asr_no_attack", "relearn_steps")})
+    paraphrase_control = summaries.pop("_paraphrase_control", {}).get("asr")
     keep = ("asr", "asr_no_attack", "num_prompts", "successes", "median_seconds_per_prompt", "relearn_steps",
-            "relearn_cap")
+            "relearn_cap", "paraphrase_asr")
     results = {"protocol": {**{k: getattr(args, k) for k in ("concept", "seed", "num_images", "max_prompts")},
                             "attacks": args.attacks, "relearn_learning_rate": args.relearn_learning_rate,
                             "attack": {k: control["protocol"][k] for k in ("k", "iterations", "timesteps",
                                                                            "learning_rate", "weight_decay",
                                                                            "num_inference_steps")}},
-               "control": {"control_asr": control["control_asr"], "num_prompts": control["num_prompts"]},
-               "methods": {m: {k: s[k] for k in keep} for m, s in summaries.items()}}
+               "control": {"control_asr": control["control_asr"], "num_prompts": control["num_prompts"],
+                           "paraphrase_control_asr": paraphrase_control},
+               "methods": {m: {k: s.get(k) for k in keep} for m, s in summaries.items()}}
     results["targets"] = targets(results["methods"], results["control"], args.attacks)
     out = Path(args.out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))

@@ -16,6 +16,11 @@ draws with the prompt's seed and guidance and the judge decides (the public code
 digits judge (``digits:<d>``), the colour rule (``color:<c>``), NudeNet (``nudity``: any
 *_EXPOSED label at ``nudenet_threshold``, 0.45 as the public code).
 
+``--attack paraphrase``: rewordings of the concept (``paraphrase:<concept>`` prompt sets: written for
+nudity and each Imagenette class, the grammar's unseen phrasings on the testbed) drawn as they
+are; the control draws the same prompts with the base model (a rewording the base does not
+render as the concept measures nothing).
+
 ``--attack relearn``: a copy of the erased UNet is fine-tuned on ``relearn_images`` base-model
 images of the concept (plain diffusion loss, AdamW); the summary's ``relearn_steps`` is the
 number of steps until ``relearn_threshold`` of the concept prompts' generations show the concept
@@ -48,7 +53,7 @@ from .text_attack import prefixed_embeddings, project_simplex, sample_one_hot, t
 
 logger = logging.getLogger(__name__)
 
-ATTACKS = ("none", "unlearndiffatk", "relearn")
+ATTACKS = ("none", "unlearndiffatk", "relearn", "paraphrase")
 RECORDS, SUMMARY = "attack.jsonl", "attack.json"
 
 
@@ -120,6 +125,9 @@ def attack_prompts(config: AttackConfig) -> tuple[PromptSet, PromptSet]:
         attacked, unrelated = get_prompt_set("unlearndiffatk:nudity"), get_prompt_set("coco10k")
     else:
         attacked, unrelated = concept_sets(config.concept)
+    if config.attack == "paraphrase":  # rewordings of the concept, each drawn as it is
+        attacked = get_prompt_set(f"paraphrase:{config.concept}")
+        unrelated = attacked  # the control: the base model must draw the concept from these very prompts
     if config.prompts:
         attacked = get_prompt_set(config.prompts)
     if config.max_prompts:
@@ -219,7 +227,7 @@ def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dic
     if judge(draw(pipe, start_ids, seed, guidance, config.num_inference_steps)[None])[0]:
         return {**record, "success": True, "success_without_attack": True, "iterations": 0,
                 "adversarial_prompt": start.text, "seconds": time.perf_counter() - started}
-    if config.attack == "none":
+    if config.attack in ("none", "paraphrase"):
         return {**record, "success": False, "success_without_attack": False, "iterations": 0,
                 "adversarial_prompt": None, "seconds": time.perf_counter() - started}
     target = draw(models["base"], _ids(models["base"], prompt.text), seed, guidance, config.num_inference_steps,

@@ -211,6 +211,29 @@ def filter_min_percentage(prompt_set: PromptSet, column: str, threshold: float) 
     return PromptSet(f"{prompt_set.name}[{column}>={threshold:g}]", kept, prompt_set.version, prompt_set.source)
 
 
+def paraphrase_prompts(concept: str | None) -> PromptSet:
+    """Rewordings of a concept for the paraphrase attack: ``paraphrase:nudity``,
+    ``paraphrase:<imagenette class>`` (from data/paraphrases.json), or a testbed concept's unseen
+    phrasings (``paraphrase:digits:two``: the grammar's paraphrase group, word and numeral)."""
+    data = _read_data("paraphrases.json")
+    source = str(DATA_DIR / "paraphrases.json")
+    if concept == "nudity":
+        return PromptSet("paraphrase:nudity", [Prompt(t, categories=("nudity",)) for t in data["nudity"]],
+                         data["version"], source)
+    by_lower = {name.lower(): name for name in data["imagenette"]}
+    if concept and concept.lower().removeprefix("imagenette:") in by_lower:
+        name = by_lower[concept.lower().removeprefix("imagenette:")]
+        return PromptSet(f"paraphrase:{name}", [Prompt(t, categories=(name,)) for t in data["imagenette"][name]],
+                         data["version"], source)
+    if concept and concept.split(":", 1)[0] in ("digits", "color"):
+        from .colored_digits import concept_prompts
+
+        forget, _ = concept_prompts(concept, forms=("word", "numeral"), groups=("paraphrase",))
+        return PromptSet(f"paraphrase:{concept}", forget.prompts, forget.version, forget.source)
+    raise ValueError(f"paraphrase needs a concept after ':': nudity, one of {list(data['imagenette'])}, "
+                     f"digits:<d> or color:<c>; got {concept!r}")
+
+
 CONCEPTS = ("nudity",)
 PROMPT_SETS: dict[str, Callable[..., PromptSet]] = {
     "nudity": _no_arg("nudity", lambda: load_concept("nudity")[0]),
@@ -220,6 +243,7 @@ PROMPT_SETS: dict[str, Callable[..., PromptSet]] = {
     "i2p": lambda arg, **kw: i2p_prompts(categories=_split(arg), **kw),
     "unlearndiffatk": lambda arg: attack_prompts(arg),
     "coco10k": lambda arg: coco_prompts(arg),
+    "paraphrase": lambda arg: paraphrase_prompts(arg),
     "testbed": lambda arg, **kw: eval_prompts(groups=_split(arg), **kw),
 }
 

@@ -156,3 +156,17 @@ def test_relearn_counts_the_steps_until_the_judge_sees_the_concept(tiny_pipeline
     capped = run(config(tiny_pipeline_dir, tmp_path / "never", attack="relearn", relearn_images=2, relearn_every=5,
                         relearn_max_steps=5, relearn_batch_size=2))
     assert capped["relearn_steps"] is None and capped["relearn_cap"] == 5
+
+
+def test_paraphrase_attack_draws_the_rewordings_and_their_control_on_the_base(tiny_pipeline_dir, tmp_path,
+                                                                             monkeypatch):
+    judge = CountingJudge()
+    monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
+    summary = run(config(tiny_pipeline_dir, tmp_path, attack="paraphrase", max_prompts=3))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "attack.jsonl").read_text().splitlines()]
+    assert summary["num_prompts"] == 3 and summary["asr"] == 0.0 and summary["control_asr"] == 0.0
+    from prompts.sets import get_prompt_set
+
+    assert [r["prompt"] for r in rows if r["role"] == "attack"] == get_prompt_set("paraphrase:digits:7").texts[:3]
+    assert summary["protocol"]["prompt_set"]["name"] == "paraphrase:digits:7"
+    assert judge.calls == 6 and all(r["iterations"] == 0 for r in rows)  # drawn as they are, no optimisation

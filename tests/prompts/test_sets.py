@@ -232,3 +232,13 @@ def test_bad_selections_of_vendored_sets():
     with pytest.raises(ValueError, match="coco10k:0: give a count"):
         get_prompt_set("coco10k:0")
     assert len(get_prompt_set("coco10k:25")) == 25
+
+
+def test_paraphrase_sets():
+    assert len(get_prompt_set("paraphrase:nudity")) == 16
+    church = get_prompt_set("paraphrase:church")
+    assert church.prompts[0].categories == ("church",) and all("church" not in p.text for p in church)
+    digits = get_prompt_set("paraphrase:digits:two")
+    assert digits.prompts and all(p.extra["group"] == "paraphrase" and p.extra["label"] == 2 for p in digits)
+    with pytest.raises(ValueError, match="paraphrase needs a concept"):
+        get_prompt_set("paraphrase:cats")
