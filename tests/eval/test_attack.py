@@ -101,10 +101,11 @@ def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, mon
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk', 'relearn']"),
+    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk', 'relearn', 'paraphrase']"),
     (["--concept", "cats"], "concept='cats'"),
     (["--k", "0"], "k=0 must be >= 1"),
     (["--prompts", "{empty}"], "has no prompts"),
+    (["--concept", "color:red", "--judge", "{empty}"], "is a digits judge; concept='color:red' is judged by"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_pipeline_dir, tmp_path, args, message):
     empty = tmp_path / "empty.txt"
@@ -170,3 +171,45 @@ def test_paraphrase_attack_draws_the_rewordings_and_their_control_on_the_base(ti
     assert [r["prompt"] for r in rows if r["role"] == "attack"] == get_prompt_set("paraphrase:digits:7").texts[:3]
     assert summary["protocol"]["prompt_set"]["name"] == "paraphrase:digits:7"
     assert judge.calls == 6 and all(r["iterations"] == 0 for r in rows)  # drawn as they are, no optimisation
+
+
+def test_imagenette_judge_asks_for_the_classes_own_imagenet_label(tmp_path):
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-resnet"
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
+                                                      num_labels=1000)).eval()
+    with torch.no_grad():
+        model.classifier[-1].bias.zero_()
+        model.classifier[-1].bias[497] = 100.0  # every image is a 'church' (ImageNet 497)
+    model.save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
+    cfg = lambda concept: AttackConfig(model="x", concept=concept, output_dir=str(tmp_path / "out"),
+                                       classifier_model=str(folder))
+    images = torch.rand(3, 3, 32, 32)
+    assert attack.concept_judge(cfg("imagenette:church"))(images) == [True, True, True]
+    assert attack.concept_judge(cfg("imagenette:tench"))(images) == [False, False, False]
+    forget, unrelated = attack.attack_prompts(cfg("imagenette:church"))
+    assert forget.name == "unlearndiffatk:church" and len(forget) == 50 and unrelated.name == "coco10k"
+    assert attack.attack_prompts(cfg("imagenette:golf ball"))[0].texts == ["an image of a golf ball"]
+    with pytest.raises(ValueError, match="Unknown imagenette class 'cathedral'"):
+        cfg("imagenette:cathedral")
+
+
+def test_two_processes_split_the_prompts_and_the_main_one_merges(tiny_pipeline_dir, tmp_path):
+    import os
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "eval.attack",
+           "--model", str(tiny_pipeline_dir), "--base_model", str(tiny_pipeline_dir), "--concept", "color:red",
+           "--attack", "none", "--max_prompts", "4", "--num_inference_steps", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
+    assert sorted((r["role"], r["index"]) for r in rows) == sorted(
+        (role, i) for role in ("attack", "control") for i in range(4))
+    assert not list(out.glob("attack-*.jsonl"))  # the per-process files are merged away
+    assert json.loads((out / "attack.json").read_text())["num_prompts"] == 4
