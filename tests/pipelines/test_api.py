@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.api import AuditReport, audit, erase
+from eval.api import AuditReport, audit
+from pipelines.api import erase
 from pipelines.sampling import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
