@@ -29,7 +29,7 @@ from classification.objective import ClassificationObjective
 from classification.report import evaluate, write_results
 from erasure import jobconfig
 from erasure.config import MethodConfig
-from erasure.launch import make_accelerator
+from erasure.launch import finish, make_accelerator
 from erasure.methods import build_method, validate_method
 from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite, save_model_atomic
@@ -152,7 +152,7 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
         write_results(staging, jobconfig.to_dict(job, method_config), results)
         publish_export(output.path, staging, key="model.safetensors")
         logger.info("wrote %s", output.path)
-    accelerator.end_training()
+    finish(accelerator)
     return results
 
 

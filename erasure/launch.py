@@ -27,3 +27,14 @@ def make_accelerator(output_dir: str | None = None, **kwargs: Any):
                                                         logging_dir=str(Path(output_dir) / "logs"))
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     return Accelerator(cpu=not has_accelerator, **kwargs)
+
+
+def finish(accelerator: Any) -> None:
+    """End a job on every process together: wait for the main process's export, end the trackers,
+    and take down the process group. A rank that exits while another still works leaves its gloo
+    threads running, and the process aborts at exit ("terminate called without an active
+    exception", seen on a loaded 2-core machine)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -32,7 +32,7 @@ from erasure import jobconfig
 from erasure.bounds import check_image_side, check_training
 from erasure.batches import TensorBatches, subset
 from erasure.config import MethodConfig
-from erasure.launch import make_accelerator
+from erasure.launch import finish, make_accelerator
 from erasure.loop import steps_per_epoch, unlearn
 from erasure.methods import build_method, get_method, validate_method
 from erasure.exports import publish_export, staging_folder
@@ -270,7 +270,7 @@ def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -
         if config.push_to_hub:
             push_to_hub(output.path, config.hub_model_id, config.hub_token)
         logger.info("exported the erased %s to %s", config.export, output.path)
-    accelerator.end_training()
+    finish(accelerator)
     return summary
 
 
