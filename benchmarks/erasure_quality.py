@@ -93,18 +93,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def draw_concept_data(model_dir: Path, concept: str, out: Path, num_images: int, seed: int,
+                      num_inference_steps: int = 20, guidance_scale: float = 5.0) -> Path:
+    """The forget/retain folders of ``concept``, drawn by the default model (``pipelines.generate``);
+    every testbed benchmark draws its data through this."""
+    from pipelines import generate
+
+    generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", concept, "--output_dir", str(out),
+                   "--num_images", str(num_images), "--num_inference_steps", str(num_inference_steps),
+                   "--guidance_scale", str(guidance_scale), "--seed", str(seed)])
+    return out
+
+
+def erase_tuned(method: str, model_dir: Path, data_dir: Path, out: Path, concept: str, seed: int,
+                *extra: str) -> Path:
+    """``pipelines.erase`` with the method's tuned config (``configs/erase_digits_<method>.yaml``),
+    ``extra`` flags last; returns the export folder."""
+    from pipelines import erase
+
+    erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path", str(model_dir),
+                "--data_dir", str(data_dir), "--output_dir", str(out), "--concept", concept, "--method", method,
+                "--seed", str(seed), *extra])
+    return out
+
+
 def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, model_dir: Path, base, judge,
             args: argparse.Namespace) -> dict[str, Any]:
     """Erase ``concept`` with ``method`` and judge it against the base samples."""
     from eval.testbed import report_of, sample_testbed
-    from pipelines import erase
     from pipelines.sampling import load_pipeline
 
-    erased = work / f"erased-{method}"
     started = time.perf_counter()
-    erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path", str(model_dir),
-                "--data_dir", str(data_dir), "--output_dir", str(erased), "--concept", concept,
-                "--method", method, "--seed", str(seed), *args.erase_args])
+    erased = erase_tuned(method, model_dir, data_dir, work / f"erased-{method}", concept, seed, *args.erase_args)
     seconds = time.perf_counter() - started
     samples = sample_testbed(load_pipeline(erased), images_per_prompt=args.eval_images, seed=args.eval_seed,
                              groups=tuple(args.groups),
@@ -258,7 +278,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import report_of, sample_testbed
-    from pipelines import generate
     from pipelines.default_model import build_default_model, default_judge_path
     from pipelines.sampling import load_pipeline
 
@@ -273,11 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="erasure-quality-") as tmp:
         for concept in args.concepts:
             for seed in args.seeds:
-                data_dir = Path(tmp) / f"data-{concept.replace(':', '-')}-{seed}"
-                generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", concept,
-                               "--output_dir", str(data_dir), "--num_images", str(args.num_images),
-                               "--num_inference_steps", str(args.num_inference_steps),
-                               "--guidance_scale", str(args.guidance_scale), "--seed", str(seed)])
+                data_dir = draw_concept_data(model_dir, concept, Path(tmp) / f"data-{concept.replace(':', '-')}-{seed}",
+                                             args.num_images, seed, args.num_inference_steps, args.guidance_scale)
                 for method in args.methods:
                     rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args))
                     logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})

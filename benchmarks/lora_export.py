@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, row_of
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, row_of
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.lora_export")
@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import EVAL_SEED, report_of, sample_testbed
-    from pipelines import erase, generate
     from pipelines.default_model import build_default_model, default_judge_path
     from pipelines.lora import save_lora
     from pipelines.sampling import load_pipeline
@@ -134,17 +133,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = sample(base_pipe)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lora-export-") as tmp:
-        data_dir = Path(tmp) / "data"
-        generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", args.concept, "--output_dir",
-                       str(data_dir), "--num_images", str(args.num_images), "--num_inference_steps",
-                       str(args.num_inference_steps), "--guidance_scale", str(args.guidance_scale),
-                       "--seed", str(args.seed)])
+        data_dir = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed,
+                                     args.num_inference_steps, args.guidance_scale)
         for method in args.methods:
-            out = Path(tmp) / f"erased-{method}"
-            erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path", str(model_dir),
-                        "--data_dir", str(data_dir), "--output_dir", str(out), "--concept", args.concept,
-                        "--method", method, "--seed", str(args.seed)])
-            erased = load_pipeline(out)
+            erased = load_pipeline(erase_tuned(method, model_dir, data_dir, Path(tmp) / f"erased-{method}",
+                                               args.concept, args.seed))
             row = row_of(method, args.concept, args.seed, report_of(sample(erased), judge, args.concept, base=base), None)
             rows.append({**row, "export": "full", "rank": None, "size_ratio": 1.0})
             for rank in args.ranks:
@@ -161,11 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tuned = float(re.search(r"learning_rate:\s*([0-9.eE+-]+)", method_config(method).read_text()).group(1))
             for scale in args.trained_lr_scales:
                 for rank in args.ranks:
-                    out = Path(tmp) / f"trained-{method}-{rank}-{scale}"
-                    erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path",
-                                str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out), "--concept",
-                                args.concept, "--method", method, "--seed", str(args.seed), "--trainable", "lora",
-                                "--export", "lora", "--lora_rank", str(rank), "--learning_rate", str(tuned * scale)])
+                    out = erase_tuned(method, model_dir, data_dir, Path(tmp) / f"trained-{method}-{rank}-{scale}",
+                                      args.concept, args.seed, "--trainable", "lora", "--export", "lora",
+                                      "--lora_rank", str(rank), "--learning_rate", str(tuned * scale))
                     info = json.loads((out / "lora_export.json").read_text())
                     base_pipe.load_lora_weights(out)
                     report = report_of(sample(base_pipe), judge, args.concept, base=base)

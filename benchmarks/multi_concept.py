@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.multi_concept")
@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import EVAL_SEED, report_of, sample_testbed
-    from pipelines import erase, generate
     from pipelines.default_model import build_default_model, default_judge_path
     from pipelines.sampling import load_pipeline
 
@@ -114,15 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="multi-concept-") as tmp:
         for name, concept, count in [("joint", joined, args.num_images * len(args.concepts)),
                                      *[(f"single {c}", c, args.num_images) for c in args.concepts]]:
-            data, out = Path(tmp) / f"data-{len(runs)}", Path(tmp) / f"erased-{len(runs)}"
             started = time.perf_counter()
-            generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", concept, "--output_dir",
-                           str(data), "--num_images", str(count), "--num_inference_steps",
-                           str(args.num_inference_steps), "--guidance_scale", str(args.guidance_scale),
-                           "--seed", str(args.seed)])
-            erase.main(["--config", str(method_config(args.method)), "--pretrained_model_name_or_path",
-                        str(model_dir), "--data_dir", str(data), "--output_dir", str(out), "--concept", concept,
-                        "--method", args.method, "--seed", str(args.seed)])
+            data = draw_concept_data(model_dir, concept, Path(tmp) / f"data-{len(runs)}", count, args.seed,
+                                     args.num_inference_steps, args.guidance_scale)
+            out = erase_tuned(args.method, model_dir, data, Path(tmp) / f"erased-{len(runs)}", concept, args.seed)
             seconds = time.perf_counter() - started
             judged = report_of(sample(load_pipeline(out)), judge, joined, base=base)
             runs.append({"run": name, "seconds": seconds, **figures(judged, args.concepts)})

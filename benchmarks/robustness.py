@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.robustness")
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from erasure.output import write_text_atomic
     from eval.attack import AttackConfig, run
-    from pipelines import erase, generate
     from pipelines.default_model import build_default_model
 
     model_dir = build_default_model()
@@ -100,15 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         control = run(AttackConfig(model=str(model_dir), concept=args.concept, output_dir=f"{tmp}/control",
                                    max_prompts=args.max_prompts, seed=args.seed,
                                    attack="unlearndiffatk" if "unlearndiffatk" in args.attacks else "none"))
-        data = Path(tmp) / "data"
-        generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", args.concept, "--output_dir",
-                       str(data), "--num_images", str(args.num_images), "--num_inference_steps", "20",
-                       "--guidance_scale", "5", "--seed", str(args.seed)])
+        data = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed)
         for method in args.methods:
-            erased = Path(tmp) / f"erased-{method}"
-            erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path", str(model_dir),
-                        "--data_dir", str(data), "--output_dir", str(erased), "--concept", args.concept,
-                        "--method", method, "--seed", str(args.seed)])
+            erased = erase_tuned(method, model_dir, data, Path(tmp) / f"erased-{method}", args.concept, args.seed)
             summaries[method] = run(AttackConfig(
                 model=str(erased), concept=args.concept, output_dir=f"{tmp}/attack-{method}",
                 max_prompts=args.max_prompts, control=False, seed=args.seed,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import METHODS, ROOT, row_of
+from benchmarks.erasure_quality import METHODS, ROOT, draw_concept_data, erase_tuned, row_of
 from erasure.jobconfig import read_yaml
 from pipelines.demo import method_config
 
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import TUNING_SEED, report_of, sample_testbed
-    from pipelines import erase, generate
     from pipelines.default_model import build_default_model, default_judge_path
     from pipelines.sampling import load_pipeline
 
@@ -89,18 +88,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"concept": args.concept, "seed": args.seed, "tuning_seed": TUNING_SEED,
                                "rule": f"erased <= {args.erase_threshold}, then lowest fid_base", "methods": {}}
     with tempfile.TemporaryDirectory(prefix="tune-testbed-") as tmp:
-        data_dir = Path(tmp) / "data"
-        generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", args.concept,
-                       "--output_dir", str(data_dir), "--num_images", str(args.num_images), "--seed", str(args.seed)])
+        # drawn with pipelines.generate's defaults (50 steps, guidance 7.5) as the recorded tunings were;
+        # the quality benchmark draws its data at 20 steps, guidance 5
+        data_dir = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed, 50, 7.5)
         for method in args.methods:
             rows = []
             for point in grid_points(grids[method]):
-                erased = Path(tmp) / f"erased-{method}"
                 started = time.perf_counter()
-                erase.main(["--config", str(method_config(method)), "--pretrained_model_name_or_path", str(model_dir),
-                            "--data_dir", str(data_dir), "--output_dir", str(erased), "--overwrite_output_dir",
-                            "--concept", args.concept, "--method", method, "--seed", str(args.seed),
-                            *as_flags(point)])
+                erased = erase_tuned(method, model_dir, data_dir, Path(tmp) / f"erased-{method}", args.concept,
+                                     args.seed, "--overwrite_output_dir", *as_flags(point))
                 seconds = time.perf_counter() - started
                 report = report_of(sample_testbed(load_pipeline(erased), **sampling), judge, args.concept, base=base)
                 rows.append({**row_of(method, args.concept, args.seed, report, seconds), "point": point})
