@@ -57,6 +57,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                         help="combine results files of runs split by method or concept (same protocol) into --out; "
                              "runs nothing")
+    parser.add_argument("--attacks", nargs="*", default=[], choices=["unlearndiffatk", "relearn"],
+                        help="robustness columns (issue 9): ASR without and under UnlearnDiffAtk, relearn steps; "
+                             "the control runs once per concept on the base model")
+    parser.add_argument("--attack_prompts", type=int, default=2,
+                        help="concept prompts attacked per run (each takes about a minute on 2 cores)")
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every erase job (a tuning grid point; must come last)")
     args = parser.parse_args(argv)
@@ -85,6 +90,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in ("num_images", "num_inference_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
+    if args.attack_prompts < 1:
+        raise ValueError(f"attack_prompts={args.attack_prompts} must be >= 1")
     if args.quick:
         args.seeds = args.seeds[:1]
     out = Path(args.out)
@@ -117,9 +124,32 @@ def erase_tuned(method: str, model_dir: Path, data_dir: Path, out: Path, concept
     return out
 
 
+def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max_prompts: int, seed: int,
+                  control: bool = False, relearn_learning_rate: float = 1e-3,
+                  relearn_max_steps: int = 100) -> dict[str, Any]:
+    """``eval.attack`` on ``model``: ASR without and under UnlearnDiffAtk on the concept's first
+    ``max_prompts`` prompts (``control``: the same attack on this model from unrelated prompts
+    instead, for the base model) and, with ``"relearn"`` in ``attacks``, the fine-tuning steps
+    until the concept is back. Every testbed benchmark attacks through this."""
+    from eval.attack import AttackConfig, run
+
+    attack = "unlearndiffatk" if "unlearndiffatk" in attacks else "none"
+    summary = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "attack"), attack=attack,
+                               max_prompts=max_prompts, control=control, seed=seed))
+    keep = ("asr", "asr_no_attack", "control_asr", "num_prompts", "successes", "median_seconds_per_prompt", "protocol")
+    result = {k: summary.get(k) for k in keep}
+    if "relearn" in attacks and not control:
+        relearned = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "relearn"),
+                                     attack="relearn", max_prompts=max_prompts, seed=seed,
+                                     relearn_learning_rate=relearn_learning_rate, relearn_max_steps=relearn_max_steps))
+        result.update(relearn_steps=relearned["relearn_steps"], relearn_cap=relearned["relearn_cap"])
+    return result
+
+
 def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, model_dir: Path, base, judge,
             args: argparse.Namespace) -> dict[str, Any]:
-    """Erase ``concept`` with ``method`` and judge it against the base samples."""
+    """Erase ``concept`` with ``method``, judge it against the base samples and, with
+    ``--attacks``, attack it."""
     from eval.testbed import report_of, sample_testbed
     from pipelines.sampling import load_pipeline
 
@@ -130,8 +160,17 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
                              groups=tuple(args.groups),
                              num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     report = report_of(samples, judge, concept, base=base)
+    row = row_of(method, concept, seed, report, seconds)
+    if args.attacks:
+        robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts, seed)
+        row.update({"asr_no_attack": robust["asr_no_attack"],
+                    "asr": robust["asr"] if "unlearndiffatk" in args.attacks else None,
+                    "relearn_steps": robust.get("relearn_steps"), "relearn_cap": robust.get("relearn_cap")})
+        if "relearn" in args.attacks:  # a lower bound where the concept never came back within the cap
+            row["relearn_steps_at_least"] = row["relearn_steps"] if row["relearn_steps"] is not None else row["relearn_cap"]
+        shutil.rmtree(work / f"attack-{method}", ignore_errors=True)
     shutil.rmtree(erased)
-    return row_of(method, concept, seed, report, seconds)
+    return row
 
 
 def row_of(method: str, concept: str, seed: int, report: dict, seconds: float | None) -> dict[str, Any]:
@@ -155,8 +194,8 @@ def summarise(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> di
     per_method: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        per_method[method] = {key: statistics.median(r[key] for r in mine)
-                              for key in mine[0] if isinstance(mine[0][key], (int, float)) and key != "seed"}
+        keys = dict.fromkeys(k for r in mine for k, v in r.items() if isinstance(v, (int, float)) and k != "seed")
+        per_method[method] = {key: statistics.median(r[key] for r in mine if r.get(key) is not None) for key in keys}
     # FID against the base model's own generations: the judge-feature FID against real digits
     # barely moved while a retained class was lost (measured), this one did
     front = pareto_front({m: (s["erased"], s["fid_base"]) for m, s in per_method.items()})
@@ -193,6 +232,30 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
         theirs = [r["erased"] for r in rows if r["method"] == method]
         if theirs:
             result[f"{method} erases (<= 20%)"] = {"status": _status(max(theirs) <= 0.20), "worst_run": max(theirs)}
+    result.update(robustness_targets(rows, base_rows))
+    return result
+
+
+def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 9's testbed targets over the runs that were attacked (medians over concepts and seeds)."""
+    result: dict[str, Any] = {}
+    controls = [r["control_asr"] for r in base_rows if r.get("control_asr") is not None]
+    if controls:
+        result["attack control ASR >= 80%"] = {"status": _status(min(controls) >= 0.8), "worst_concept": min(controls)}
+    median = lambda method, key: (statistics.median(vals) if (vals := [r[key] for r in rows if r["method"] == method
+                                                                        and r.get(key) is not None]) else None)
+    mine = median("scissorhands", "asr")
+    if mine is not None:
+        result["scissorhands ASR under attack <= 20%"] = {"status": _status(mine <= 0.2), "median": mine}
+        esd = median("esd", "asr")
+        if esd is not None:
+            result["scissorhands ASR below ESD's"] = {"status": _status(mine < esd), "scissorhands": mine, "esd": esd}
+    steps = median("scissorhands", "relearn_steps_at_least")
+    others = {m: median(m, "relearn_steps_at_least") for m in ("esd", "salun")}
+    others = {m: v for m, v in others.items() if v is not None}
+    if steps is not None and others:
+        result["scissorhands relearn steps above ESD's and SalUn's"] = {
+            "status": _status(all(steps > v for v in others.values())), "scissorhands": steps, **others}
     return result
 
 
@@ -200,11 +263,17 @@ def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
                "diversity_ratio", "alignment", "fid", "fid_base", "kid_base", "seconds")
+    if any("asr_no_attack" in r for r in results["runs"]):
+        columns += ("asr_no_attack", "asr", "relearn_steps")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
              "## Base model", "", "| concept | erased | others | worst_other | diversity | fid |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | {fmt(r.get('worst_other'))} | "
               f"{fmt(r['diversity'])} | {fmt(r['fid'])} |" for r in results["base"]]
+    controls = {r["concept"]: r["control_asr"] for r in results["base"] if r.get("control_asr") is not None}
+    if controls:
+        lines += ["", "Attack control (UnlearnDiffAtk on the base model from unrelated prompts): "
+                  + ", ".join(f"{c} {100 * a:.0f}%" for c, a in controls.items())]
     lines += ["", "## Runs", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in results["runs"]]
     lines += ["", "## Targets", "", "| target | status | detail |", "|---|---|---|"]
@@ -290,6 +359,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_rows = [row_of("base", c, -1, report_of(base, judge, c), None) for c in args.concepts]
     rows = []
     with tempfile.TemporaryDirectory(prefix="erasure-quality-") as tmp:
+        if "unlearndiffatk" in args.attacks:
+            for row in base_rows:
+                control = robustness_of(model_dir, row["concept"], Path(tmp) / f"control-{row['concept']}",
+                                        ["unlearndiffatk"], args.attack_prompts, args.seeds[0], control=True)
+                row["control_asr"] = control["control_asr"]
         for concept in args.concepts:
             for seed in args.seeds:
                 data_dir = draw_concept_data(model_dir, concept, Path(tmp) / f"data-{concept.replace(':', '-')}-{seed}",
@@ -299,7 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})
     protocol = {"eval_seed": args.eval_seed, "groups": args.groups, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
                 "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
-                "seeds": args.seeds, "features": "DigitsJudge penultimate layer"}
+                "seeds": args.seeds, "features": "DigitsJudge penultimate layer",
+                "attacks": args.attacks, "attack_prompts": args.attack_prompts if args.attacks else None}
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
                "configs": {m: method_config(m).read_text() for m in args.methods}}
     write_results(results, Path(args.out))

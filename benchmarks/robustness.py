@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, robustness_of
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.robustness")
@@ -96,28 +96,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_dir = build_default_model()
     summaries = {}
     with tempfile.TemporaryDirectory(prefix="robustness-") as tmp:
-        control = run(AttackConfig(model=str(model_dir), concept=args.concept, output_dir=f"{tmp}/control",
-                                   max_prompts=args.max_prompts, seed=args.seed,
-                                   attack="unlearndiffatk" if "unlearndiffatk" in args.attacks else "none"))
+        control = robustness_of(model_dir, args.concept, Path(tmp) / "control", args.attacks, args.max_prompts,
+                                args.seed, control=True)
         data = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed)
         for method in args.methods:
             erased = erase_tuned(method, model_dir, data, Path(tmp) / f"erased-{method}", args.concept, args.seed)
-            summaries[method] = run(AttackConfig(
-                model=str(erased), concept=args.concept, output_dir=f"{tmp}/attack-{method}",
-                max_prompts=args.max_prompts, control=False, seed=args.seed,
-                attack="unlearndiffatk" if "unlearndiffatk" in args.attacks else "none"))
+            summaries[method] = robustness_of(erased, args.concept, Path(tmp) / f"attack-{method}", args.attacks,
+                                              args.max_prompts, args.seed,
+                                              relearn_learning_rate=args.relearn_learning_rate,
+                                              relearn_max_steps=args.relearn_max_steps)
             if "paraphrase" in args.attacks:
                 reworded = run(AttackConfig(model=str(erased), concept=args.concept, output_dir=f"{tmp}/para-{method}",
                                             attack="paraphrase", seed=args.seed, control=method == args.methods[0]))
                 summaries[method]["paraphrase_asr"] = reworded["asr"]
                 if reworded["control_asr"] is not None:
                     summaries.setdefault("_paraphrase_control", {"asr": reworded["control_asr"]})
-            if "relearn" in args.attacks:
-                relearned = run(AttackConfig(
-                    model=str(erased), concept=args.concept, output_dir=f"{tmp}/relearn-{method}", attack="relearn",
-                    max_prompts=args.max_prompts, seed=args.seed, relearn_learning_rate=args.relearn_learning_rate,
-                    relearn_max_steps=args.relearn_max_steps))
-                summaries[method].update(relearn_steps=relearned["relearn_steps"], relearn_cap=relearned["relearn_cap"])
             logger.info("%s: %s", method, {k: summaries[method].get(k) for k in ("asr", "asr_no_attack", "relearn_steps")})
     paraphrase_control = summaries.pop("_paraphrase_control", {}).get("asr")
     keep = ("asr", "asr_no_attack", "num_prompts", "successes", "median_seconds_per_prompt", "relearn_steps",

@@ -39,9 +39,18 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     fast = fast_default_model
     monkeypatch.setattr("pipelines.default_model.build_default_model", lambda: fast)
     monkeypatch.setattr("pipelines.default_model.default_judge_path", lambda: fast / "judge")
+    attacked = []
+
+    def fake_robustness(model, concept, work, attacks, max_prompts, seed, control=False, **_):
+        # the attack itself is tested in tests/eval/test_attack.py; here: what the harness asks and reports
+        attacked.append((Path(model).name, concept, tuple(attacks), max_prompts, control))
+        return {"control_asr": 1.0} if control else {"asr_no_attack": 0.0, "asr": 0.5, "relearn_steps": None,
+                                                     "relearn_cap": 100}
+
+    monkeypatch.setattr(quality, "robustness_of", fake_robustness)
     out = tmp_path / "quality"
     results = quality.main(["--methods", "scissorhands", "finetune", "--concepts", "digits:two", "--quick",
-                            "--groups", "word",
+                            "--groups", "word", "--attacks", "unlearndiffatk", "relearn", "--attack_prompts", "1",
                             "--num_images", "4", "--eval_images", "2", "--num_inference_steps", "2", "--out", str(out),
                             "--erase_args", "--num_train_epochs", "1", "--train_batch_size", "4"])
     saved = json.loads(out.with_suffix(".json").read_text())
@@ -55,6 +64,13 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")
     assert out.with_suffix(".png").stat().st_size > 1000
     assert results["protocol"]["seeds"] == [0]
+    assert attacked == [(fast.name, "digits:two", ("unlearndiffatk",), 1, True),
+                        ("erased-scissorhands", "digits:two", ("unlearndiffatk", "relearn"), 1, False),
+                        ("erased-finetune", "digits:two", ("unlearndiffatk", "relearn"), 1, False)]
+    assert saved["base"][0]["control_asr"] == 1.0
+    assert all(r["asr"] == 0.5 and r["relearn_steps_at_least"] == 100 for r in saved["runs"])
+    assert "| asr_no_attack | asr | relearn_steps |" in out.with_suffix(".md").read_text()
+    assert saved["summary"]["targets"]["scissorhands ASR under attack <= 20%"]["status"] == "missed"
 
     # a second run split off by method merges into one table with the same summary rules
     merged = quality.main(["--merge", str(out.with_suffix(".json")), str(out.with_suffix(".json")),
@@ -68,3 +84,20 @@ def test_merge_refuses_different_protocols(tmp_path):
                                                            "runs": [], "configs": {}}))
     with pytest.raises(ValueError, match="merge: .*b.json has protocol"):
         quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+
+
+def test_robustness_targets_compare_medians_and_count_never_relearned_as_the_cap():
+    rows = [
+        {"method": "scissorhands", "asr": 0.0, "relearn_steps_at_least": 100},  # never came back within the cap
+        {"method": "scissorhands", "asr": 0.5, "relearn_steps_at_least": 30},
+        {"method": "esd", "asr": 1.0, "relearn_steps_at_least": 20},
+        {"method": "esd", "asr": 1.0, "relearn_steps_at_least": 40},
+        {"method": "salun", "asr": 0.5, "relearn_steps_at_least": 80},
+    ]
+    targets = quality.robustness_targets(rows, [{"concept": "digits:two", "control_asr": 0.75}])
+    assert targets["attack control ASR >= 80%"]["status"] == "missed"
+    assert targets["scissorhands ASR under attack <= 20%"] == {"status": "missed", "median": 0.25}
+    assert targets["scissorhands ASR below ESD's"]["status"] == "met"
+    steps = targets["scissorhands relearn steps above ESD's and SalUn's"]
+    assert steps == {"status": "missed", "scissorhands": 65.0, "esd": 30.0, "salun": 80}
+    assert quality.robustness_targets([{"method": "esd", "erased": 0.0}], []) == {}
