@@ -11,8 +11,9 @@ erasure must be asked about separately:
 - ``paraphrase``: phrasings no erase job trains on ("an image of the digit two"), both names.
 
 For each group: recognition per digit (``DigitsJudge``), the named colour judged correct
-(``ColorJudge``, per colour), the entropy of the judged colours of colour-free prompts (per
-digit, as a fraction of uniform, beside what the training data gives at the same sample size),
+(``ColorJudge``, per colour), the entropy of the judged colours of each colour-free prompt
+across its seeds (as a fraction of uniform, beside what the training data gives at the same
+sample size; ``--images_per_prompt 8`` for a figure worth reading),
 diversity (mean pairwise distance between the judge features of one prompt's generations, and
 the same in pixels), alignment (the judge's probability of the prompted digit), and FID / KID
 over the judge's features against real held-out digits rendered with the same labels
@@ -31,6 +32,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from pipelines.default_model import GUIDANCE_SCALE, SAMPLING_STEPS
 from prompts.colored_digits import COLOR_NAMES, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
 
 from .colors import NO_STROKE, UNCLEAR, ColorJudge, color_entropy
@@ -56,8 +58,8 @@ class TestbedSamples:
     groups: list[str]
 
 
-def sample_testbed(pipe: Any, images_per_prompt: int = 2, seed: int = EVAL_SEED, num_inference_steps: int = 20,
-                   guidance_scale: float = 5.0, batch_size: int = 64, groups: Sequence[str] = tuple(EVAL_GROUPS),
+def sample_testbed(pipe: Any, images_per_prompt: int = 2, seed: int = EVAL_SEED,
+                   num_inference_steps: int = SAMPLING_STEPS, guidance_scale: float = GUIDANCE_SCALE, batch_size: int = 64, groups: Sequence[str] = tuple(EVAL_GROUPS),
                    digits: Sequence[int] | None = None) -> TestbedSamples:
     """Draw ``images_per_prompt`` seeded generations of every prompt of ``groups``.
 
@@ -151,9 +153,13 @@ def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, 
     named = colors >= 0
     per_color = {name: float((judged_colors[colors == c] == c).float().mean())
                  for c, name in enumerate(COLOR_NAMES) if (colors == c).any()}
+    # Entropy of one colour-free prompt's colours across its seeds. Every prompt is drawn from the
+    # same seeds, and a seed's noise largely decides the colour: pooling a digit's phrasings would
+    # count one noise several times and read a healthy model as skewed.
     entropies, sizes = [], []
-    for d in digits[~named].unique().tolist():
-        judged = judged_colors[~named & (digits == d)]
+    prompt_ids = samples.prompt_ids[mask]
+    for prompt in prompt_ids[~named].unique().tolist():
+        judged = judged_colors[prompt_ids == prompt]
         entropies.append(color_entropy(judged, len(COLOR_NAMES)))
         sizes.append(len(judged))
     report = {
@@ -267,7 +273,8 @@ def evaluate_testbed(pipe: Any, judge: Any, concept: str | None = None, **sampli
     """
     result = report_of(sample_testbed(pipe, **sampling), judge, concept)
     result["protocol"] = {"judge": "DigitsJudge", "color_judge": "ColorJudge (stroke hue rule)",
-                          "prompt_set_sha256": grammar_prompts().sha256(), **sampling}
+                          "prompt_set_sha256": grammar_prompts().sha256(), "guidance_scale": GUIDANCE_SCALE,
+                          "num_inference_steps": SAMPLING_STEPS, **sampling}
     return result
 
 
@@ -278,8 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concept", default=None, help="digits:<d> or color:<c>: add the erased figures")
     parser.add_argument("--images_per_prompt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=EVAL_SEED)
-    parser.add_argument("--num_inference_steps", type=int, default=20)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--num_inference_steps", type=int, default=SAMPLING_STEPS)
+    parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--out", default=None, help="write the report JSON here")
     args = parser.parse_args(argv)
     if args.concept is not None:

@@ -76,6 +76,12 @@ def test_judge_and_summaries_on_hand_made_samples():
     assert word["diversity"] > 0 and word["pixel_diversity"] > 0
     assert word["fid"] >= 0 and "kid" in word and "fid_base" not in word
     red_summary = concept_summary(report, samples, "color:red")["word"]
+    # two colour-free prompts of one digit drawn from the same two seeds, each in one colour: every
+    # prompt has entropy 0 across its seeds although the digit's images hold two colours
+    same_seed = TestbedSamples(images=painted([red, red, blue, blue]), digits=torch.tensor([3, 3, 3, 3]),
+                               colors=torch.full((4,), -1), prompt_ids=torch.tensor([0, 0, 1, 1]), groups=["word"] * 4)
+    per_prompt = judge_testbed(same_seed, FixedJudge(torch.tensor([3, 3, 3, 3])), ColorJudge())["groups"]["word"]
+    assert per_prompt["color_entropy"] == 0.0 and per_prompt["color_entropy_worst"] == 0.0
     assert red_summary["erased"] == 0.0 and red_summary["digit_kept"] == 1.0
     assert red_summary["others"] == 0.0 and red_summary["worst_other_color"] == 1.0
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
