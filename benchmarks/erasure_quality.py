@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.default_model import GUIDANCE_SCALE, SAMPLING_STEPS
 from pipelines.demo import method_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--groups", nargs="+", default=["word", "numeral", "paraphrase"],
                         help="prompt groups to judge (eval.testbed); fewer for a quicker look")
     parser.add_argument("--num_inference_steps", type=int, default=20)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "erasure-quality"),
                         help="results path without suffix (.json, .md, .png are written)")
     parser.add_argument("--eval_seed", type=int, default=None,
@@ -101,7 +102,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def draw_concept_data(model_dir: Path, concept: str, out: Path, num_images: int, seed: int,
-                      num_inference_steps: int = 20, guidance_scale: float = 5.0) -> Path:
+                      num_inference_steps: int = SAMPLING_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> Path:
     """The forget/retain folders of ``concept``, drawn by the default model (``pipelines.generate``);
     every testbed benchmark draws its data through this."""
     from pipelines import generate

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, row_of
+from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.lora_export")
@@ -40,7 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval_images", type=int, default=2)
     parser.add_argument("--groups", nargs="+", default=["word"])
     parser.add_argument("--num_inference_steps", type=int, default=20)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--trained_methods", nargs="*", default=["esd"],
                         help="also train these through a PEFT LoRA from the start (--trainable lora), at each rank")
     parser.add_argument("--trained_lr_scales", nargs="+", type=float, default=[1.0, 10.0],

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned
+from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.multi_concept")
@@ -38,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval_images", type=int, default=2)
     parser.add_argument("--groups", nargs="+", default=["word"])
     parser.add_argument("--num_inference_steps", type=int, default=20)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "multi-concept"))
     args = parser.parse_args(argv)
     method_config(args.method)

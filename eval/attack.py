@@ -48,6 +48,7 @@ import torch
 
 from erasure import jobconfig
 from erasure.output import check_output_dir, write_text_atomic
+from pipelines.default_model import GUIDANCE_SCALE
 from prompts.base import Prompt, PromptSet
 
 from .text_attack import prefixed_embeddings, project_simplex, sample_one_hot, token_embeddings_replaced, with_prefix
@@ -75,7 +76,7 @@ class AttackConfig:
     learning_rate: float = 0.01
     weight_decay: float = 0.1
     num_inference_steps: int = 20  # of every generation the judge sees
-    guidance_scale: float = 5.0  # for prompts without their own
+    guidance_scale: float = GUIDANCE_SCALE  # for prompts without their own (the testbed's)
     seed: int = 0  # image seed of prompts without their own: seed + prompt index
     max_prompts: int | None = None  # attack only the first N prompts
     control: bool = True  # also attack the base model from unrelated prompts (calibration)

@@ -32,7 +32,7 @@ JUDGE_WEIGHTS_NAME = "model.safetensors"
 class DigitsJudgeConfig:
     """Architecture of ``DigitsJudge``: three conv stages, each halving the resolution."""
 
-    channels: tuple[int, int, int] = (32, 64, 64)
+    channels: tuple[int, int, int] = (32, 64, 128)
     image_size: int = 32
     num_classes: int = 10
     num_colors: int = 6
@@ -51,7 +51,7 @@ class DigitsJudgeConfig:
 class JudgeTrainConfig:
     """How ``build_digits_judge`` trains: Adam on renders of the train digits, new renders each epoch."""
 
-    epochs: int = 16
+    epochs: int = 32
     renders_per_digit: int = 1
     batch_size: int = 64
     learning_rate: float = 5e-3

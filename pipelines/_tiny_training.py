@@ -78,6 +78,15 @@ def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float)
         ema_param.lerp_(param, 1.0 - decay)
 
 
+def min_snr_weights(scheduler, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per timestep for epsilon prediction, ``min(SNR_t, gamma) / SNR_t``
+    (Hang et al. 2023, Eq. 8 with the epsilon target): the nearly clean timesteps, where the MSE
+    is dominated by fine detail, stop outweighing the noisy ones that decide the digit and colour."""
+    alphas_cumprod = scheduler.alphas_cumprod.double()
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
 def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, config, generator):
     """Epsilon-prediction DDPM training (Ho et al. 2020, Eq. 14) with classifier-free dropout.
 
@@ -89,7 +98,8 @@ def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, confi
             ``prompt_embeds``: draws a phrasing for each image at every step.
         prompt_embeds: ``[P + 1, L, D]``; the last row is the empty prompt, used for a
             ``config.unet_uncond_probability`` share of samples (Ho & Salimans 2022, Sec. 3.2).
-        config: a ``DefaultModelConfig`` (``unet_*`` fields).
+        config: a ``DefaultModelConfig`` (``unet_*`` fields; ``unet_snr_gamma`` weights the loss
+            by ``min_snr_weights`` when set).
         generator: the ``torch.Generator`` for batches, phrasings, timesteps, noise and dropout.
 
     Returns:
@@ -101,6 +111,7 @@ def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, confi
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.unet_warmup_steps))
     empty_prompt = prompt_embeds.shape[0] - 1
     num_timesteps = scheduler.config.num_train_timesteps
+    weights = min_snr_weights(scheduler, config.unet_snr_gamma) if config.unet_snr_gamma else None
     batches = epoch_batches(len(latents), config.unet_batch_size, config.unet_steps, generator)
     progress = tqdm(batches, total=config.unet_steps, desc="tiny UNet")
     for step, batch in enumerate(progress):
@@ -111,7 +122,8 @@ def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, confi
         timesteps = torch.randint(0, num_timesteps, (len(batch),), generator=generator)
         noisy = scheduler.add_noise(clean, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=prompt_embeds[conditions]).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise)
+        per_sample = (prediction - noise).square().mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[timesteps]).mean() if weights is not None else per_sample.mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -38,8 +38,16 @@ from prompts.colored_digits import DIGIT_WORDS, grammar, grammar_prompts
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = "v3"  # v2: coloured digits, prompt grammar, CLIP vocabulary; v3: pretrained text encoder
+# v2: coloured digits, prompt grammar, CLIP vocabulary; v3: pretrained text encoder;
+# v4: min-SNR loss weighting, 30% unconditional dropout, 2000 UNet steps, a wider judge, guidance 3
+BUILD_VERSION = "v4"
 BUILD_MARKER = "scissorhands_build.json"
+# How every testbed figure is drawn (eval.testbed, the demo, the benchmarks): DDIM steps and
+# classifier-free guidance. Guidance trades the colour variety of colour-free prompts for
+# recognition (v4, 8 seeds per prompt): guidance 5 recognises the worst digit 96-97% but keeps
+# 0.72x the training data's colour entropy; 3 keeps 0.83-0.89x with the worst digit at 90-92%.
+SAMPLING_STEPS = 20
+GUIDANCE_SCALE = 3.0
 JUDGE_SUBFOLDER = "judge"
 
 
@@ -68,8 +76,16 @@ class DefaultModelConfig:
     steps, 50% at 600, 70% at 900, 85% at 1200, 95% at 1500 (CLIP's pooled end-of-text state
     instead of the mean: 57.5% at 900). With one phrasing and grey digits a random encoder was
     enough (97.5% at 800 steps): the phrasings, not the images, were what it could not carry.
-    This build (4 renders per digit, VAE 300 steps, text 300, UNet 2500 x 32) took 961 s with
-    2 threads while tests ran beside it, against a 5-minute target: missed.
+    v4 (4 renders per digit, VAE 300 steps, text 300, judge 32 epochs, UNet 2000 x 32 with min-SNR-5
+    weighting and 30% unconditional dropout) builds in 265-305 s on 2 idle threads (judge ~40 s,
+    VAE ~25 s, UNet ~190 s). Measured on probe builds (1 thread, 60-120 generations per figure):
+    min-SNR-5 drew "a green handwritten digit <d>" green 60/60 where the same build without it drew
+    54-57/60, and recognised 67-77% of digits at guidance 1 instead of 50-57%; 2000 steps instead of
+    2500 cost about one point of recognition and 45 s; dropout 0.2 instead of 0.1 raised the colour
+    entropy of colour-free prompts at guidance 3 from 0.72 to 0.79 of uniform (reference 0.87 at
+    12 samples), 0.3 to 0.92 of the reference per prompt with the worst digit 1-2 points lower;
+    naming the colour in half the samples instead of 70% changed nothing measurable. README
+    ("The offline testbed") has the evaluation-seed figures against issue 13's targets.
     """
 
     image_size: int = 32
@@ -90,12 +106,13 @@ class DefaultModelConfig:
     vae_learning_rate: float = 3e-3
     vae_kl_weight: float = 1e-6
     unet_block_out_channels: tuple[int, int] = (32, 64)
-    unet_steps: int = 2500
+    unet_steps: int = 2000
     unet_batch_size: int = 32
     unet_learning_rate: float = 2e-3
     unet_warmup_steps: int = 50
     unet_ema_decay: float = 0.995
-    unet_uncond_probability: float = 0.1
+    unet_uncond_probability: float = 0.3
+    unet_snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting; None: plain MSE
     judge: JudgeTrainConfig = field(default_factory=JudgeTrainConfig)
 
     def __post_init__(self) -> None:
@@ -126,6 +143,8 @@ class DefaultModelConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0.0 <= self.unet_uncond_probability < 1.0:
             raise ValueError(f"unet_uncond_probability must be in [0, 1), got {self.unet_uncond_probability}")
+        if self.unet_snr_gamma is not None and not self.unet_snr_gamma > 0:
+            raise ValueError(f"unet_snr_gamma must be > 0 or None, got {self.unet_snr_gamma}")
         if not 0.0 <= self.unet_ema_decay < 1.0:
             raise ValueError(f"unet_ema_decay must be in [0, 1), got {self.unet_ema_decay}")
 
@@ -144,7 +163,7 @@ class DefaultModelConfig:
 
 def default_model_path(seed: int = 0, config: DefaultModelConfig | None = None) -> Path:
     """Cache folder of the default build: ``$SCISSORHANDS_CACHE`` or ``~/.cache/scissorhands``,
-    then ``default-v3-seed{seed}`` (plus the config hash when ``config`` is not the default)."""
+    then ``default-{BUILD_VERSION}-seed{seed}`` (plus the config hash when ``config`` is not the default)."""
     root = Path(os.environ.get("SCISSORHANDS_CACHE") or Path.home() / ".cache" / "scissorhands")
     name = f"default-{BUILD_VERSION}-seed{seed}"
     if config is not None and config != DefaultModelConfig():

@@ -33,7 +33,7 @@ from eval.digits_classifier import load_digits_judge
 from eval.grid import image_grid
 from eval.testbed import EVAL_SEED, TestbedSamples, report_of, sample_testbed
 from pipelines import erase, generate
-from pipelines.default_model import build_default_model, default_judge_path
+from pipelines.default_model import GUIDANCE_SCALE, build_default_model, default_judge_path
 from pipelines.sampling import SampleItem, generate as draw, load_pipeline
 from prompts.base import Prompt
 from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, grammar_prompts, parse_concept
@@ -69,7 +69,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=64, help="forget and retain images to generate")
     parser.add_argument("--eval_images", type=int, default=2, help="judged generations per grammar prompt")
     parser.add_argument("--num_inference_steps", type=int, default=20)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_threads", type=int, default=None,
                         help="torch threads (tiny models on a busy 2-core machine run fastest on 1)")
