@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"concept": args.concept, "seed": args.seed, "tuning_seed": TUNING_SEED,
                                "rule": f"erased <= {args.erase_threshold}, then lowest fid_base", "methods": {}}
     with tempfile.TemporaryDirectory(prefix="tune-testbed-") as tmp:
-        # drawn with pipelines.generate's defaults (50 steps, guidance 7.5) as the recorded tunings were;
-        # the quality benchmark draws its data at 20 steps, guidance 5
-        data_dir = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed, 50, 7.5)
+        # drawn as the quality benchmark draws its data (the testbed's steps and guidance); rounds 1-2
+        # (configs/tune_digits*.yaml) drew at pipelines.generate's defaults, 50 steps and guidance 7.5
+        data_dir = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed)
         for method in args.methods:
             rows = []
             for point in grid_points(grids[method]):
