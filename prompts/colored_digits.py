@@ -194,6 +194,27 @@ def concept_prompts(concept: str, forms: Iterable[str] = ("word",), groups: Iter
     """
     kind, value = parse_concept(concept)
     forms, groups = tuple(forms), tuple(groups)
+    forget, retain = _concept_sets(kind, value, forms, groups, concept)
+    return spread(forget), spread(retain)
+
+
+def spread(prompt_set: PromptSet) -> PromptSet:
+    """The same prompts, reordered round-robin over their (digit, colour) pairs.
+
+    Jobs draw the first ``num_images`` prompts of a set (``pipelines.sampling.plan_samples``). In
+    grammar order (digit by digit) the first 64 of a 189-prompt retain set were digits 0-2 only,
+    and every erasure's repair then never saw digits 3-9; spread, any prefix of at least one
+    prompt per pair covers every digit and colour of the set.
+    """
+    pairs: dict[tuple, list[Prompt]] = {}
+    for prompt in prompt_set.prompts:
+        pairs.setdefault((prompt.extra["label"], prompt.extra["color"]), []).append(prompt)
+    queues = list(pairs.values())
+    ordered = [queue[k] for k in range(max(map(len, queues))) for queue in queues if k < len(queue)]
+    return PromptSet(prompt_set.name, ordered, version=prompt_set.version, source=prompt_set.source)
+
+
+def _concept_sets(kind: str, value: Any, forms: tuple, groups: tuple, concept: str) -> tuple[PromptSet, PromptSet]:
     if kind == "digits":
         others = [d for d in range(10) if d != value]
         forget = grammar_prompts([value], forms=forms, groups=groups, name=concept)

@@ -61,6 +61,21 @@ def test_color_concept_forget_names_only_that_colour_and_retain_none_of_it():
     assert {p.extra["label"] for p in forget} == set(range(10))
 
 
+@pytest.mark.parametrize("concept", ["digits:five", "digits:zero", "color:red", "color:white"])
+def test_the_first_images_of_a_concept_set_cover_every_digit_and_colour(concept):
+    """Jobs draw a prefix of each set (64 images of a 189-prompt retain set by default in the
+    benchmarks): in grammar order that prefix held digits 0-2 only."""
+    from pipelines.sampling import plan_samples
+
+    for side in concept_prompts(concept):
+        pairs = {(p.extra["label"], p.extra["color"]) for p in side}
+        prefix = [item.prompt for item in plan_samples(side, 1, 0)[:len(pairs)]]
+        assert {(p.extra["label"], p.extra["color"]) for p in prefix} == pairs
+        assert sorted(p.text for p in side) == sorted(p.text for p in grammar_prompts(
+            {p.extra["label"] for p in side}, {p.extra["color"] for p in side}, forms=("word",),
+            groups=("erase",)))  # the same prompts, only reordered
+
+
 def test_concepts_with_numerals_and_paraphrases():
     forget, _ = concept_prompts("digits:seven", forms=("numeral",), groups=("paraphrase",))
     assert all(" 7" in p.text for p in forget) and {p.extra["group"] for p in forget} == {"paraphrase"}
