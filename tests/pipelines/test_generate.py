@@ -86,11 +86,11 @@ def launch(pipeline_dir: Path, output_dir: Path, *launch_flags: str) -> None:
 def test_accelerate_launch(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "digits"
     launch(tiny_pipeline_dir, out, "--cpu", "--num_processes", "1")
-    # the grammar's erase phrasings, word form, round-robin over the concept's prompts
+    # the grammar's erase phrasings, word form, spread over the concept's (digit, colour) pairs
     assert [r["prompt"] for r in rows_of(out / "forget")] == [
-        "a white handwritten digit seven", "a handwritten digit seven in white", "a drawing of the number seven in white"]
+        "a white handwritten digit seven", "a red handwritten digit seven", "a green handwritten digit seven"]
     assert [r["prompt"] for r in rows_of(out / "retain")] == [
-        "a white handwritten digit zero", "a handwritten digit zero in white", "a drawing of the number zero in white"]
+        "a white handwritten digit zero", "a red handwritten digit zero", "a green handwritten digit zero"]
     assert len(load_file(str(out / "retain" / "latents.safetensors"))) == 3
     assert json.loads((out / "forget" / "info.json").read_text())["complete"]
 
@@ -170,9 +170,9 @@ def test_color_concept_folders_hold_only_that_colour_on_the_forget_side(tiny_pip
     assert len(forget) == len(retain) == 12
     assert all("red" in row["prompt"].split() for row in forget)
     assert not any("red" in row["prompt"].split() for row in retain)
-    # round-robin over every digit: the attribute spans the classes
+    # spread over every digit: 12 images of an attribute already span all ten classes
     words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-    assert {w for row in forget for w in row["prompt"].split() if w in words} == {"zero", "one", "two", "three"}
+    assert {w for row in forget for w in row["prompt"].split() if w in words} == set(words)
     info = json.loads((out / "forget" / "info.json").read_text())
     assert info["concept"] == "color:red" and info["prompt_set"]["num_prompts"] == 30
 
