@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, robustness_of
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, robustness_of, robustness_targets
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.robustness")
@@ -63,26 +63,17 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def targets(methods: dict[str, Any], control: dict[str, Any], attacks: list[str]) -> dict[str, Any]:
-    status = lambda ok: "met" if ok else "missed"
-    result: dict[str, Any] = {}
-    if "relearn" in attacks and "scissorhands" in methods:
-        steps = lambda m: methods[m]["relearn_steps"] if methods[m]["relearn_steps"] is not None else float("inf")
-        others = {m: methods[m]["relearn_steps"] for m in ("esd", "salun") if m in methods}
-        result["scissorhands relearn steps above ESD's and SalUn's"] = {
-            "status": status(all(steps("scissorhands") > steps(m) for m in others)),
-            "scissorhands": methods["scissorhands"]["relearn_steps"], **others,
-            "cap": methods["scissorhands"]["relearn_cap"]}
-    if "unlearndiffatk" not in attacks:
-        return result
-    result["control ASR >= 80%"] = {"status": status(control["control_asr"] >= 0.8), "asr": control["control_asr"]}
-    if "scissorhands" in methods:
-        mine = methods["scissorhands"]["asr"]
-        result["scissorhands ASR <= 20%"] = {"status": status(mine <= 0.2), "asr": mine}
-        if "esd" in methods:
-            result["scissorhands ASR below ESD's"] = {"status": status(mine < methods["esd"]["asr"]), "scissorhands": mine,
-                                                      "esd": methods["esd"]["asr"]}
-    slowest = max(s["median_seconds_per_prompt"] for s in methods.values())
-    result["<= 30 s per attacked prompt (median)"] = {"status": status(slowest <= 30), "slowest_method_median": slowest}
+    """Issue 9's targets through the quality harness's rule (``robustness_targets``), plus the time per prompt."""
+    rows = [{"method": m, "asr": s["asr"] if "unlearndiffatk" in attacks else None,
+             "relearn_steps_at_least": (s["relearn_steps"] if s.get("relearn_steps") is not None
+                                        else s.get("relearn_cap")) if "relearn" in attacks else None}
+            for m, s in methods.items()]
+    base = [{"control_asr": control["control_asr"]}] if "unlearndiffatk" in attacks else []
+    result = robustness_targets(rows, base)
+    if "unlearndiffatk" in attacks:
+        slowest = max(s["median_seconds_per_prompt"] for s in methods.values())
+        result["<= 30 s per attacked prompt (median)"] = {"status": "met" if slowest <= 30 else "missed",
+                                                          "slowest_method_median": slowest}
     return result
 
 

@@ -14,6 +14,8 @@ Two kinds of concept come out of it (`concept_prompts`):
 
 from __future__ import annotations
 
+import itertools
+
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -209,8 +211,7 @@ def spread(prompt_set: PromptSet) -> PromptSet:
     pairs: dict[tuple, list[Prompt]] = {}
     for prompt in prompt_set.prompts:
         pairs.setdefault((prompt.extra["label"], prompt.extra["color"]), []).append(prompt)
-    queues = list(pairs.values())
-    ordered = [queue[k] for k in range(max(map(len, queues))) for queue in queues if k < len(queue)]
+    ordered = [p for row in itertools.zip_longest(*pairs.values()) for p in row if p is not None]
     return PromptSet(prompt_set.name, ordered, version=prompt_set.version, source=prompt_set.source)
 
 

@@ -101,3 +101,16 @@ def test_robustness_targets_compare_medians_and_count_never_relearned_as_the_cap
     steps = targets["scissorhands relearn steps above ESD's and SalUn's"]
     assert steps == {"status": "missed", "scissorhands": 65.0, "esd": 30.0, "salun": 80}
     assert quality.robustness_targets([{"method": "esd", "erased": 0.0}], []) == {}
+
+
+def test_robustness_benchmark_uses_the_same_targets_and_adds_the_time_per_prompt():
+    from benchmarks.robustness import targets
+
+    methods = {"scissorhands": {"asr": 0.0, "relearn_steps": None, "relearn_cap": 100, "median_seconds_per_prompt": 40},
+               "esd": {"asr": 1.0, "relearn_steps": 20, "relearn_cap": 100, "median_seconds_per_prompt": 10}}
+    result = targets(methods, {"control_asr": 1.0}, ["unlearndiffatk", "relearn"])
+    assert result["scissorhands ASR below ESD's"]["status"] == "met"
+    assert result["scissorhands relearn steps above ESD's and SalUn's"] == {"status": "met", "scissorhands": 100,
+                                                                          "esd": 20}
+    assert result["<= 30 s per attacked prompt (median)"]["status"] == "missed"
+    assert set(targets(methods, {"control_asr": None}, ["relearn"])) == {"scissorhands relearn steps above ESD's and SalUn's"}
