@@ -111,6 +111,12 @@ def test_config_validation_and_hash():
         DefaultModelConfig(text_hidden_size=30, text_heads=4)
     with pytest.raises(ValueError, match="image_size"):
         DefaultModelConfig(image_size=36)
+    with pytest.raises(ValueError, match="beta_schedule='cosine' is unknown"):
+        DefaultModelConfig(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="beta_start < beta_end"):
+        DefaultModelConfig(beta_start=0.02, beta_end=0.01)
+    with pytest.raises(ValueError, match="unet_cross_attention must have 2 entries"):
+        DefaultModelConfig(unet_cross_attention=(True,))
     assert DefaultModelConfig().config_hash(0) == DefaultModelConfig().config_hash(0)
     assert DefaultModelConfig().config_hash(0) != DefaultModelConfig().config_hash(1)
     assert DefaultModelConfig().config_hash(0) != DefaultModelConfig.fast().config_hash(0)
@@ -118,9 +124,9 @@ def test_config_validation_and_hash():
 
 def test_default_paths(monkeypatch, tmp_path):
     monkeypatch.setenv("SCISSORHANDS_CACHE", str(tmp_path))
-    assert default_model_path(seed=3) == tmp_path / "default-v4-seed3"
-    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v4-seed3-")
-    assert default_judge_path(seed=3) == tmp_path / "default-v4-seed3" / "judge"
+    assert default_model_path(seed=3) == tmp_path / "default-v5-seed3"
+    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v5-seed3-")
+    assert default_judge_path(seed=3) == tmp_path / "default-v5-seed3" / "judge"
 
 
 def test_epoch_batches_and_scaling_factor():
@@ -143,6 +149,18 @@ def test_fast_build_loads_and_generates_32px(fast_build):
     pil = pipeline(digit_prompt(5), num_inference_steps=2, generator=generator).images[0]
     assert pil.size == (32, 32)
     assert (fast_build / "tokenizer" / "vocab.json").is_file() and (fast_build / "tokenizer" / "merges.txt").is_file()
+
+
+def test_fast_build_has_sd_schedule_and_reads_the_prompt_at_both_levels(fast_build):
+    """v5: SD v1.x's own betas in the saved scheduler, and cross-attention in both UNet levels."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    scheduler = DDIMScheduler.from_pretrained(fast_build, subfolder="scheduler")
+    assert (scheduler.config.beta_schedule, scheduler.config.beta_start, scheduler.config.beta_end) == (
+        "scaled_linear", 0.00085, 0.012)
+    unet = UNet2DConditionModel.from_pretrained(fast_build, subfolder="unet")
+    assert unet.config.down_block_types == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    assert unet.config.up_block_types == ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
 
 
 def test_cache_is_reused_without_rebuilding(fast_build, monkeypatch):
