@@ -41,6 +41,7 @@ class ClassificationObjective(Objective):
             target = F.log_softmax(frozen(batch["x"]), dim=1)
         return F.kl_div(F.log_softmax(model(batch["x"]), dim=1), target, reduction="none", log_target=True).sum(1)
 
-    def relabeled_loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    def relabeled_loss(self, model: nn.Module, batch: dict[str, Any], reference: nn.Module | None = None) -> Tensor:
+        # random labels need no model to make them: ``reference`` does not apply
         fake = random_labels(batch["y"], batch["index"], self.num_classes, self.seed)
         return F.cross_entropy(model(batch["x"]), fake, reduction="none")

@@ -30,9 +30,10 @@ class Objective:
         """Per-sample loss of ``model`` on ``batch`` with its true targets, shape ``[B]``."""
         raise NotImplementedError
 
-    def relabeled_loss(self, model: nn.Module, batch: Any) -> Tensor:
+    def relabeled_loss(self, model: nn.Module, batch: Any, reference: nn.Module | None = None) -> Tensor:
         """Per-sample loss on ``batch`` with substituted targets (random labels for a
-        classifier; another prompt's prediction for diffusion), shape ``[B]``."""
+        classifier; another prompt's prediction for diffusion, made by ``reference``, by
+        default ``model`` itself), shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no relabeled loss; random-label methods need one")
 
     def guided_loss(self, model: nn.Module, frozen: nn.Module, batch: Any) -> Tensor:

@@ -44,6 +44,7 @@ from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
+from prompts.base import closest_prompts
 
 logger = logging.getLogger("pipelines.erase")
 
@@ -71,7 +72,7 @@ class EraseConfig:
     retain_prompt: str | None = None
     resolution: int | None = None  # image side for --forget_dir/--retain_dir images (a multiple of 8); None: as stored
     concept: str | None = None  # a label only: recorded in the model card and erase_config.json
-    substitute_prompt: str | None = None  # what forget prompts should draw instead; None: a retain prompt each
+    substitute_prompt: str | None = None  # what forget prompts should draw instead; None: for each, the retain prompt closest in wording (prompts.base.closest_prompts)
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
     # UNet weights that train: full, xattn (cross-attention only), noxattn, or lora (a PEFT LoRA of
@@ -171,10 +172,13 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     substitute = config.substitute_prompt
     prompts = sorted(set(forget.prompts) | set(retain.prompts) | {""} | ({substitute} if substitute else set()))
     ids = {p: i for i, p in enumerate(prompts)}
-    retain_ids = sorted({ids[p] for p in retain.prompts})
+    forget_prompts = sorted(set(forget.prompts))
+    # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording
+    pairs = ({p: substitute for p in forget_prompts} if substitute
+             else closest_prompts(forget_prompts, sorted(set(retain.prompts))))
     relabel = torch.arange(len(prompts))
-    for k, prompt in enumerate(sorted(set(forget.prompts))):  # forget prompt -> substitute (or a retain prompt)
-        relabel[ids[prompt]] = ids[substitute] if substitute else retain_ids[k % len(retain_ids)]
+    for prompt, replacement in pairs.items():
+        relabel[ids[prompt]] = ids[replacement]
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     objective = DiffusionObjective(scheduler, encode_prompts(pipe, prompts, device), relabel, ids[""],
                                    config.relabel_target, config.negative_guidance, config.seed)

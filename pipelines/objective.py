@@ -89,13 +89,17 @@ class DiffusionObjective(Objective):
         noisy, target = self._noisy_and_target(batch)
         return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
 
-    def relabeled_loss(self, unet: nn.Module, batch: dict) -> Tensor:
+    def relabeled_loss(self, unet: nn.Module, batch: dict, reference: nn.Module | None = None) -> Tensor:
+        """``prediction``: eps(z_t | c_forget) against the detached eps(z_t | c_substitute) of
+        ``reference`` (default ``unet`` itself, as SalUn's code; a frozen original gives a target
+        that does not move with the training); ``noise``: the substitute prompt fits the noise."""
         batch = self._with_noise(batch)
         noisy, target = self._noisy_and_target(batch)
         substitute = self.relabel_ids.to(batch["y"].device)[batch["y"]]
         if self.relabel_target == "prediction":
             with torch.no_grad():
-                target = self._predict(unet, noisy, batch["timesteps"], substitute)
+                target = self._predict(reference if reference is not None else unet, noisy, batch["timesteps"],
+                                       substitute)
             return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
         return self._mse(self._predict(unet, noisy, batch["timesteps"], substitute), target)
 

@@ -68,3 +68,30 @@ class PromptSet:
         rows = [[p.text, p.seed, p.guidance_scale, list(p.categories)] for p in self.prompts]
         canonical = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def closest_prompts(prompts: list[str], candidates: list[str]) -> dict[str, str]:
+    """For each prompt, the candidate that keeps most of its wording: the highest
+    ``difflib.SequenceMatcher`` ratio over lower-cased words, ties shared round-robin.
+
+    This is what a substitute prompt should be (paper 000's and SalUn's public SD code pair
+    "nudity" with "a person wearing clothes", Imagenette's "an image of a tench" with another
+    class in the same template): everything but the concept stays, so a relabelled loss moves
+    the concept and not the colour, style or phrasing around it. On the testbed "a red
+    handwritten digit three" gets "a red handwritten digit <d>" for some other d, never a
+    prompt in another colour. Ties rotate so the forget prompts spread over the candidates.
+
+    Raises:
+        ValueError: if ``candidates`` is empty.
+    """
+    from difflib import SequenceMatcher
+
+    if not candidates:
+        raise ValueError("closest_prompts needs at least one candidate prompt, got none")
+    words = {text: text.lower().split() for text in {*prompts, *candidates}}
+    pairs = {}
+    for k, prompt in enumerate(prompts):
+        scores = [SequenceMatcher(None, words[prompt], words[c], autojunk=False).ratio() for c in candidates]
+        best = [c for c, s in zip(candidates, scores) if s == max(scores)]
+        pairs[prompt] = best[k % len(best)]
+    return pairs

@@ -54,7 +54,10 @@ class Scissorhands(UnlearningMethod):
         capped = self.capped(losses) if self.config.forget_loss == "ascent" else losses
         loss_forget = finite_or_raise(self.reduce_forget(capped, forget_batch, weighting_losses=losses), "forget loss")
         if self.config.forget_loss == "substitute":
-            relabeled = self.reduce_forget(self.objective.relabeled_loss(model, forget_batch), forget_batch,
+            # the original model (kept for retain_loss="distill") makes the target: the trimmed
+            # model's own substitute prediction is damaged at first and moves as it trains
+            relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
+            relabeled = self.reduce_forget(relabeled, forget_batch,
                                            weighting_losses=losses.detach())
             return loss_forget, self.config.lam * relabeled
         return loss_forget, None

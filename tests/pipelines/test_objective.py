@@ -169,3 +169,20 @@ def test_loreun_reference_is_the_exponential_fit_of_the_mean_loss_per_timestep()
     l0 = objective.reference_loss(reference, {"timesteps": torch.tensor([0, 500])})
     torch.testing.assert_close(l0, torch.tensor([curve.a, curve.a * math.exp(curve.b * 500)]), rtol=1e-5, atol=0)
 
+
+
+def test_relabel_target_comes_from_the_reference_model_when_given():
+    """Scissorhands' substitute target is the frozen original's prediction, not the trained model's."""
+    embeddings = torch.randn(3, 5, 8)
+    objective = DiffusionObjective(DDPMScheduler(), embeddings, relabel_ids=torch.tensor([1, 1, 2]), uncond_id=2)
+    batch = {"x": torch.randn(2, 4, 8, 8), "y": torch.tensor([0, 0]), "index": torch.arange(2),
+             "noise": torch.randn(2, 4, 8, 8), "timesteps": torch.tensor([100, 700])}
+    student, original = tiny_unet(), tiny_unet().requires_grad_(False)
+    with torch.no_grad():
+        student.conv_out.bias.add_(0.5)  # every prediction of the student moves by 0.5
+    # against itself the shift cancels; against the original it costs 0.25 more per sample
+    own = objective.relabeled_loss(student, batch)
+    against_original = objective.relabeled_loss(student, batch, reference=original)
+    unshifted = objective.relabeled_loss(original, batch)
+    torch.testing.assert_close(own, unshifted, atol=1e-5, rtol=1e-5)
+    assert (against_original > own + 0.2).all()
