@@ -178,7 +178,11 @@ def row_of(method: str, concept: str, seed: int, report: dict, seconds: float | 
     """One result row: the concept's word-prompt figures, the numeral and paraphrase erasure, utility."""
     word, summary = report["groups"]["word"], report["concept"]
     keep = ("diversity", "diversity_ratio", "alignment", "fid", "kid", "fid_base", "kid_base")
-    return {"method": method, "concept": concept, "seed": seed, **summary["word"],
+    figures = {k: v for k, v in summary["word"].items() if k != "kept"}
+    # utility over the prompts the erasure must leave alone (eval.testbed.kept_prompts): the
+    # word group's FID also counts the erased concept's own prompts, which must change
+    kept = {f"{k}_kept": summary["word"].get("kept", {}).get(k) for k in keep}
+    return {"method": method, "concept": concept, "seed": seed, **figures, **kept,
             "numeral_erased": summary.get("numeral", {}).get("erased"),
             "paraphrase_erased": summary.get("paraphrase", {}).get("erased"),
             **{k: word[k] for k in keep if k in word}, "seconds": seconds}
@@ -199,8 +203,8 @@ def summarise(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> di
         per_method[method] = {key: statistics.median(r[key] for r in mine if r.get(key) is not None) for key in keys}
     # FID against the base model's own generations: the judge-feature FID against real digits
     # barely moved while a retained class was lost (measured), this one did
-    front = pareto_front({m: (s["erased"], s["fid_base"]) for m, s in per_method.items()})
-    return {"per_method": per_method, "pareto_front_erased_vs_fid_base": front,
+    front = pareto_front({m: (s["erased"], s["fid_base_kept"]) for m, s in per_method.items()})
+    return {"per_method": per_method, "pareto_front_erased_vs_fid_base_kept": front,
             "targets": targets(rows, base_rows, front)}
 
 
@@ -216,8 +220,8 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
     if mine:
         checks = {
             "erased <= 5%": [r["erased"] <= 0.05 for r in mine],
-            "diversity >= 0.9x base": [r["diversity_ratio"] >= 0.9 for r in mine],
-            "FID vs real <= 1.2x base": [r["fid"] <= 1.2 * base[r["concept"]]["fid"] for r in mine],
+            "diversity >= 0.9x base": [r["diversity_ratio_kept"] >= 0.9 for r in mine],
+            "FID vs real <= 1.2x base": [r["fid_kept"] <= 1.2 * base[r["concept"]]["fid_kept"] for r in mine],
         }
         if "worst_other" in mine[0]:
             checks["worst other within 10 points of base"] = [
@@ -227,7 +231,7 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
                                                "runs": len(passed)}
-        result["scissorhands on the erased-vs-FID(base) Pareto front"] = {"status": _status("scissorhands" in front),
+        result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"] = {"status": _status("scissorhands" in front),
                                                                     "front": front}
     for method in ("salun", "esd"):
         theirs = [r["erased"] for r in rows if r["method"] == method]
@@ -263,14 +267,17 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
-               "diversity_ratio", "alignment", "fid", "fid_base", "kid_base", "seconds")
+               "color_kept", "diversity_ratio_kept", "alignment", "fid_kept", "fid_base_kept", "kid_base_kept", "fid",
+               "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
-             "## Base model", "", "| concept | erased | others | worst_other | diversity | fid |", "|---|---|---|---|---|---|"]
+             "## Base model", "", "| concept | erased | others | worst_other | color_kept | diversity | fid_kept | fid |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | {fmt(r.get('worst_other'))} | "
-              f"{fmt(r['diversity'])} | {fmt(r['fid'])} |" for r in results["base"]]
+              f"{fmt(r.get('color_kept'))} | {fmt(r['diversity'])} | {fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
+              for r in results["base"]]
     controls = {r["concept"]: r["control_asr"] for r in results["base"] if r.get("control_asr") is not None}
     if controls:
         lines += ["", "Attack control (UnlearnDiffAtk on the base model from unrelated prompts): "
@@ -294,13 +301,13 @@ def scatter(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], path: P
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        axes[0].scatter([r["erased"] for r in mine], [r["fid_base"] for r in mine], label=method, alpha=0.8)
+        axes[0].scatter([r["erased"] for r in mine], [r["fid_base_kept"] for r in mine], label=method, alpha=0.8)
         axes[1].scatter([r["erased"] for r in mine], [r.get("others", r.get("other_colors")) for r in mine],
                         label=method, alpha=0.8)
     axes[0].scatter([r["erased"] for r in base_rows], [0.0] * len(base_rows), marker="*", s=150, c="k",
                     label="base model")
     axes[0].set(xlabel="erased concept recognised (lower: better erased)",
-                ylabel="FID vs the base model's generations (lower: better)", title="forget vs distribution quality")
+                ylabel="FID vs the base, kept prompts (lower: better)", title="forget vs distribution quality")
     axes[1].set(xlabel="erased concept recognised", ylabel="others recognised (higher: better)",
                 title="forget vs retained classes")
     axes[0].legend(fontsize=7)

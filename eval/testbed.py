@@ -119,9 +119,10 @@ def report_of(samples: TestbedSamples, judge: Any, concept: str | None = None,
     result: dict[str, Any] = {"groups": report["groups"]}
     names = [] if concept is None else [c.strip() for c in concept.split(",") if c.strip()]
     if len(names) == 1:
-        result["concept"] = concept_summary(report, samples, names[0])
+        result["concept"] = concept_summary(report, samples, names[0], judge=judge, base=base)
     elif names:  # several concepts erased at once: each one's figures, the others not counted as kept
-        result["concepts"] = {name: concept_summary(report, samples, name, tuple(n for n in names if n != name))
+        result["concepts"] = {name: concept_summary(report, samples, name, tuple(n for n in names if n != name),
+                                                    judge=judge, base=base)
                               for name in names}
     return result
 
@@ -220,43 +221,66 @@ def _distribution_report(samples: TestbedSamples, mask: Tensor, judge: Any, base
     return report
 
 
+def kept_prompts(samples: TestbedSamples, concept: str, also_erased: tuple[str, ...] = ()) -> Tensor:
+    """``[N]`` mask of the generations whose prompt an erasure of ``concept`` (and ``also_erased``)
+    should leave alone: for ``digits:<d>`` every prompt of another digit; for ``color:<c>`` every
+    prompt naming another colour (colour-free prompts are neither forgotten nor retained). The
+    concepts of ``also_erased`` only take their own prompts out."""
+    kept = torch.ones(len(samples.digits), dtype=torch.bool)
+    if parse_concept(concept)[0] == "color":
+        kept &= samples.colors >= 0
+    for name in (concept, *also_erased):
+        kind, value = parse_concept(name)
+        kept &= samples.digits != value if kind == "digits" else samples.colors != COLOR_NAMES.index(value)
+    return kept
+
+
 def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: str,
-                    also_erased: tuple[str, ...] = ()) -> dict[str, Any]:
+                    also_erased: tuple[str, ...] = (), judge: Any = None,
+                    base: TestbedSamples | None = None) -> dict[str, Any]:
     """What "erased" means for ``concept``, per group, from a ``judge_testbed`` report.
 
-    ``digits:<d>``: ``erased`` = recognition of d; ``others`` / ``worst_other`` over the rest.
+    ``digits:<d>``: ``erased`` = recognition of d; ``others`` / ``worst_other`` over the rest;
+    ``color_kept`` = prompts of the other digits that name a colour drawn in it.
     ``color:<c>``: ``erased`` = prompts naming c judged c; ``digit_kept`` = their digit still
     recognised; ``other_colors`` / ``worst_other_color`` = the other named colours judged right;
     ``others`` = digits recognised on prompts naming other colours.
     ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
     (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).
+    With ``judge``: ``kept`` holds the distribution-level utility (FID/KID against real digits and,
+    with ``base``, against the base model; diversity) over the kept prompts alone
+    (``kept_prompts``). The group's own FID also counts the erased concept's prompts, whose
+    generations an erasure must change: the field measures utility on prompts without the concept
+    (SD: COCO captions), and this is the testbed's analogue.
     """
     kind, value = parse_concept(concept)
     erased_digits = {v for k, v in map(parse_concept, also_erased) if k == "digits"}
     erased_colors = {COLOR_NAMES.index(v) for k, v in map(parse_concept, also_erased) if k == "color"}
     judged_digits, judged_colors = report["judged_digits"], report["judged_colors"]
+    kept = kept_prompts(samples, concept, also_erased)
+    right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean()) if m.any() else None
     summary = {}
     for group, figures in report["groups"].items():
         mask = torch.tensor([g == group for g in samples.groups])
         if kind == "digits":
             others = [r for d, r in enumerate(figures["recognition_per_digit"])
                       if d != value and d not in erased_digits and r is not None]
+            named = mask & kept & (samples.colors >= 0)
             summary[group] = {"erased": figures["recognition_per_digit"][value], "others": _mean(others),
-                              "worst_other": min(others, default=None)}
-            continue
-        c = COLOR_NAMES.index(value)
-        kept = mask & (samples.colors >= 0) & (samples.colors != c)
-        for other in erased_colors:
-            kept &= samples.colors != other
-        for digit in erased_digits:
-            kept &= samples.digits != digit
-        forgotten = mask & (samples.colors == c)
-        right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean()) if m.any() else None
-        other_colors = [a for n, a in figures["color_accuracy_per_color"].items()
-                        if n != value and COLOR_NAMES.index(n) not in erased_colors]
-        summary[group] = {"erased": float((judged_colors[forgotten] == c).float().mean()),
-                          "digit_kept": right(forgotten), "others": right(kept), "other_colors": _mean(other_colors),
-                          "worst_other_color": min(other_colors, default=None)}
+                              "worst_other": min(others, default=None),
+                              "color_kept": float((judged_colors[named] == samples.colors[named]).float().mean())
+                              if named.any() else None}
+        else:
+            c = COLOR_NAMES.index(value)
+            other_colors = [a for n, a in figures["color_accuracy_per_color"].items()
+                            if n != value and COLOR_NAMES.index(n) not in erased_colors]
+            forgotten = mask & (samples.colors == c)
+            summary[group] = {"erased": float((judged_colors[forgotten] == c).float().mean()),
+                              "digit_kept": right(forgotten), "others": right(mask & kept),
+                              "other_colors": _mean(other_colors),
+                              "worst_other_color": min(other_colors, default=None)}
+        if judge is not None and (mask & kept).sum() >= 2:
+            summary[group]["kept"] = _distribution_report(samples, mask & kept, judge, base)
     return summary
 
 

@@ -136,7 +136,8 @@ def side(report: dict) -> dict:
     """One side of metrics.json: the concept's figures on the word prompts (the headline: erased,
     others, worst_other, ...) with their distribution-level utility (diversity, alignment, FID and
     KID against real digits; on the after side also against the base model's generations), the
-    numeral and paraphrase groups apart, and every group's full figures."""
+    same over the prompts the erasure must leave alone (``kept``: ``eval.testbed.kept_prompts``),
+    the numeral and paraphrase groups apart, and every group's full figures."""
     concept, word = report["concept"], report["groups"]["word"]
     utility = {key: word[key] for key in UTILITY if key in word}
     return {**concept["word"], **utility, "numeral": concept["numeral"], "paraphrase": concept["paraphrase"],
@@ -182,10 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
                column_labels=["before", *[""] * (GRID_SEEDS - 1), "after"], scale=2)
     b, a = metrics["before"], metrics["after"]
     logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
-                "%.0f%%; diversity x%.2f of the base; FID vs real digits %.2f -> %.2f, vs the base %.2f (%s)",
+                "%.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real digits %.2f -> %.2f, vs the base "
+                "%.2f (%s)",
                 args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
                 100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
-                100 * b["others"], 100 * a["others"], a["diversity_ratio"], b["fid"], a["fid"], a["fid_base"],
+                100 * b["others"], 100 * a["others"], a["kept"]["diversity_ratio"], b["kept"]["fid"], a["kept"]["fid"],
+                a["kept"]["fid_base"],
                 output.path / "metrics.json")
     return metrics
 

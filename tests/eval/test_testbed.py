@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eval.colors import ColorJudge
-from eval.testbed import TestbedSamples, concept_summary, expected_entropy, judge_testbed, pixel_diversity
+from eval.testbed import TestbedSamples, concept_summary, kept_prompts, expected_entropy, judge_testbed, pixel_diversity
 from pipelines.testbed_data import color_table
 from prompts.colored_digits import COLOR_NAMES
 
@@ -87,7 +87,31 @@ def test_judge_and_summaries_on_hand_made_samples():
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
     assert base["fid_base"] == pytest.approx(0.0, abs=1e-3) and base["diversity_ratio"] == pytest.approx(1.0)
-    assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3)}
+    # the other digit's one colour prompt (blue, drawn blue) keeps its colour
+    assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3),
+                             "color_kept": 1.0}
+
+
+def test_kept_prompts_and_utility_over_them_alone():
+    red, blue = COLOR_NAMES.index("red"), COLOR_NAMES.index("blue")
+    samples = TestbedSamples(images=painted([blue, blue, red, blue]), digits=torch.tensor([2, 3, 3, 3]),
+                             colors=torch.tensor([red, blue, -1, -1]), prompt_ids=torch.tensor([0, 1, 2, 2]),
+                             groups=["word"] * 4)
+    assert kept_prompts(samples, "digits:two").tolist() == [False, True, True, True]
+    assert kept_prompts(samples, "color:red").tolist() == [False, True, False, False]  # colour-free: neither
+    assert kept_prompts(samples, "digits:two", ("color:blue",)).tolist() == [False, False, True, True]
+    # the erased prompt's generation changed (a white bar instead of a blue one), nothing else did:
+    # the group's FID against the base sees the change, the kept prompts' FID does not
+    erased = TestbedSamples(images=samples.images.clone(), digits=samples.digits, colors=samples.colors,
+                            prompt_ids=samples.prompt_ids, groups=samples.groups)
+    erased.images[0] = painted([COLOR_NAMES.index("white")])[0]
+    judge = FixedJudge(torch.tensor([2, 3, 3, 3] * 2))
+    report = judge_testbed(erased, judge, ColorJudge(), base=samples)
+    summary = concept_summary(report, erased, "digits:two", judge=FixedJudge(torch.tensor([2, 3, 3, 3])),
+                              base=samples)["word"]
+    assert report["groups"]["word"]["fid_base"] > 5e-3
+    assert summary["kept"]["fid_base"] == pytest.approx(0.0, abs=1e-4)
+    assert summary["kept"]["diversity_ratio"] == pytest.approx(1.0)
 
 
 def test_several_concepts_each_get_figures_without_counting_the_others_as_kept():

@@ -87,3 +87,7 @@ def test_metrics_json_has_the_utility_figures_on_both_sides(tmp_path, monkeypatc
     assert "fid_base" not in saved["before"]
     assert saved["after"]["fid_base"] >= 0 and saved["after"]["diversity_ratio"] > 0
     assert metrics["after"]["fid"] == saved["after"]["fid"]
+    # the same utility over the kept prompts (the other nine digits) alone, on both sides
+    assert {"fid", "kid", "diversity"} <= saved["before"]["kept"].keys()
+    assert {"fid_base", "kid_base", "diversity_ratio"} <= saved["after"]["kept"].keys()
+    assert saved["after"]["color_kept"] is not None
