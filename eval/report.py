@@ -204,8 +204,18 @@ def _testbed_lines(testbed: Mapping[str, Any]) -> list[str]:
                      f"{'-' if f['pixel_diversity'] is None else round(f['pixel_diversity'], 3)} |")
     if testbed.get("concept"):
         lines += ["", f"Concept `{testbed['concept']}` per group: " + "; ".join(
-            f"{group}: " + ", ".join(f"{k} {percent(v)}" for k, v in summary.items())
+            f"{group}: " + ", ".join(f"{k} {percent(v)}" for k, v in summary.items() if k != "kept")
             for group, summary in testbed["summary"].items())]
+        kept = {group: s["kept"] for group, s in testbed["summary"].items() if "kept" in s}
+        if kept:
+            number = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"
+            lines += ["", "Utility over the prompts the erasure keeps (features: the digits judge's penultimate layer):",
+                      "", "| group | FID (real) | KID (real) | FID (base) | KID (base) | diversity (ratio to base) | alignment |",
+                      "|---|---|---|---|---|---|---|",
+                      *(f"| {group} | {number(k['fid'], 2)} | {number(k['kid'], 4)} | {number(k.get('fid_base'), 2)} | "
+                        f"{number(k.get('kid_base'), 4)} | {number(k['diversity'], 3)} "
+                        f"({number(k.get('diversity_ratio'), 2)}) | {percent(k['alignment'])} |"
+                        for group, k in kept.items())]
     return lines
 
 

@@ -236,7 +236,10 @@ def test_testbed_metric_reports_every_group_and_the_concept(judge_dir, tmp_path)
     assert numeral["color_accuracy"] == 1.0 and numeral["color_entropy"] == 0.0  # colour-free prompts: all white
     assert numeral["pixel_diversity"] > 0  # the two images of a prompt differ
     assert testbed["summary"]["numeral"]["erased"] == 1.0 and testbed["summary"]["numeral"]["worst_other_color"] == 1.0
-    assert "## Testbed (coloured digits)" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "## Testbed (coloured digits)" in markdown
+    # the kept prompts' utility is a table of its own, not a percentage of a dict
+    assert "Utility over the prompts the erasure keeps" in markdown and "| numeral |" in markdown.split("keeps")[1]
 
 
 def test_testbed_metric_needs_testbed_images_and_a_judge(tiny_pipeline_dir, judge_dir, tmp_path):
