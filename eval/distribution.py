@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["alignment", "feature_distances", "feature_diversity", "reference_renders"]
+__all__ = ["alignment", "distances_of_features", "feature_distances", "feature_diversity", "reference_renders"]
 
 
 def feature_diversity(features: Tensor, prompt_ids: Tensor, p: float = 2.0) -> float:
@@ -61,19 +61,46 @@ def feature_distances(feature: nn.Module, generated: Tensor, reference: Tensor, 
     Returns:
         ``{"fid": ..., "kid": ..., "kid_std": ...}``.
     """
-    from .fid import FrechetDistance, KernelDistance
+    from .fid import _canonical_images
 
     if len(generated) < 2 or len(reference) < 2:
         raise ValueError(f"FID needs at least 2 images per side, got {len(generated)} generated, {len(reference)} reference")
+    with torch.no_grad():
+        extract = lambda images: torch.cat([feature(_canonical_images(chunk, to_uint8=False)).float().cpu()
+                                            for chunk in images.split(batch_size)])
+        return distances_of_features(extract(generated), extract(reference), kid_subsets, kid_subset_size)
+
+
+def distances_of_features(generated: Tensor, reference: Tensor, kid_subsets: int = 50,
+                          kid_subset_size: int = 100) -> dict[str, float]:
+    """``feature_distances`` on features already extracted (``[N, D]`` each side), so that a caller
+    holding the features of one image set compares it with several references without extracting
+    them again. The arithmetic is torchmetrics': FID from float64 sums (``FrechetInceptionDistance``),
+    KID as the mean and std of the polynomial-kernel MMD^2 over ``kid_subsets`` random subsets drawn
+    with the global generator in the same order as ``KernelInceptionDistance.compute``."""
+    from torchmetrics.image.fid import _compute_fid
+    from torchmetrics.image.kid import poly_mmd
+
+    if generated.ndim != 2 or reference.ndim != 2 or generated.shape[1] != reference.shape[1]:
+        raise ValueError(f"features must be [N, D] on both sides, got {tuple(generated.shape)} and {tuple(reference.shape)}")
+    if len(generated) < 2 or len(reference) < 2:
+        raise ValueError(f"FID needs at least 2 images per side, got {len(generated)} generated, {len(reference)} reference")
+
+    def gaussian(features: Tensor) -> tuple[Tensor, Tensor]:
+        features = features.double()
+        n = features.shape[0]
+        mean = features.sum(dim=0) / n
+        return mean, (features.t().mm(features) - n * torch.outer(mean, mean)) / (n - 1)
+
+    fid = _compute_fid(*gaussian(reference), *gaussian(generated))
     subset = min(kid_subset_size, len(generated), len(reference))
-    fid, kid = FrechetDistance(feature=feature), KernelDistance(feature=feature, subsets=kid_subsets, subset_size=subset)
-    for metric in (fid, kid):
-        for chunk in reference.split(batch_size):
-            metric.update(chunk, real=True)
-        for chunk in generated.split(batch_size):
-            metric.update(chunk, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    scores = []
+    for _ in range(kid_subsets):
+        real = reference[torch.randperm(len(reference))[:subset]]
+        fake = generated[torch.randperm(len(generated))[:subset]]
+        scores.append(poly_mmd(real.float(), fake.float()))
+    kid = torch.stack(scores)
+    return {"fid": float(fid.float()), "kid": float(kid.mean()), "kid_std": float(kid.std(unbiased=False))}
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ from pipelines.default_model import GUIDANCE_SCALE, SAMPLING_STEPS
 from prompts.colored_digits import COLOR_NAMES, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
 
 from .colors import NO_STROKE, UNCLEAR, ColorJudge, color_entropy
-from .distribution import alignment, feature_distances, feature_diversity, reference_renders
+from .distribution import alignment, distances_of_features, feature_diversity, reference_renders
 
 logger = logging.getLogger(__name__)
 
@@ -187,36 +187,51 @@ def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge |
     prompts and seeds), against those too (``fid_base``, ``kid_base``, ``diversity_ratio``).
     """
     color_judge = color_judge or ColorJudge()
+    _check_base(samples, base)
     judged_digits = torch.cat([judge.predict(chunk).cpu() for chunk in samples.images.split(512)])
     judged_colors = color_judge.predict(samples.images)
+    # the judge's features of every generation (and of the base's), extracted once: each group and
+    # each concept's kept prompts take theirs by mask for diversity, FID and KID
+    features = _judge_features(judge, samples.images)
+    base_features = None if base is None else _judge_features(judge, base.images)
     groups = {}
     for group in dict.fromkeys(samples.groups):
         mask = torch.tensor([g == group for g in samples.groups])
         groups[group] = _group_report(samples, mask, judged_digits, judged_colors)
-        groups[group].update(_distribution_report(samples, mask, judge, base))
-    return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors}
+        groups[group].update(_distribution_report(samples, mask, judge, features, base_features))
+    return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors,
+            "features": features, "base_features": base_features}
 
 
-def _distribution_report(samples: TestbedSamples, mask: Tensor, judge: Any, base: TestbedSamples | None) -> dict:
-    from .audit_metrics import JudgeFeatures
+def _check_base(samples: TestbedSamples, base: TestbedSamples | None) -> None:
+    if base is not None and (base.prompt_ids.shape != samples.prompt_ids.shape
+                             or not torch.equal(base.digits, samples.digits)):
+        raise ValueError("base samples must be drawn from the same prompts and seeds as the samples")
 
+
+@torch.no_grad()
+def _judge_features(judge: Any, images: Tensor) -> Tensor:
+    return torch.cat([judge.features(chunk).float().cpu() for chunk in images.split(512)])
+
+
+def _distribution_report(samples: TestbedSamples, mask: Tensor, judge: Any, features: Tensor,
+                         base_features: Tensor | None) -> dict:
+    """Diversity, alignment, FID/KID against real renders of the same labels and, with the base
+    model's features, against the base, over the generations in ``mask`` (``features``: every
+    generation's judge features, ``_judge_features``)."""
     images, prompt_ids = samples.images[mask], samples.prompt_ids[mask]
     repeated = bool(torch.bincount(prompt_ids).max() >= 2)
-    features = torch.cat([judge.features(chunk).cpu() for chunk in images.split(512)])
-    extractor = JudgeFeatures(judge)
+    features = features[mask]
     reference = reference_renders(samples.digits[mask], samples.colors[mask], seed=REFERENCE_SEED)
     report = {"pixel_diversity": pixel_diversity(images, prompt_ids) if repeated else None,
               "diversity": feature_diversity(features, prompt_ids) if repeated else None,
               "alignment": alignment(judge, images, samples.digits[mask]),
-              **feature_distances(extractor, images, reference)}
-    if base is not None:
-        if base.prompt_ids.shape != samples.prompt_ids.shape or not torch.equal(base.digits, samples.digits):
-            raise ValueError("base samples must be drawn from the same prompts and seeds as the samples")
-        base_images = base.images[mask]
-        distances = feature_distances(extractor, images, base_images)
+              **distances_of_features(features, _judge_features(judge, reference))}
+    if base_features is not None:
+        base_features = base_features[mask]
+        distances = distances_of_features(features, base_features)
         report.update(fid_base=distances["fid"], kid_base=distances["kid"])
         if repeated:
-            base_features = torch.cat([judge.features(chunk).cpu() for chunk in base_images.split(512)])
             report["diversity_ratio"] = report["diversity"] / feature_diversity(base_features, prompt_ids)
     return report
 
@@ -258,6 +273,13 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     erased_colors = {COLOR_NAMES.index(v) for k, v in map(parse_concept, also_erased) if k == "color"}
     judged_digits, judged_colors = report["judged_digits"], report["judged_colors"]
     kept = kept_prompts(samples, concept, also_erased)
+    if judge is not None:
+        features = report.get("features")
+        features = _judge_features(judge, samples.images) if features is None else features
+        base_features = report.get("base_features")
+        if base is not None and base_features is None:
+            _check_base(samples, base)
+            base_features = _judge_features(judge, base.images)
     right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean()) if m.any() else None
     summary = {}
     for group, figures in report["groups"].items():
@@ -280,7 +302,7 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
                               "other_colors": _mean(other_colors),
                               "worst_other_color": min(other_colors, default=None)}
         if judge is not None and (mask & kept).sum() >= 2:
-            summary[group]["kept"] = _distribution_report(samples, mask & kept, judge, base)
+            summary[group]["kept"] = _distribution_report(samples, mask & kept, judge, features, base_features)
     return summary
 
 

@@ -58,8 +58,8 @@ GRID_SEEDS = 8
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default=None,
-                        help="digits:<word or 0-9> or color:<name> (default color:red: the v2 default model follows "
-                             "colours but not yet digits, see the README)")
+                        help="digits:<word or 0-9> (an object class) or color:<name> (an attribute across every "
+                             "digit, the offline analogue of nudity or a style; the default, color:red)")
     parser.add_argument("--digit", default=None, help="shorthand for --concept digits:<digit>")
     parser.add_argument("--method", default="scissorhands")
     parser.add_argument("--config", default=None,

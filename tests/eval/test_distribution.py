@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from eval.colors import ColorJudge
-from eval.distribution import alignment, feature_distances, feature_diversity, reference_renders
+from eval.distribution import alignment, distances_of_features, feature_distances, feature_diversity, reference_renders
+from eval.fid import FrechetDistance, KernelDistance
 from prompts.colored_digits import COLOR_NAMES
 
 
@@ -52,6 +53,27 @@ def test_a_collapsed_set_has_a_larger_fid_than_a_fresh_sample():
     collapsed_fid = feature_distances(PooledFeatures(), collapsed, reference, kid_subsets=5)["fid"]
     assert collapsed_fid > 3 * fresh_fid
 
+
+
+def test_features_extracted_once_give_torchmetrics_figures_exactly():
+    """feature_distances (and distances_of_features on the same features) = torchmetrics' FID and
+    KID over the same extractor, the KID subsets drawn from the same seed."""
+    generator = torch.Generator().manual_seed(2)
+    generated, reference = torch.rand(150, 3, 16, 16, generator=generator), torch.rand(120, 3, 16, 16, generator=generator) ** 2
+    fid, kid = FrechetDistance(feature=PooledFeatures()), KernelDistance(feature=PooledFeatures(), subsets=7, subset_size=60)
+    for metric in (fid, kid):
+        metric.update(reference, real=True)
+        metric.update(generated, real=False)
+    torch.manual_seed(3)
+    kid_mean, kid_std = kid.compute()
+    torch.manual_seed(3)
+    ours = feature_distances(PooledFeatures(), generated, reference, kid_subsets=7, kid_subset_size=60)
+    assert ours == {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    torch.manual_seed(3)
+    again = distances_of_features(PooledFeatures()(generated), PooledFeatures()(reference), 7, 60)
+    assert again == ours
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        distances_of_features(torch.rand(5, 4), torch.rand(5, 3))
 
 class FixedJudge:
     def __init__(self, probabilities):
