@@ -6,7 +6,8 @@ whose dual (Eq. 5) has the closed form v* = max(0, <g_o, g_f> / <g_f, g_f>), g =
 Descending along g therefore never lowers the forget loss to first order.
 
 Gradients are lists of tensors (one per parameter). Inner products are per-tensor ``vdot``
-summed in float64: no flattened copy of the model's gradients is made.
+summed in float64 on the gradients' device, read back once per step: no flattened copy of the
+model's gradients is made.
 """
 
 from __future__ import annotations
@@ -17,12 +18,23 @@ from torch import Tensor
 
 def inner(a: list[Tensor], b: list[Tensor]) -> float:
     """Global inner product ``<a, b>`` over lists of same-shaped tensors."""
+    return float(inner_tensor(a, b))
+
+
+def inner_tensor(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """``<a, b>`` as a 0-dim tensor on the first tensor's device, float64 where the device has it:
+    per-tensor ``vdot`` accumulated there, so reading it is one host sync however many tensors
+    (SD v1.4's UNet has ~700 parameter tensors)."""
     if len(a) != len(b):
         raise ValueError(f"gradient lists differ in length: {len(a)} vs {len(b)}")
-    total = torch.zeros((), dtype=torch.float64)
+    if not a:
+        return torch.zeros((), dtype=torch.float64)
+    device = a[0].device
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    total = torch.zeros((), dtype=dtype, device=device)
     for x, y in zip(a, b):
-        total += torch.vdot(x.reshape(-1).float(), y.reshape(-1).float()).double().cpu()
-    return float(total)
+        total += torch.vdot(x.reshape(-1).float(), y.reshape(-1).float()).to(device=device, dtype=dtype)
+    return total
 
 
 def dual_coefficient(go_dot_gf: float, gf_dot_gf: float, eps: float = 1e-30) -> float:
@@ -48,8 +60,9 @@ def combine_projected_(retain_grads: list[Tensor], forget_grads: list[Tensor], l
     """
     if lam < 0:
         raise ValueError(f"lam={lam} must be >= 0 (Eq. 3 subtracts lambda * L_f)")
-    gr_gf = inner(retain_grads, forget_grads)
-    gf_gf = inner(forget_grads, forget_grads)
+    # both inner products read back together: one host sync per step
+    gr_gf, gf_gf = torch.stack([inner_tensor(retain_grads, forget_grads),
+                                inner_tensor(forget_grads, forget_grads)]).cpu().tolist()
     go_gf = gr_gf - lam * gf_gf
     v = dual_coefficient(go_gf, gf_gf)
     torch._foreach_add_(retain_grads, forget_grads, alpha=-(lam + v))

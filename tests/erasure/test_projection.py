@@ -53,3 +53,19 @@ def test_zero_forget_gradient_is_safe():
     gr = [torch.ones(3)]
     combine_projected_(gr, [torch.zeros(3)], 0.5)
     assert torch.equal(gr[0], torch.ones(3))
+
+
+def test_inner_products_are_read_back_once_per_step(monkeypatch):
+    """combine_projected_ syncs to the host once, however many tensors (issue 11: was one sync per
+    tensor and inner product), and gives the v* of the per-tensor float64 sum."""
+    gen = torch.Generator().manual_seed(3)
+    gr = [torch.randn(5, 4, generator=gen) for _ in range(30)]
+    gf = [torch.randn(r.shape, generator=gen) + r for r in gr]
+    expected_gr_gf = sum(float(torch.vdot(r.flatten(), f.flatten())) for r, f in zip(gr, gf))
+    expected_gf_gf = sum(float(torch.vdot(f.flatten(), f.flatten())) for f in gf)
+    syncs = []
+    original = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: syncs.append(self.shape) or original(self, *a, **k))
+    stats = combine_projected_(gr, gf, 0.0)
+    assert syncs == [torch.Size([2])]
+    assert stats["v"] == pytest.approx(expected_gr_gf / expected_gf_gf, rel=1e-12)
