@@ -208,6 +208,12 @@ def summarise(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> di
             "targets": targets(rows, base_rows, front)}
 
 
+def worst_other(row: dict[str, Any]) -> float:
+    """The least kept thing of a run: the worst retained digit (``digits:<d>``) or the worst other
+    colour (``color:<c>``)."""
+    return row["worst_other"] if row.get("worst_other") is not None else row["worst_other_color"]
+
+
 def _status(ok: bool | None) -> str:
     return "unmeasured" if ok is None else ("met" if ok else "missed")
 
@@ -223,11 +229,12 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
             "diversity >= 0.9x base": [r["diversity_ratio_kept"] >= 0.9 for r in mine],
             "FID vs real <= 1.2x base": [r["fid_kept"] <= 1.2 * base[r["concept"]]["fid_kept"] for r in mine],
         }
-        if "worst_other" in mine[0]:
-            checks["worst other within 10 points of base"] = [
-                r["worst_other"] >= base[r["concept"]]["worst_other"] - 0.10 for r in mine]
-            checks["others' mean within 5 points of base"] = [
-                r["others"] >= base[r["concept"]]["others"] - 0.05 for r in mine]
+        # worst other: the worst retained digit for digits:<d>, the worst other colour for color:<c>;
+        # others: the retained digits' mean, for color:<c> the digits drawn on the other colours' prompts
+        checks["worst other within 10 points of base"] = [
+            worst_other(r) >= worst_other(base[r["concept"]]) - 0.10 for r in mine]
+        checks["others' mean within 5 points of base"] = [
+            r["others"] >= base[r["concept"]]["others"] - 0.05 for r in mine]
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
                                                "runs": len(passed)}
@@ -267,15 +274,15 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
-               "color_kept", "diversity_ratio_kept", "alignment", "fid_kept", "fid_base_kept", "kid_base_kept", "fid",
+               "color_kept", "digit_kept", "other_colors", "worst_other_color", "diversity_ratio_kept", "alignment", "fid_kept", "fid_base_kept", "kid_base_kept", "fid",
                "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
-             "## Base model", "", "| concept | erased | others | worst_other | color_kept | diversity | fid_kept | fid |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | {fmt(r.get('worst_other'))} | "
+             "## Base model", "", "| concept | erased | others | worst other (digit or colour) | color_kept | "
+             "diversity | fid_kept | fid |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | {fmt(worst_other(r))} | "
               f"{fmt(r.get('color_kept'))} | {fmt(r['diversity'])} | {fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
               for r in results["base"]]
     controls = {r["concept"]: r["control_asr"] for r in results["base"] if r.get("control_asr") is not None}
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return results
     import torch
 
+    from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import report_of, sample_testbed
     from pipelines.default_model import build_default_model, default_judge_path
@@ -366,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     base_rows = [row_of("base", c, -1, report_of(base, judge, c), None) for c in args.concepts]
     rows = []
+    partial = Path(args.out).with_suffix(".partial.json")
     with tempfile.TemporaryDirectory(prefix="erasure-quality-") as tmp:
         if "unlearndiffatk" in args.attacks:
             for row in base_rows:
@@ -379,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for method in args.methods:
                     rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args))
                     logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})
+                    # what a long run has measured survives a crash or a kill: <out>.partial.json
+                    write_text_atomic(partial, json.dumps({"base": base_rows, "runs": rows}, indent=1))
     protocol = {"eval_seed": args.eval_seed, "groups": args.groups, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
                 "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer",
@@ -386,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
                "configs": {m: method_config(m).read_text() for m in args.methods}}
     write_results(results, Path(args.out))
+    partial.unlink(missing_ok=True)
     return results
 
 

@@ -64,6 +64,7 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")
     assert out.with_suffix(".png").stat().st_size > 1000
     assert results["protocol"]["seeds"] == [0]
+    assert not out.with_suffix(".partial.json").exists()  # written after every run, gone once the results are
     assert attacked == [(fast.name, "digits:two", ("unlearndiffatk",), 1, True),
                         ("erased-scissorhands", "digits:two", ("unlearndiffatk", "relearn"), 1, False),
                         ("erased-finetune", "digits:two", ("unlearndiffatk", "relearn"), 1, False)]
@@ -76,6 +77,21 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     merged = quality.main(["--merge", str(out.with_suffix(".json")), str(out.with_suffix(".json")),
                            "--out", str(tmp_path / "merged")])
     assert len(merged["runs"]) == 4 and (tmp_path / "merged.png").is_file()
+
+
+def test_targets_read_digit_and_colour_runs_each_by_their_own_figures():
+    """A benchmark over digits:<d> and color:<c> at once: 'worst other' is the worst retained digit
+    for one and the worst other colour for the other (no run is dropped, none raises)."""
+    base = [{"concept": "digits:two", "erased": 1.0, "others": 0.99, "worst_other": 0.93, "fid_kept": 10.0},
+            {"concept": "color:red", "erased": 1.0, "others": 0.99, "other_colors": 1.0, "worst_other_color": 1.0,
+             "fid_kept": 11.0}]
+    run = {"method": "scissorhands", "erased": 0.0, "diversity_ratio_kept": 1.0, "fid_kept": 11.0}
+    rows = [{**run, "concept": "digits:two", "others": 0.98, "worst_other": 0.90},
+            {**run, "concept": "color:red", "others": 0.96, "other_colors": 0.97, "worst_other_color": 0.88}]
+    result = quality.targets(rows, base, front=["scissorhands"])
+    assert result["scissorhands: worst other within 10 points of base"] == {"status": "missed", "runs_met": 1, "runs": 2}
+    assert result["scissorhands: others' mean within 5 points of base"] == {"status": "met", "runs_met": 2, "runs": 2}
+    assert result["scissorhands: FID vs real <= 1.2x base"]["runs_met"] == 2
 
 
 def test_merge_refuses_different_protocols(tmp_path):
