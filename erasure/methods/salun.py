@@ -43,8 +43,10 @@ class SalUn(RandomLabel):
             mask = self.masks.get(name)
             if mask is None:
                 param.grad.zero_()
-            else:
-                param.grad.mul_(mask)
+                continue
+            if mask.device != param.grad.device:  # masks resumed from a checkpoint load on the CPU: move once
+                mask = self.masks[name] = mask.to(param.grad.device)
+            param.grad.mul_(mask)
         return logs
 
     def state_dict(self):

@@ -138,6 +138,21 @@ def test_salun_updates_only_salient_weights():
     assert all(torch.equal(restored.masks[k], v) for k, v in method.masks.items())
 
 
+def test_salun_masks_resumed_on_the_cpu_follow_the_gradients_device():
+    """A resume loads the masks on the CPU (state_io); on an accelerator the gradients are elsewhere.
+    The masks move to the gradients' device once (issue 11 section 3; 'meta' stands in for CUDA here)."""
+    model = _model()
+    method = build_method(MethodConfig(method="salun", saliency_fraction=0.5), Regression())
+    method.prepare(model, _batches(1), _batches(2))
+    resumed = build_method(MethodConfig(method="salun"), Regression())
+    resumed.load_state_dict({**method.state_dict(), "masks": {k: v.cpu() for k, v in method.masks.items()}})
+    on_device = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to("meta")
+    for p in on_device.parameters():
+        p.grad = torch.empty_like(p)
+    resumed.finalize_gradients(on_device)
+    assert {m.device.type for m in resumed.masks.values()} == {"meta"}
+
+
 def test_salun_with_every_weight_salient_is_random_label():
     """saliency_fraction=1.0 (accepted by the config) masks nothing: SalUn's step is random label's."""
     salun_model, plain_model = _model(), _model()
