@@ -273,10 +273,10 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     erased_colors = {COLOR_NAMES.index(v) for k, v in map(parse_concept, also_erased) if k == "color"}
     judged_digits, judged_colors = report["judged_digits"], report["judged_colors"]
     kept = kept_prompts(samples, concept, also_erased)
-    if judge is not None:
+    if judge is not None:  # the report's features are the same judge's (judge_testbed), else extracted here
         features = report.get("features")
         features = _judge_features(judge, samples.images) if features is None else features
-        base_features = report.get("base_features")
+        base_features = None if base is None else report.get("base_features")
         if base is not None and base_features is None:
             _check_base(samples, base)
             base_features = _judge_features(judge, base.images)
