@@ -142,20 +142,35 @@ def _fail(args, tmp_path):
     return proc.stderr
 
 
+def _fail_in_process(args, tmp_path):
+    """``_fail`` without a new interpreter: what ``python -m pipelines.erase`` runs (``run_cli``), whose
+    ``SystemExit("error: ...")`` is the one stderr line and exit status 1 (``_fail`` checks that in a
+    real subprocess)."""
+    from erasure.jobconfig import run_cli
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(erase.main, ["--output_dir", str(out), *args])
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    assert not out.exists() or not any(out.iterdir())
+    return message
+
+
 def test_bad_inputs_fail_clearly(tiny_pipeline_dir, concept_data, tmp_path):
     base = ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data)]
-    assert "lam=-1.0" in _fail([*base, "--lam", "-1"], tmp_path)
-    assert "method='nope'" in _fail([*base, "--method", "nope"], tmp_path)
-    assert "not a diffusers pipeline" in _fail(["--pretrained_model_name_or_path", str(concept_data),
-                                                "--data_dir", str(concept_data)], tmp_path)
-    assert "data_dir=/nonexistent" in _fail(["--data_dir", "/nonexistent"], tmp_path)
+    assert "lam=-1.0" in _fail([*base, "--lam", "-1"], tmp_path)  # the real command line, exit status 1
+    assert "method='nope'" in _fail_in_process([*base, "--method", "nope"], tmp_path)
+    assert "not a diffusers pipeline" in _fail_in_process(["--pretrained_model_name_or_path", str(concept_data),
+                                                           "--data_dir", str(concept_data)], tmp_path)
+    assert "data_dir=/nonexistent" in _fail_in_process(["--data_dir", "/nonexistent"], tmp_path)
     empty = tmp_path / "empty"
     (empty / "forget").mkdir(parents=True)
     shutil.copytree(concept_data / "retain", empty / "retain")
-    assert str(empty / "forget") in _fail([*base[:2], "--data_dir", str(empty)], tmp_path)
+    assert str(empty / "forget") in _fail_in_process([*base[:2], "--data_dir", str(empty)], tmp_path)
     # 8 retain images at batch 4 are 2 batches: 3 accumulation steps would average an empty batch
-    assert "gradient_accumulation_steps=3 needs at least 3 batches per epoch, but the retain set gives 2" in _fail(
-        [*base, "--train_batch_size", "4", "--gradient_accumulation_steps", "3"], tmp_path)
+    assert "gradient_accumulation_steps=3 needs at least 3 batches per epoch, but the retain set gives 2" in \
+        _fail_in_process([*base, "--train_batch_size", "4", "--gradient_accumulation_steps", "3"], tmp_path)
 
 
 def test_nan_during_repair_stops_without_export(tiny_pipeline_dir, concept_data, tmp_path):
