@@ -55,7 +55,9 @@ class DiffusionObjective(Objective):
 
     # -- pieces ---------------------------------------------------------------------------
     def _embed(self, ids: Tensor, like: Tensor) -> Tensor:
-        return self.embeddings.to(like.device)[ids.to(self.embeddings.device)].to(like.device)
+        if self.embeddings.device != like.device:  # the table moves to the UNet's device once, not every call
+            self.embeddings = self.embeddings.to(like.device)
+        return self.embeddings[ids.to(like.device)]
 
     def _with_noise(self, batch: dict) -> dict:
         """Batches of the one-off passes (sensitivity, saliency) carry no noise: draw it per

@@ -186,3 +186,17 @@ def test_relabel_target_comes_from_the_reference_model_when_given():
     unshifted = objective.relabeled_loss(original, batch)
     torch.testing.assert_close(own, unshifted, atol=1e-5, rtol=1e-5)
     assert (against_original > own + 0.2).all()
+
+
+def test_the_prompt_table_moves_to_the_device_once():
+    """Issue 11: the table of text embeddings (4.7k prompts x 77 x 768 on I2P, ~1.1 GB) was copied
+    to the UNet's device on every call; it moves once ('meta' stands in for CUDA)."""
+    objective = DiffusionObjective(DDPMScheduler(), torch.randn(3, 4, 8), torch.tensor([1, 1, 2]), uncond_id=2)
+    like = torch.empty(2, 4, 8, 8, device="meta")
+    first = objective._embed(torch.tensor([0, 2]), like)
+    table = objective.embeddings
+    second = objective._embed(torch.tensor([1]), like)
+    assert table.device.type == "meta" and objective.embeddings is table
+    assert first.shape == (2, 4, 8) and second.device.type == "meta"
+    on_cpu = DiffusionObjective(DDPMScheduler(), torch.randn(3, 4, 8), torch.tensor([1, 1, 2]), uncond_id=2)
+    assert torch.equal(on_cpu._embed(torch.tensor([2, 0]), torch.empty(1)), on_cpu.embeddings[[2, 0]])
