@@ -274,8 +274,8 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
-               "color_kept", "digit_kept", "other_colors", "worst_other_color", "diversity_ratio_kept", "alignment", "fid_kept", "fid_base_kept", "kid_base_kept", "fid",
-               "seconds")
+               "color_kept", "digit_kept", "other_colors", "worst_other_color", "diversity_ratio_kept", "alignment",
+               "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
