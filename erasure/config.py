@@ -13,6 +13,7 @@ from erasure.reinit import check_init
 
 FORGET_LOSSES = ("ascent", "substitute")
 RETAIN_LOSSES = ("data", "distill")
+PROJECTIONS = ("forget", "none")
 
 
 @dataclass
@@ -37,6 +38,11 @@ class MethodConfig:
     # past it neither pushes the ascent nor constrains Scissorhands' projection (g_f = grad of
     # the capped L_f): it is already forgotten that far
     forget_loss_cap: float | None = None
+    # "forget": every repair step is projected onto {g : <g_f, g> <= 0} (paper 000 Eq. 4-5);
+    # "none": the step is g_o as is. With forget_loss="substitute" the forget prompt is pushed
+    # away at every step and the guard mostly blocks the repair of classes that share features
+    # with the erased one (scissorhands docstring, with the measurements)
+    projection: str = "forget"
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)
     retain_fraction: float = 1.0  # r of paper 001: share of D_r the repair may use
@@ -78,6 +84,8 @@ class MethodConfig:
         if self.loreun and self.retain_loss == "distill":
             raise ValueError("loreun=True reweights task losses against the original model's; it does not apply to "
                              "retain_loss='distill' (use retain_loss='data')")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection='{self.projection}' is unknown; choose one of {list(PROJECTIONS)}")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss='{self.forget_loss}' is unknown; choose one of {list(FORGET_LOSSES)}")
         check_init(self.init, self.bias_init)

@@ -101,7 +101,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
         library_name="diffusers", base_model=base_id, pipeline_tag="text-to-image", license=license_,
         tags=["stable-diffusion", "text-to-image", "diffusers", "concept-erasure", "machine-unlearning",
               "scissorhands", method, *(["lora"] if config.get("export") == "lora" else [])])
-    hyper = {k: config[k] for k in ("method", "kept_fraction", "lam", "forget_loss", "retain_loss", "learning_rate",
+    hyper = {k: config[k] for k in ("method", "kept_fraction", "lam", "forget_loss", "projection", "retain_loss", "learning_rate",
                                     "train_batch_size", "num_train_epochs", "trainable", "mixed_precision", "seed",
                                     "loreun") if k in config}
     trimmed = summary.get("trimmed_fraction")

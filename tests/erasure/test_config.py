@@ -5,7 +5,7 @@ from erasure.config import MethodConfig
 
 @pytest.mark.parametrize("field,value", [("kept_fraction", 1.0), ("kept_fraction", 0.0), ("lam", -0.1),
                                          ("retain_fraction", 0.0), ("saliency_fraction", 1.5),
-                                         ("forget_loss", "other"), ("init", "xavier"), ("sensitivity_batches", 0)])
+                                         ("forget_loss", "other"), ("projection", "half"), ("init", "xavier"), ("sensitivity_batches", 0)])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field if field != "init" else "init='xavier'"):
         MethodConfig(**{field: value})

@@ -193,6 +193,49 @@ def test_trimming_reinitialises_exactly_the_most_sensitive_weights():
     assert changed[top].all()
 
 
+class Substituting(Regression):
+    """``relabeled_loss`` as the diffusion objective calls it (a frozen ``reference`` makes the target)."""
+
+    def relabeled_loss(self, model, batch, reference=None):
+        x, _ = batch
+        with torch.no_grad():
+            target = -(reference or model)(x).squeeze(1)
+        return (model(x).squeeze(1) - target) ** 2
+
+
+@pytest.mark.parametrize("forget_loss", ["ascent", "substitute"])
+def test_scissorhands_without_projection_steps_along_g_o(forget_loss):
+    """projection='none': the step is g_o itself (g_r - lam g_f, or g_r plus the substitute term's
+    gradient) and no g_f is computed; the paper's default projects the same g_o."""
+    objective, lam = Substituting(), 0.5 if forget_loss == "ascent" else 0.1
+    forget = _batches(1)[0]
+    retain = forget  # repairing on the forget batch itself lowers L_f: <g_o, g_f> > 0, the guard acts
+    steps = {}
+    for projection in ("forget", "none"):
+        model = _model()
+        config = MethodConfig(method="scissorhands", lam=lam, forget_loss=forget_loss, projection=projection)
+        method = build_method(config, objective)
+        method.original = copy.deepcopy(model).requires_grad_(False)  # the substitute's frozen reference
+        gr = _grads(model, objective.loss(model, retain).mean())
+        gf = _grads(model, objective.loss(model, forget).mean())
+        if forget_loss == "ascent":
+            go = [r - lam * f for r, f in zip(gr, gf)]
+        else:
+            gs = _grads(model, lam * objective.relabeled_loss(model, forget, reference=method.original).mean())
+            go = [r + s for r, s in zip(gr, gs)]
+        method.compute_gradients(model, forget, retain)
+        method.finalize_gradients(model)
+        steps[projection] = [p.grad.clone() for p in model.parameters()]
+        assert sum(float((o * f).sum()) for o, f in zip(go, gf)) > 0
+        expected = go if projection == "none" else project(go, gf)
+        for got, want in zip(steps[projection], expected):
+            torch.testing.assert_close(got, want)
+        if projection == "none":
+            assert method.forget_grads is None
+    # <g_o, g_f> > 0, so the two differ: the test would notice a dropped switch
+    assert any(not torch.allclose(a, b) for a, b in zip(steps["forget"], steps["none"]))
+
+
 def test_forget_loss_cap_defines_the_forget_loss_of_the_projection():
     """With ascent, samples above forget_loss_cap leave L_f, so they neither push the ascent nor
     constrain the projection: g_f is the gradient of the capped loss (documented in MethodConfig)."""
