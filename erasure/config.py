@@ -13,7 +13,7 @@ from erasure.reinit import check_init
 
 FORGET_LOSSES = ("ascent", "substitute")
 RETAIN_LOSSES = ("data", "distill")
-PROJECTIONS = ("forget", "none")
+PROJECTIONS = ("forget", "conditional", "none")
 
 
 @dataclass
@@ -39,9 +39,10 @@ class MethodConfig:
     # the capped L_f): it is already forgotten that far
     forget_loss_cap: float | None = None
     # "forget": every repair step is projected onto {g : <g_f, g> <= 0} (paper 000 Eq. 4-5);
-    # "none": the step is g_o as is. With forget_loss="substitute" the forget prompt is pushed
-    # away at every step and the guard mostly blocks the repair of classes that share features
-    # with the erased one (scissorhands docstring, with the measurements)
+    # "conditional" (prompt-conditioned objectives only): the guard's L_f is the forget prompt's
+    # loss minus the empty prompt's on the same noisy latents, so it guards what the prompt adds,
+    # not the denoising every class shares; "none": the step is g_o as is. The plain guard blocks
+    # the repair of classes that share features with the erased one (scissorhands docstring)
     projection: str = "forget"
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)

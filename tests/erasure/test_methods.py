@@ -236,6 +236,45 @@ def test_scissorhands_without_projection_steps_along_g_o(forget_loss):
     assert any(not torch.allclose(a, b) for a, b in zip(steps["forget"], steps["none"]))
 
 
+class Prompted(Substituting):
+    """Batches ``{"x", "y"}`` where ``y`` is a prompt id scaling the input; id 0 is the empty prompt."""
+
+    uncond_id = 0
+
+    def loss(self, model, batch):
+        x = batch["x"] * (1.0 + batch["y"].float().unsqueeze(1))
+        return (model(x).squeeze(1) - 1.0) ** 2
+
+
+def test_conditional_projection_guards_the_prompts_share_of_the_forget_loss():
+    """projection='conditional': g_f is the gradient of L_f(prompt) - L_f(empty prompt) on the same
+    inputs, and the step is g_o projected against that g_f."""
+    objective = Prompted()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, generator=gen)
+    forget, retain = {"x": x, "y": torch.full((6,), 2)}, {"x": x, "y": torch.full((6,), 1)}
+    model = _model()
+    gr = _grads(model, objective.loss(model, retain).mean())
+    empty = {"x": x, "y": torch.zeros(6, dtype=torch.long)}
+    gf = _grads(model, objective.loss(model, forget).mean() - objective.loss(model, empty).mean())
+    plain = _grads(model, objective.loss(model, forget).mean())
+    method = build_method(MethodConfig(method="scissorhands", lam=0.0, projection="conditional"), objective)
+    method.compute_gradients(model, forget, retain)
+    for got, want in zip(method.forget_grads, gf):
+        torch.testing.assert_close(got, want)
+    assert any(not torch.allclose(a, b) for a, b in zip(gf, plain))  # not the plain guard's g_f
+    method.finalize_gradients(model)
+    for got, want in zip([p.grad for p in model.parameters()], project(gr, gf)):
+        torch.testing.assert_close(got, want)
+
+
+def test_conditional_projection_needs_a_prompted_objective():
+    method = build_method(MethodConfig(method="scissorhands", projection="conditional"), Regression())
+    forget, retain = _batches(1)[0], _batches(2)[0]
+    with pytest.raises(ValueError, match="projection='conditional' needs a prompt-conditioned objective"):
+        method.compute_gradients(_model(), forget, retain)
+
+
 def test_forget_loss_cap_defines_the_forget_loss_of_the_projection():
     """With ascent, samples above forget_loss_cap leave L_f, so they neither push the ascent nor
     constrain the projection: g_f is the gradient of the capped loss (documented in MethodConfig)."""
