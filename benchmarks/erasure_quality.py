@@ -238,8 +238,10 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
                                                "runs": len(passed)}
-        result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"] = {"status": _status("scissorhands" in front),
-                                                                    "front": front}
+        # alone in a run it is always on the front: that says nothing, so it is not judged
+        compared = len({r["method"] for r in rows}) > 1
+        result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"] = {
+            "status": _status("scissorhands" in front if compared else None), "front": front}
     for method in ("salun", "esd"):
         theirs = [r["erased"] for r in rows if r["method"] == method]
         if theirs:

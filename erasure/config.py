@@ -39,7 +39,7 @@ class MethodConfig:
     # the capped L_f): it is already forgotten that far
     forget_loss_cap: float | None = None
     # "forget": every repair step is projected onto {g : <g_f, g> <= 0} (paper 000 Eq. 4-5);
-    # "conditional" (prompt-conditioned objectives only): the guard's L_f is the forget prompt's
+    # "conditional" (prompt-conditioned objectives, forget_loss="substitute"): the guard's L_f is the forget prompt's
     # loss minus the empty prompt's on the same noisy latents, so it guards what the prompt adds,
     # not the denoising every class shares; "none": the step is g_o as is. The plain guard blocks
     # the repair of classes that share features with the erased one (scissorhands docstring)
@@ -87,6 +87,10 @@ class MethodConfig:
                              "retain_loss='distill' (use retain_loss='data')")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection='{self.projection}' is unknown; choose one of {list(PROJECTIONS)}")
+        if self.projection == "conditional" and self.forget_loss == "ascent":
+            raise ValueError("projection='conditional' guards the substitute form (forget_loss='substitute'); with "
+                             "forget_loss='ascent' the ascent would follow the guard's loss instead of L_f: use "
+                             "projection 'forget' or 'none'")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss='{self.forget_loss}' is unknown; choose one of {list(FORGET_LOSSES)}")
         check_init(self.init, self.bias_init)

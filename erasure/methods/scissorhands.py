@@ -44,6 +44,10 @@ class Scissorhands(UnlearningMethod):
         self.forget_grads: list[Tensor | None] | None = None
 
     def prepare(self, model, forget_loader, retain_loader, backward=Tensor.backward):
+        if self.config.projection == "conditional" and getattr(self.objective, "uncond_id", None) is None:
+            raise ValueError("projection='conditional' needs a prompt-conditioned objective (the diffusion one: it "
+                             f"reads the empty prompt's loss); {type(self.objective).__name__} has none. Use 'forget' "
+                             "or 'none'")
         summary = super().prepare(model, forget_loader, retain_loader, backward)
         _, trim_summary = trim(model, self.objective.loss, forget_loader, self.config, backward)
         return {**summary, **trim_summary}
@@ -65,23 +69,18 @@ class Scissorhands(UnlearningMethod):
     def projects(self) -> bool:
         return self.config.projection != "none"
 
-    def guarded_loss(self, model, forget_batch, loss_forget: Tensor) -> Tensor:
-        """The L_f whose gradient g_f the projection guards: L_f itself, or with
-        ``projection="conditional"`` L_f minus the same loss under the empty prompt (same noise
-        and steps, same per-sample weighting), i.e. only what the forget prompt adds."""
+    def guarded_loss(self, model, forget_batch, losses: Tensor, loss_forget: Tensor) -> Tensor:
+        """The L_f whose gradient g_f the projection guards: ``loss_forget`` itself, or with
+        ``projection="conditional"`` the per-sample ``losses`` minus the same losses under the empty
+        prompt (same noise and steps), reduced with L_f's own weights: only what the prompt adds."""
         if self.config.projection != "conditional":
             return loss_forget
-        uncond_id = getattr(self.objective, "uncond_id", None)
-        if uncond_id is None:
-            raise ValueError("projection='conditional' needs a prompt-conditioned objective (the diffusion one: it "
-                             f"reads the empty prompt's loss); {type(self.objective).__name__} has none. Use 'forget' "
-                             "or 'none'")
-        uncond = {**forget_batch, "y": torch.full_like(forget_batch["y"], uncond_id)}
-        losses = self.objective.loss(model, uncond)
-        return loss_forget - self.reduce_forget(losses, uncond, weighting_losses=losses.detach())
+        uncond = {**forget_batch, "y": torch.full_like(forget_batch["y"], self.objective.uncond_id)}
+        return self.reduce_forget(losses - self.objective.loss(model, uncond), forget_batch,
+                                  weighting_losses=losses.detach())
 
-    def forget_terms(self, model, forget_batch) -> tuple[Tensor, Tensor | None]:
-        """(L_f, extra term added to the descent loss, or None)."""
+    def forget_terms(self, model, forget_batch) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(L_f, extra term added to the descent loss or None, the per-sample forget losses)."""
         needs_grad = self.projects or self.config.forget_loss == "ascent"
         with torch.set_grad_enabled(needs_grad and torch.is_grad_enabled()):  # else L_f is only logged
             losses = self.objective.loss(model, forget_batch)
@@ -93,13 +92,14 @@ class Scissorhands(UnlearningMethod):
             relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
             relabeled = self.reduce_forget(relabeled, forget_batch,
                                            weighting_losses=losses.detach())
-            return loss_forget, self.config.lam * relabeled
-        return loss_forget, None
+            return loss_forget, self.config.lam * relabeled, losses
+        return loss_forget, None, losses
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
-        loss_forget, substitute = self.forget_terms(model, forget_batch)
+        loss_forget, substitute, losses = self.forget_terms(model, forget_batch)
         if self.projects:
-            self._backward_into_forget_buffers(model, self.guarded_loss(model, forget_batch, loss_forget), backward)
+            self._backward_into_forget_buffers(model, self.guarded_loss(model, forget_batch, losses, loss_forget),
+                                               backward)  # g_f
         loss_retain = self.retain_loss(model, retain_batch)
         if substitute is not None:
             descent = loss_retain + substitute

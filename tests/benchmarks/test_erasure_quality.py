@@ -92,6 +92,11 @@ def test_targets_read_digit_and_colour_runs_each_by_their_own_figures():
     assert result["scissorhands: worst other within 10 points of base"] == {"status": "missed", "runs_met": 1, "runs": 2}
     assert result["scissorhands: others' mean within 5 points of base"] == {"status": "met", "runs_met": 2, "runs": 2}
     assert result["scissorhands: FID vs real <= 1.2x base"]["runs_met"] == 2
+    # scissorhands alone is on its own front: not a result
+    assert result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"]["status"] == "unmeasured"
+    other = {**run, "method": "esd", "concept": "digits:two", "others": 0.98, "worst_other": 0.90}
+    compared = quality.targets([*rows, other], base, front=["scissorhands"])
+    assert compared["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"]["status"] == "met"
 
 
 def test_merge_refuses_different_protocols(tmp_path):

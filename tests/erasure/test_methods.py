@@ -245,6 +245,9 @@ class Prompted(Substituting):
         x = batch["x"] * (1.0 + batch["y"].float().unsqueeze(1))
         return (model(x).squeeze(1) - 1.0) ** 2
 
+    def relabeled_loss(self, model, batch, reference=None):
+        return super().relabeled_loss(model, (batch["x"], batch["y"]), reference)
+
 
 def test_conditional_projection_guards_the_prompts_share_of_the_forget_loss():
     """projection='conditional': g_f is the gradient of L_f(prompt) - L_f(empty prompt) on the same
@@ -258,21 +261,28 @@ def test_conditional_projection_guards_the_prompts_share_of_the_forget_loss():
     empty = {"x": x, "y": torch.zeros(6, dtype=torch.long)}
     gf = _grads(model, objective.loss(model, forget).mean() - objective.loss(model, empty).mean())
     plain = _grads(model, objective.loss(model, forget).mean())
-    method = build_method(MethodConfig(method="scissorhands", lam=0.0, projection="conditional"), objective)
+    config = MethodConfig(method="scissorhands", lam=0.5, forget_loss="substitute", projection="conditional")
+    method = build_method(config, objective)
+    method.original = copy.deepcopy(model).requires_grad_(False)
+    gs = _grads(model, 0.5 * objective.relabeled_loss(model, forget, reference=method.original).mean())
     method.compute_gradients(model, forget, retain)
     for got, want in zip(method.forget_grads, gf):
         torch.testing.assert_close(got, want)
     assert any(not torch.allclose(a, b) for a, b in zip(gf, plain))  # not the plain guard's g_f
     method.finalize_gradients(model)
-    for got, want in zip([p.grad for p in model.parameters()], project(gr, gf)):
+    for got, want in zip([p.grad for p in model.parameters()], project([r + g for r, g in zip(gr, gs)], gf)):
         torch.testing.assert_close(got, want)
 
 
-def test_conditional_projection_needs_a_prompted_objective():
-    method = build_method(MethodConfig(method="scissorhands", projection="conditional"), Regression())
-    forget, retain = _batches(1)[0], _batches(2)[0]
+def test_conditional_projection_refuses_what_it_cannot_guard():
+    """Before any trimming work: an objective without an empty prompt; and at config time the
+    ascent form, whose -lam * g_f would follow the guard's loss instead of L_f."""
+    config = MethodConfig(method="scissorhands", forget_loss="substitute", projection="conditional")
+    method = build_method(config, Regression())
     with pytest.raises(ValueError, match="projection='conditional' needs a prompt-conditioned objective"):
-        method.compute_gradients(_model(), forget, retain)
+        method.prepare(_model(), _batches(1), _batches(2))
+    with pytest.raises(ValueError, match="projection='conditional' guards the substitute form"):
+        MethodConfig(method="scissorhands", forget_loss="ascent", projection="conditional")
 
 
 def test_forget_loss_cap_defines_the_forget_loss_of_the_projection():
