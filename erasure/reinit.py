@@ -2,7 +2,9 @@
 
 A fresh tensor is drawn for the whole parameter with the chosen scheme and only the
 masked entries are copied in, so the kept entries are untouched bit for bit. Draws come
-from a dedicated seeded generator: every DDP rank re-initialises identically.
+from a dedicated seeded generator: every DDP rank re-initialises identically. An FSDP2 shard
+draws the whole parameter the same way and keeps its own part, so the re-initialised values do
+not depend on the sharding.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from erasure.sharding import all_reduce_, local, local_part, shard_groups
 
 Initializer = Callable[[Tensor, torch.Generator, float], None]
 
@@ -84,7 +88,8 @@ def reinitialize_(
 
     Args:
         params: ``{name: parameter}``; names ending in ``bias`` use ``bias_init``.
-        masks: ``{name: bool mask}`` of the same shapes (missing names are skipped).
+        masks: ``{name: bool mask}`` of the same shapes (missing names are skipped); for FSDP2
+            parameters, of their local shards' shapes.
         init: weight scheme, a key of :data:`INITIALIZERS`.
         bias_init: ``zero`` (public code), ``kaiming_uniform`` (bound from the weight's
             fan-in is unknown here, so the bias's own size is used) or ``keep``.
@@ -92,7 +97,7 @@ def reinitialize_(
         seed: seed of the generator the fresh values are drawn from.
 
     Returns:
-        The number of entries re-initialised.
+        The number of entries re-initialised (over every shard).
     """
     check_init(init, bias_init)
     changed = 0
@@ -104,10 +109,15 @@ def reinitialize_(
         if is_bias and bias_init == "keep":
             continue
         scheme = INITIALIZERS[bias_init if is_bias else init]
-        # one generator per tensor: results do not depend on which tensors are selected
-        gen = torch.Generator(device=param.device).manual_seed(seed * 1_000_003 + index)
-        fresh = torch.empty_like(param)
+        shard = local(param.data)
+        # one generator per tensor: results do not depend on which tensors are selected (or sharded)
+        gen = torch.Generator(device=shard.device).manual_seed(seed * 1_000_003 + index)
+        fresh = torch.empty(param.shape, dtype=param.dtype, device=shard.device)
         scheme(fresh, gen, value)
-        param.data[mask] = fresh[mask]
+        shard[mask] = local_part(fresh, param)[mask]
         changed += int(mask.sum())
+    groups = shard_groups(params.values())
+    if groups:
+        changed = int(all_reduce_(torch.tensor([changed], dtype=torch.int64, device=local(
+            next(iter(params.values()))).device), groups).item())
     return changed

@@ -30,6 +30,12 @@ def check_replicas(model: nn.Module, accelerator: Any, when: str) -> list[str]:
     """
     from accelerate.utils import gather_object
 
+    from erasure.sharding import is_sharded
+
+    if any(is_sharded(p) for p in getattr(model, "module", model).parameters()):
+        # FSDP2: each rank holds other shards, there are no replicas to compare
+        logger.info("parameters are sharded (FSDP2): no replica check %s", when)
+        return []
     digests = gather_object([parameter_digest(model)])
     if len(set(digests)) != 1:
         raise RuntimeError(f"data-parallel replicas differ {when}: {digests}")

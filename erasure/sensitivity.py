@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from erasure.sharding import local
+
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -50,12 +52,13 @@ def accumulate_gradients(
         desc: progress-bar label.
 
     Returns:
-        ``{name: summed gradient}``, fp32, on each parameter's device.
+        ``{name: summed gradient}``, fp32, on each parameter's device; for FSDP2 parameters the
+        sums of this rank's shards (plain tensors of the local shapes).
 
     Raises:
         ValueError: if no batch was seen or the loss is not finite.
     """
-    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    sums = {name: torch.zeros_like(local(p.detach()), dtype=torch.float32) for name, p in params.items()}
     seen = 0
     for batch in tqdm(itertools.islice(batches, num_batches), total=num_batches, desc=desc, leave=False):
         model.zero_grad(set_to_none=True)
@@ -65,7 +68,8 @@ def accumulate_gradients(
         backward(loss)
         for name, p in params.items():
             if p.grad is not None:
-                sums[name].add_(p.grad.abs() if absolute else p.grad)
+                grad = local(p.grad)
+                sums[name].add_(grad.abs() if absolute else grad)
         seen += 1
     model.zero_grad(set_to_none=True)
     if seen == 0:
@@ -84,11 +88,11 @@ def connection_sensitivity(
     """Connection sensitivity ``|theta * sum_batches grad|`` for each parameter (Eq. 2).
 
     Returns:
-        ``{name: scores}`` with each parameter's shape, fp32.
+        ``{name: scores}`` with each parameter's shape (FSDP2: its local shard's), fp32.
     """
     grads = accumulate_gradients(model, loss_fn, batches, params, backward, num_batches, desc="sensitivity")
     with torch.no_grad():
-        return {name: grads[name].mul_(params[name].detach().float()).abs_() for name in params}
+        return {name: grads[name].mul_(local(params[name].detach()).float()).abs_() for name in params}
 
 
 def resolve_num_batches(num_batches: int | None, fraction: float | None, loader_len: int | None) -> int | None:

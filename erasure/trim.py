@@ -11,6 +11,7 @@ from erasure.config import MethodConfig
 from erasure.reinit import reinitialize_
 from erasure.scope import scope_parameters
 from erasure.sensitivity import LossFn, connection_sensitivity, resolve_num_batches
+from erasure.sharding import shard_groups
 from erasure.topk import topk_masks
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ def trim(model: nn.Module, loss_fn: LossFn, forget_batches: Iterable[Any], confi
     """Re-initialise the parameters most sensitive to the forget data, in place.
 
     Args:
-        model: the original model (possibly DDP-wrapped; gradients then synchronise).
+        model: the original model (possibly DDP-wrapped; gradients then synchronise), or one
+            sharded with FSDP2 (``fully_shard``): every rank scores its shards, the global top-k is
+            agreed over the ranks and the masks are of the local shards.
         loss_fn: per-sample forget loss ``(model, batch) -> Tensor[B]``.
         forget_batches: forget batches to score (a loader).
         config: ``kept_fraction``, ``sensitivity_*``, ``init*``, ``trim_*`` are read.
@@ -35,7 +38,7 @@ def trim(model: nn.Module, loss_fn: LossFn, forget_batches: Iterable[Any], confi
     num_batches = resolve_num_batches(config.sensitivity_batches, config.sensitivity_fraction,
                                       len(forget_batches) if hasattr(forget_batches, "__len__") else None)
     scores = connection_sensitivity(model, loss_fn, forget_batches, params, backward, num_batches)
-    masks = topk_masks(scores, config.kept_fraction)
+    masks = topk_masks(scores, config.kept_fraction, shard_groups(params.values()))
     del scores
     trimmed = reinitialize_(params, masks, config.init, config.bias_init, config.init_value, config.seed)
     scored = sum(p.numel() for p in params.values())

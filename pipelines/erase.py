@@ -38,6 +38,7 @@ from erasure.methods import build_method, get_method, validate_method
 from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
 from erasure.replicas import check_replicas
+from erasure.sharding import whole_module
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
 from pipelines.card import write_card
 from pipelines.data import ConceptImageSet
@@ -349,6 +350,8 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     steps_per_epoch(method, forget_batches, retain_batches, config.gradient_accumulation_steps)  # fails before work
 
     started = time.perf_counter()
+    # the frozen original (retain_loss="distill") is copied whole, before accelerate may shard the UNet
+    method.snapshot(unet.to(accelerator.device))
     unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))
     resume_dir = resolve_resume(output.path, config.resume_from_checkpoint) if output is not None else None
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
@@ -369,7 +372,7 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - started
     summary["replicas_after_training"] = check_replicas(unet_ddp, accelerator, "after training")
-    unet = accelerator.unwrap_model(unet_ddp).eval()
+    unet = whole_module(accelerator.unwrap_model(unet_ddp)).eval()  # FSDP2: gathered into an unsharded copy
     unet.requires_grad_(False)
     if config.gradient_checkpointing:
         unet.disable_gradient_checkpointing()

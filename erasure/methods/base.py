@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from erasure.config import MethodConfig
 from erasure.loreun import loreun_weights, weighted_sum
 from erasure.objective import Objective, finite_or_raise
+from erasure.sharding import is_sharded, resharded
 
 Backward = Callable[[Tensor], None]
 
@@ -26,7 +27,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in unwrap(model).parameters() if p.requires_grad]
+    """The parameters the optimiser steps (FSDP2: the sharded ones, whatever the moment)."""
+    return [p for p in resharded(unwrap(model)).parameters() if p.requires_grad]
 
 
 class UnlearningMethod:
@@ -54,8 +56,16 @@ class UnlearningMethod:
 
     def snapshot(self, model: nn.Module) -> None:
         """Keep what the method needs of the *original* model; the job calls it on a fresh start
-        and on resume alike, before ``prepare`` and before any checkpoint is loaded."""
-        if self.config.retain_loss == "distill":
+        and on resume alike, before ``prepare`` and before any checkpoint is loaded. The first call
+        wins (the erase job takes it before sharding, the resume path calls again).
+
+        Raises:
+            ValueError: for an FSDP2-sharded model: its copy would hold shards and no FSDP state.
+        """
+        if self.config.retain_loss == "distill" and self.original is None:
+            if any(is_sharded(p) for p in unwrap(model).parameters()):
+                raise ValueError("retain_loss='distill' needs a whole copy of the original model, and this one is "
+                                 "sharded (FSDP2): call snapshot(model) before fully_shard / accelerator.prepare")
             self.original = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
 
     # -- life cycle -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from erasure.methods.base import unwrap
 from erasure.methods.random_label import RandomLabel
 from erasure.scope import scope_parameters
 from erasure.sensitivity import accumulate_gradients
+from erasure.sharding import all_reduce_, local, shard_groups
 from erasure.topk import topk_masks
 
 
@@ -26,13 +27,17 @@ class SalUn(RandomLabel):
         summary = super().prepare(model, forget_loader, retain_loader, backward)
         params = scope_parameters(model, self.config.trim_include, self.config.trim_exclude, module_types=None)
         if self.config.saliency_fraction >= 1.0:  # every scoped weight may change: no saliency pass
-            self.masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+            self.masks = {name: torch.ones_like(local(p.detach()), dtype=torch.bool) for name, p in params.items()}
         else:
             grads = accumulate_gradients(model, self.objective.loss, forget_loader, params, backward,
                                          self.config.sensitivity_batches, desc="saliency")
-            self.masks = topk_masks({name: g.abs_() for name, g in grads.items()}, 1.0 - self.config.saliency_fraction)
-        salient = sum(int(m.sum()) for m in self.masks.values())
-        return {**summary, "salient": salient, "salient_fraction": salient / sum(m.numel() for m in self.masks.values())}
+            self.masks = topk_masks({name: g.abs_() for name, g in grads.items()}, 1.0 - self.config.saliency_fraction,
+                                    shard_groups(params.values()))
+        counts = torch.tensor([sum(int(m.sum()) for m in self.masks.values()),
+                               sum(m.numel() for m in self.masks.values())], dtype=torch.int64,
+                              device=next(iter(self.masks.values())).device)
+        salient, total = all_reduce_(counts, shard_groups(params.values())).tolist()  # FSDP2: over every shard
+        return {**summary, "salient": salient, "salient_fraction": salient / total}
 
     @torch.no_grad()
     def finalize_gradients(self, model):
@@ -41,12 +46,13 @@ class SalUn(RandomLabel):
             if param.grad is None:
                 continue
             mask = self.masks.get(name)
+            grad = local(param.grad)  # FSDP2: the masks are of the local shards
             if mask is None:
-                param.grad.zero_()
+                grad.zero_()
                 continue
-            if mask.device != param.grad.device:  # masks resumed from a checkpoint load on the CPU: move once
-                mask = self.masks[name] = mask.to(param.grad.device)
-            param.grad.mul_(mask)
+            if mask.device != grad.device:  # masks resumed from a checkpoint load on the CPU: move once
+                mask = self.masks[name] = mask.to(grad.device)
+            grad.mul_(mask)
         return logs
 
     def state_dict(self):

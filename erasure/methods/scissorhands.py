@@ -52,8 +52,7 @@ class Scissorhands(UnlearningMethod):
         _, trim_summary = trim(model, self.objective.loss, forget_loader, self.config, backward)
         return {**summary, **trim_summary}
 
-    def _backward_into_forget_buffers(self, model, loss: Tensor, backward) -> None:
-        params = trainable(model)
+    def _backward_into_forget_buffers(self, params: list[Tensor], loss: Tensor, backward) -> None:
         if self.forget_grads is None:
             self.forget_grads = [None] * len(params)
         retain_grads = [p.grad for p in params]
@@ -96,9 +95,10 @@ class Scissorhands(UnlearningMethod):
         return loss_forget, None, losses
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
+        params = trainable(model)  # before the forward (FSDP2 swaps the root's parameters until the backward)
         loss_forget, substitute, losses = self.forget_terms(model, forget_batch)
         if self.projects:
-            self._backward_into_forget_buffers(model, self.guarded_loss(model, forget_batch, losses, loss_forget),
+            self._backward_into_forget_buffers(params, self.guarded_loss(model, forget_batch, losses, loss_forget),
                                                backward)  # g_f
         loss_retain = self.retain_loss(model, retain_batch)
         if substitute is not None:

@@ -16,6 +16,7 @@ from torch import Tensor
 from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.methods.scissorhands import Scissorhands
 from erasure.objective import finite_or_raise
+from erasure.sharding import is_sharded
 
 
 class ScissorhandsMinMax(Scissorhands):
@@ -26,6 +27,11 @@ class ScissorhandsMinMax(Scissorhands):
         where adding and subtracting the offset would not be bit-exact) and L_f(theta)."""
         inner = unwrap(model)  # no DDP hooks: this gradient is not an optimiser gradient
         params = trainable(model)
+        if any(is_sharded(p) for p in params):
+            # FSDP2 runs the forward on gathered copies: autograd.grad on the shards would give None
+            # everywhere (allow_unused) and the ascent would silently not move
+            raise NotImplementedError("scissorhands_minmax does not run on FSDP2-sharded models (its ascent "
+                                      "differentiates the parameters outside FSDP's hooks); use DDP or scissorhands")
         loss_forget = finite_or_raise(self.reduce_forget(self.objective.loss(inner, forget_batch), forget_batch),
                                       "forget loss (ascent step)")
         grads = torch.autograd.grad(loss_forget, params, allow_unused=True)
