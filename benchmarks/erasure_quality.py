@@ -338,19 +338,32 @@ def write_results(results: dict[str, Any], out: Path) -> None:
 
 
 def merge(paths: list[str]) -> dict[str, Any]:
-    """One results dict from several runs of the same protocol (split by method or concept).
+    """One results dict from several runs of the same protocol (split by method, concept or seed:
+    the seeds may differ, the merged protocol lists them all).
 
     Raises:
-        ValueError: files whose protocols differ (naming the first that does).
+        ValueError: files whose protocols differ in anything but the seeds (naming the first that
+            does), or a (method, concept, seed) run present twice.
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    same = {k: v for k, v in parts[0]["protocol"].items() if k != "seeds"}
     for path, part in zip(paths, parts):
-        if part["protocol"] != parts[0]["protocol"]:
+        if {k: v for k, v in part["protocol"].items() if k != "seeds"} != same:
             raise ValueError(f"merge: {path} has protocol {part['protocol']}, {paths[0]} has {parts[0]['protocol']}")
     base = list({r["concept"]: r for part in parts for r in part["base"]}.values())
-    rows = [r for part in parts for r in part["runs"]]
+    rows, seen = [], {}
+    for path, part in zip(paths, parts):
+        for r in part["runs"]:
+            key = (r["method"], r["concept"], r["seed"])
+            if key in seen:
+                raise ValueError(f"merge: the run {key} is in both {seen[key]} and {path}")
+            seen[key] = path
+            rows.append(r)
     configs = {m: c for part in parts for m, c in part["configs"].items()}
-    return {"protocol": parts[0]["protocol"], "base": base, "runs": rows, "summary": summarise(rows, base),
+    protocol = dict(parts[0]["protocol"])
+    if "seeds" in protocol:
+        protocol["seeds"] = sorted({s for part in parts for s in part["protocol"].get("seeds", [])})
+    return {"protocol": protocol, "base": base, "runs": rows, "summary": summarise(rows, base),
             "configs": configs, "merged_from": [str(p) for p in paths]}
 
 

@@ -73,8 +73,13 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     assert "| asr_no_attack | asr | relearn_steps |" in out.with_suffix(".md").read_text()
     assert saved["summary"]["targets"]["scissorhands ASR under attack <= 20%"]["status"] == "missed"
 
-    # a second run split off by method merges into one table with the same summary rules
-    merged = quality.main(["--merge", str(out.with_suffix(".json")), str(out.with_suffix(".json")),
+    # a second run split off by seed merges into one table with the same summary rules
+    other_seed = json.loads(out.with_suffix(".json").read_text())
+    other_seed["protocol"]["seeds"] = [s + 1 for s in other_seed["protocol"]["seeds"]]
+    for row in other_seed["runs"]:
+        row["seed"] += 1
+    (tmp_path / "other-seed.json").write_text(json.dumps(other_seed))
+    merged = quality.main(["--merge", str(out.with_suffix(".json")), str(tmp_path / "other-seed.json"),
                            "--out", str(tmp_path / "merged")])
     assert len(merged["runs"]) == 4 and (tmp_path / "merged.png").is_file()
 
@@ -105,6 +110,24 @@ def test_merge_refuses_different_protocols(tmp_path):
                                                            "runs": [], "configs": {}}))
     with pytest.raises(ValueError, match="merge: .*b.json has protocol"):
         quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+
+
+def test_merge_joins_seeds_and_refuses_a_run_twice(tmp_path):
+    measured = json.loads((Path(quality.__file__).parent / "results" / "erasure-quality-quick.json").read_text())
+    base = [r for r in measured["base"] if r["concept"] == "digits:two"]
+    run = next(r for r in measured["runs"] if r["method"] == "esd" and r["concept"] == "digits:two")
+
+    def write(name, seeds, runs):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "protocol": {"num_inference_steps": 20, "seeds": seeds}, "base": base, "runs": runs,
+            "configs": {"esd": {}}}))
+    write("a", [0], [{**run, "seed": 0}])
+    write("b", [1, 2], [{**run, "seed": 1}, {**run, "seed": 2}])
+    merged = quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert merged["protocol"]["seeds"] == [0, 1, 2] and [r["seed"] for r in merged["runs"]] == [0, 1, 2]
+    write("c", [1], [{**run, "seed": 1}])
+    with pytest.raises(ValueError, match=r"the run \('esd', 'digits:two', 1\) is in both"):
+        quality.merge([str(tmp_path / "b.json"), str(tmp_path / "c.json")])
 
 
 def test_robustness_targets_compare_medians_and_count_never_relearned_as_the_cap():
