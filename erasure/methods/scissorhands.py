@@ -56,11 +56,22 @@ class Scissorhands(UnlearningMethod):
         if self.forget_grads is None:
             self.forget_grads = [None] * len(params)
         retain_grads = [p.grad for p in params]
+        store = getattr(torch, self.config.forget_grad_dtype)
+        converted = any(p.dtype != store for p in params)
         for p, g in zip(params, self.forget_grads):
-            p.grad = g
+            # in the parameters' dtype the buffers accumulate in .grad itself; in another each
+            # micro-step's g_f is a fresh .grad, added to the buffer in float32, then stored in that dtype
+            p.grad = None if converted else g
         backward(loss)
-        # autograd may accumulate out of place: read the buffers back from .grad
-        self.forget_grads = [p.grad for p in params]
+        if converted:
+            with torch.no_grad():
+                for i, p in enumerate(params):
+                    if p.grad is None:
+                        continue
+                    buffer = self.forget_grads[i]
+                    self.forget_grads[i] = (p.grad if buffer is None else buffer.float().add_(p.grad)).to(store)
+        else:  # autograd may accumulate out of place: read the buffers back from .grad
+            self.forget_grads = [p.grad for p in params]
         for p, g in zip(params, retain_grads):
             p.grad = g
 

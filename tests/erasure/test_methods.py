@@ -365,3 +365,32 @@ def test_distill_without_snapshot_fails_clearly():
     method = build_method(MethodConfig(method="finetune", retain_loss="distill"), Regression())
     with pytest.raises(RuntimeError, match="snapshot"):
         method.retain_loss(_model(), _batches(2)[0])
+
+
+def test_bfloat16_forget_gradient_buffer_gives_the_float32_step_within_its_rounding():
+    """forget_grad_dtype='bfloat16': g_f is kept in bf16 between its backward and the projected step
+    (accumulated over micro-steps in float32, stored in bf16); the step is the float32 one up to that
+    rounding, and not bit-equal (the switch is not a no-op)."""
+    objective, forget = Regression(), _batches(1)
+    retain = forget  # repairing on the forget batches lowers L_f: <g_o, g_f> > 0, the guard acts
+    steps, buffers = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        model = _model()
+        method = build_method(MethodConfig(method="scissorhands", lam=0.5, forget_grad_dtype=dtype), objective)
+        for micro in range(2):  # two accumulated micro-steps
+            method.compute_gradients(model, forget[micro], retain[micro])
+        buffers[dtype] = [f.clone() for f in method.forget_grads]
+        logs = method.finalize_gradients(model)
+        assert logs["v"] > 0  # the projection acted, so g_f's precision matters
+        steps[dtype] = [p.grad.clone() for p in model.parameters()]
+    assert {b.dtype for b in buffers["bfloat16"]} == {torch.bfloat16}
+    for low, high in zip(buffers["bfloat16"], buffers["float32"]):
+        torch.testing.assert_close(low.float(), high, rtol=1e-2, atol=1e-3)
+    for low, high in zip(steps["bfloat16"], steps["float32"]):
+        torch.testing.assert_close(low, high, rtol=2e-2, atol=1e-3)
+    assert any(not torch.equal(a, b) for a, b in zip(steps["bfloat16"], steps["float32"]))
+
+
+def test_forget_grad_dtype_is_checked():
+    with pytest.raises(ValueError, match=r"forget_grad_dtype='float16' is unknown; choose one of \['float32', 'bfloat16'\]"):
+        MethodConfig(forget_grad_dtype="float16")
