@@ -36,6 +36,7 @@ def start_or_resume(accelerator: Any, model: nn.Module, method: UnlearningMethod
     """
     summary: dict = {}
     method.snapshot(model)  # the model is still the original here, on a fresh start and on resume
+    method.loss_scaler = getattr(accelerator, "scaler", None)  # fp16: what accelerator.backward scales by
     if resume_dir is not None:  # accelerate's load_state would skip a broken RNG state silently
         verify_checkpoint(resume_dir, accelerator.process_index)
     if resume_dir is None or method.prepare_on_resume:

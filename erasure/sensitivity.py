@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from erasure.sharding import local
+from erasure.scaling import backward_with_backoff, loss_scale
+from erasure.sharding import local, shard_groups
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def accumulate_gradients(
     num_batches: int | None = None,
     absolute: bool = False,
     desc: str = "scoring",
+    scaler: Any = None,
 ) -> dict[str, Tensor]:
     """Sum the gradients of the mean per-sample loss over batches, one buffer per parameter.
 
@@ -50,6 +52,9 @@ def accumulate_gradients(
         num_batches: stop after this many batches (``None``: all).
         absolute: sum ``|grad|`` per batch instead of ``grad`` (SalUn's saliency).
         desc: progress-bar label.
+        scaler: the job's fp16 GradScaler (``accelerator.scaler``) or None. ``backward`` scales the
+            loss by it; the sums are of unscaled gradients, and a batch whose gradients overflow is
+            redone at half the scale (``erasure.scaling``) instead of reaching the top-k as inf.
 
     Returns:
         ``{name: summed gradient}``, fp32, on each parameter's device; for FSDP2 parameters the
@@ -59,16 +64,23 @@ def accumulate_gradients(
         ValueError: if no batch was seen or the loss is not finite.
     """
     sums = {name: torch.zeros_like(local(p.detach()), dtype=torch.float32) for name, p in params.items()}
-    seen = 0
+    seen, scale, groups = 0, loss_scale(scaler), shard_groups(params.values())
     for batch in tqdm(itertools.islice(batches, num_batches), total=num_batches, desc=desc, leave=False):
-        model.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch).mean()
-        if not torch.isfinite(loss):
-            raise ValueError(f"non-finite loss {loss.item()} while {desc}; check the data and model")
-        backward(loss)
+
+        def batch_loss() -> Tensor:
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch).mean()
+            if not torch.isfinite(loss):
+                raise ValueError(f"non-finite loss {loss.item()} while {desc}; check the data and model")
+            return loss
+
+        scale = backward_with_backoff(backward, batch_loss, lambda: [p.grad for p in params.values()], scaler,
+                                      scale, groups, desc)
         for name, p in params.items():
             if p.grad is not None:
-                grad = local(p.grad)
+                grad = local(p.grad).float()
+                if scale != 1.0:
+                    grad = grad / scale
                 sums[name].add_(grad.abs() if absolute else grad)
         seen += 1
     model.zero_grad(set_to_none=True)
@@ -84,13 +96,15 @@ def connection_sensitivity(
     params: dict[str, nn.Parameter],
     backward: Callable[[Tensor], None] = Tensor.backward,
     num_batches: int | None = None,
+    scaler: Any = None,
 ) -> dict[str, Tensor]:
     """Connection sensitivity ``|theta * sum_batches grad|`` for each parameter (Eq. 2).
 
     Returns:
         ``{name: scores}`` with each parameter's shape (FSDP2: its local shard's), fp32.
     """
-    grads = accumulate_gradients(model, loss_fn, batches, params, backward, num_batches, desc="sensitivity")
+    grads = accumulate_gradients(model, loss_fn, batches, params, backward, num_batches, desc="sensitivity",
+                                 scaler=scaler)
     with torch.no_grad():
         return {name: grads[name].mul_(local(params[name].detach()).float()).abs_() for name in params}
 

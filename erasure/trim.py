@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def trim(model: nn.Module, loss_fn: LossFn, forget_batches: Iterable[Any], config: MethodConfig,
-         backward=Tensor.backward) -> tuple[dict[str, Tensor], dict[str, float]]:
+         backward=Tensor.backward, scaler: Any = None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Re-initialise the parameters most sensitive to the forget data, in place.
 
     Args:
@@ -29,6 +29,7 @@ def trim(model: nn.Module, loss_fn: LossFn, forget_batches: Iterable[Any], confi
         forget_batches: forget batches to score (a loader).
         config: ``kept_fraction``, ``sensitivity_*``, ``init*``, ``trim_*`` are read.
         backward: the job's backward (``accelerator.backward``).
+        scaler: its fp16 GradScaler, if any (``erasure.scaling``): the scores are of unscaled gradients.
 
     Returns:
         ``(masks, summary)``: the selected entries per parameter name and a summary with
@@ -37,7 +38,7 @@ def trim(model: nn.Module, loss_fn: LossFn, forget_batches: Iterable[Any], confi
     params = scope_parameters(model, config.trim_include, config.trim_exclude)
     num_batches = resolve_num_batches(config.sensitivity_batches, config.sensitivity_fraction,
                                       len(forget_batches) if hasattr(forget_batches, "__len__") else None)
-    scores = connection_sensitivity(model, loss_fn, forget_batches, params, backward, num_batches)
+    scores = connection_sensitivity(model, loss_fn, forget_batches, params, backward, num_batches, scaler)
     masks = topk_masks(scores, config.kept_fraction, shard_groups(params.values()))
     del scores
     trimmed = reinitialize_(params, masks, config.init, config.bias_init, config.init_value, config.seed)

@@ -53,6 +53,9 @@ class UnlearningMethod:
         self.total_steps = 1
         self.step_index = 0
         self.original: nn.Module | None = None  # frozen copy for retain_loss="distill"
+        # the job's fp16 GradScaler (accelerator.scaler), set before prepare: gradients read before the
+        # optimiser step are still scaled by it (erasure.scaling)
+        self.loss_scaler: Any = None
 
     def snapshot(self, model: nn.Module) -> None:
         """Keep what the method needs of the *original* model; the job calls it on a fresh start

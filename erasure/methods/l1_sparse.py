@@ -10,6 +10,7 @@ import torch
 
 from erasure.methods.base import trainable
 from erasure.methods.finetune import Finetune
+from erasure.scaling import loss_scale
 
 
 class L1Sparse(Finetune):
@@ -20,6 +21,8 @@ class L1Sparse(Finetune):
     def finalize_gradients(self, model):
         gamma = self.config.l1_gamma * max(0.0, 1.0 - self.step_index / self.total_steps)
         params = [p for p in trainable(model) if p.grad is not None]
-        torch._foreach_add_([p.grad for p in params], [torch.sign(p) for p in params], alpha=gamma)
+        # under fp16 the gradients are still scaled by S here (the optimiser step unscales): so is the penalty
+        torch._foreach_add_([p.grad for p in params], [torch.sign(p) for p in params],
+                            alpha=gamma * loss_scale(self.loss_scaler))
         logs = super().finalize_gradients(model)
         return {**logs, "l1_gamma": gamma}

@@ -30,7 +30,7 @@ class SalUn(RandomLabel):
             self.masks = {name: torch.ones_like(local(p.detach()), dtype=torch.bool) for name, p in params.items()}
         else:
             grads = accumulate_gradients(model, self.objective.loss, forget_loader, params, backward,
-                                         self.config.sensitivity_batches, desc="saliency")
+                                         self.config.sensitivity_batches, desc="saliency", scaler=self.loss_scaler)
             self.masks = topk_masks({name: g.abs_() for name, g in grads.items()}, 1.0 - self.config.saliency_fraction,
                                     shard_groups(params.values()))
         counts = torch.tensor([sum(int(m.sum()) for m in self.masks.values()),

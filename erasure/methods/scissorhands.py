@@ -49,7 +49,7 @@ class Scissorhands(UnlearningMethod):
                              f"reads the empty prompt's loss); {type(self.objective).__name__} has none. Use 'forget' "
                              "or 'none'")
         summary = super().prepare(model, forget_loader, retain_loader, backward)
-        _, trim_summary = trim(model, self.objective.loss, forget_loader, self.config, backward)
+        _, trim_summary = trim(model, self.objective.loss, forget_loader, self.config, backward, self.loss_scaler)
         return {**summary, **trim_summary}
 
     def _backward_into_forget_buffers(self, params: list[Tensor], loss: Tensor, backward) -> None:

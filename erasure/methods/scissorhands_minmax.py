@@ -16,6 +16,7 @@ from torch import Tensor
 from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.methods.scissorhands import Scissorhands
 from erasure.objective import finite_or_raise
+from erasure.scaling import MAX_BACKOFFS, all_finite, loss_scale
 from erasure.sharding import is_sharded
 
 
@@ -34,12 +35,27 @@ class ScissorhandsMinMax(Scissorhands):
                                       "differentiates the parameters outside FSDP's hooks); use DDP or scissorhands")
         loss_forget = finite_or_raise(self.reduce_forget(self.objective.loss(inner, forget_batch), forget_batch),
                                       "forget loss (ascent step)")
-        grads = torch.autograd.grad(loss_forget, params, allow_unused=True)
+        grads = self.ascent_gradients(loss_forget, params)
         theta = [p.detach().clone() for p in params]
         with torch.no_grad():
             moved = [(p, g) for p, g in zip(params, grads) if g is not None]
             torch._foreach_add_([p for p, _ in moved], [g for _, g in moved], alpha=self.config.ascent_lr)
         return theta, loss_forget.item()
+
+    def ascent_gradients(self, loss_forget: Tensor, params: list[Tensor]) -> list[Tensor | None]:
+        """grad L_f, taken at the job's fp16 loss scale (halved while it overflows) and unscaled: an
+        unscaled fp16 backward would flush small gradients to zero."""
+        scale = loss_scale(self.loss_scaler)
+        scaled = scale != 1.0
+        for _ in range(MAX_BACKOFFS + 1):
+            grads = torch.autograd.grad(loss_forget * scale if scaled else loss_forget, params,
+                                        allow_unused=True, retain_graph=scaled)
+            if not scaled:
+                return list(grads)
+            if all_finite([g for g in grads if g is not None]):
+                return [None if g is None else g / scale for g in grads]
+            scale *= 0.5
+        raise FloatingPointError(f"min-max ascent: gradients are not finite even at loss scale {scale:g}")
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
         theta, loss_forget = self.ascend(model, forget_batch)

@@ -1,0 +1,64 @@
+"""fp16 loss scaling outside the optimiser step: the one-off gradient passes and the extra terms.
+
+Under ``mixed_precision="fp16"`` accelerate's ``backward`` multiplies the loss by the GradScaler's
+scale S, and the optimiser step unscales. Everything that reads gradients *before* that step must
+know S: the sensitivity and saliency passes (a gradient that overflows at S would otherwise reach
+the top-k as inf), the min-max ascent (its ``autograd.grad`` bypasses the scaler, so small fp16
+gradients would underflow), and l1-sparse's penalty (added to gradients that are still scaled).
+These passes never call ``scaler.update``: on an overflow they halve a scale of their own and
+redo the batch, and divide by the scale they used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFFS = 40  # 2**-40 of fp16's usual 65536 start is far below any useful scale
+
+
+def loss_scale(scaler: Any) -> float:
+    """The scale accelerate's ``backward`` multiplies the loss by now (1.0 without an enabled scaler)."""
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    return float(scaler.get_scale())
+
+
+def all_finite(tensors: list[Tensor], groups: tuple = ()) -> bool:
+    """Whether every tensor is finite on every rank that holds a shard of them."""
+    from erasure.sharding import all_reduce_, local
+
+    bad = torch.zeros((), dtype=torch.int64, device=local(tensors[0]).device if tensors else "cpu")
+    for t in tensors:
+        bad += (~torch.isfinite(local(t))).any().to(torch.int64)
+    return int(all_reduce_(bad, groups)) == 0
+
+
+def backward_with_backoff(backward: Callable[[Tensor], None], loss_of: Callable[[], Tensor],
+                          grads_of: Callable[[], list[Tensor]], scaler: Any, scale: float,
+                          groups: tuple = (), what: str = "gradient pass") -> float:
+    """Back-propagate ``loss_of()`` at an effective loss scale ``scale`` through the job's ``backward``
+    (which applies the scaler's own S), halving ``scale`` and redoing the pass while the gradients
+    overflow. Without an enabled scaler it is one plain pass.
+
+    Returns:
+        The scale the gradients now carry (divide them by it).
+
+    Raises:
+        FloatingPointError: gradients still not finite after ``MAX_BACKOFFS`` halvings.
+    """
+    base = loss_scale(scaler)
+    for _ in range(MAX_BACKOFFS + 1):
+        loss = loss_of()
+        backward(loss if scale == base else loss * (scale / base))
+        if base == 1.0 or all_finite([g for g in grads_of() if g is not None], groups):
+            return scale
+        logger.warning("%s: gradients overflow at loss scale %g; halving it and redoing the batch", what, scale)
+        scale *= 0.5
+    raise FloatingPointError(f"{what}: gradients are not finite even at loss scale {scale:g}; the model or data "
+                             "produce inf/NaN gradients (try mixed_precision bf16 or no)")
