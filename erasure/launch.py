@@ -29,6 +29,13 @@ def make_accelerator(output_dir: str | None = None, **kwargs: Any):
     return Accelerator(cpu=not has_accelerator, **kwargs)
 
 
+def compute_dtype(accelerator: Any) -> torch.dtype:
+    """The dtype the job computes in: bfloat16 / float16 under ``mixed_precision`` bf16 / fp16, else
+    float32. Frozen copies that only ever run forward (ESD's, the distill original) are kept in it."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(getattr(accelerator, "mixed_precision", "no")),
+                                                              torch.float32)
+
+
 def finish(accelerator: Any) -> None:
     """End a job on every process together: wait for the main process's export, end the trackers,
     and take down the process group. A rank that exits while another still works leaves its gloo

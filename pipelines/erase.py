@@ -32,7 +32,7 @@ from erasure import jobconfig
 from erasure.bounds import check_image_side, check_training
 from erasure.batches import TensorBatches, subset
 from erasure.config import MethodConfig
-from erasure.launch import finish, make_accelerator
+from erasure.launch import compute_dtype, finish, make_accelerator
 from erasure.loop import steps_per_epoch, unlearn
 from erasure.methods import build_method, get_method, validate_method
 from erasure.exports import publish_export, staging_folder
@@ -161,9 +161,14 @@ def encode_prompts(pipe, prompts: list[str], device: torch.device) -> torch.Tens
     """Text embeddings [P, L, D] from the frozen text encoder, computed once."""
     tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
-    encoder = pipe.text_encoder.to(device)
-    with torch.no_grad():
-        return encoder(tokens.to(device))[0].float().cpu()
+    encoder = pipe.text_encoder
+    home = encoder.device
+    encoder.to(device)
+    try:
+        with torch.no_grad():
+            return encoder(tokens.to(device))[0].float().cpu()
+    finally:  # the table is all training needs: the encoder leaves the accelerator (~0.5 GB for SD v1.4's)
+        encoder.to(home)
 
 
 def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device):
@@ -350,7 +355,9 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     steps_per_epoch(method, forget_batches, retain_batches, config.gradient_accumulation_steps)  # fails before work
 
     started = time.perf_counter()
-    # the frozen original (retain_loss="distill") is copied whole, before accelerate may shard the UNet
+    # the frozen original (retain_loss="distill") is copied whole, before accelerate may shard the UNet, and
+    # like ESD's frozen copy kept in the compute dtype (bf16: 1.7 GB instead of 3.4 for SD v1.4's UNet)
+    method.frozen_dtype = compute_dtype(accelerator)
     method.snapshot(unet.to(accelerator.device))
     unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))
     resume_dir = resolve_resume(output.path, config.resume_from_checkpoint) if output is not None else None

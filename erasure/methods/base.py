@@ -56,6 +56,9 @@ class UnlearningMethod:
         # the job's fp16 GradScaler (accelerator.scaler), set before prepare: gradients read before the
         # optimiser step are still scaled by it (erasure.scaling)
         self.loss_scaler: Any = None
+        # dtype of the frozen copies that only run forward (ESD's, retain_loss="distill"'s original);
+        # None keeps the model's. The diffusion job sets its compute dtype (bf16: half the memory)
+        self.frozen_dtype: Any = None
 
     def snapshot(self, model: nn.Module) -> None:
         """Keep what the method needs of the *original* model; the job calls it on a fresh start
@@ -69,7 +72,12 @@ class UnlearningMethod:
             if any(is_sharded(p) for p in unwrap(model).parameters()):
                 raise ValueError("retain_loss='distill' needs a whole copy of the original model, and this one is "
                                  "sharded (FSDP2): call snapshot(model) before fully_shard / accelerator.prepare")
-            self.original = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+            self.original = self.frozen_copy(model)
+
+    def frozen_copy(self, model: nn.Module) -> nn.Module:
+        """A frozen copy of ``model`` in ``frozen_dtype`` (or its own)."""
+        frozen = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        return frozen if self.frozen_dtype is None else frozen.to(self.frozen_dtype)
 
     # -- life cycle -----------------------------------------------------------------------
     def prepare(self, model: nn.Module, forget_loader: Iterable[Any], retain_loader: Iterable[Any],

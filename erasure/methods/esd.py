@@ -8,11 +8,9 @@ this method with the job's trainable scope set to all-but-cross-attention / cros
 
 from __future__ import annotations
 
-import copy
-
 from torch import Tensor
 
-from erasure.methods.base import UnlearningMethod, unwrap
+from erasure.methods.base import UnlearningMethod
 from erasure.objective import finite_or_raise
 
 
@@ -27,7 +25,7 @@ class ESD(UnlearningMethod):
         self.frozen = None
 
     def prepare(self, model, forget_loader, retain_loader, backward=Tensor.backward):
-        self.frozen = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self.frozen = self.frozen_copy(model)
         return {}
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):

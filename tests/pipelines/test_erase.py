@@ -108,6 +108,18 @@ def test_baselines_run_in_the_same_harness(tiny_pipeline_dir, concept_data, tmp_
     assert (tmp_path / method / "model_index.json").is_file()
 
 
+@pytest.mark.parametrize("method", [["--method", "esd"], ["--forget_loss", "substitute", "--retain_loss", "distill",
+                                                      "--projection", "conditional"]], ids=["esd", "distill"])
+def test_bf16_job_runs_with_frozen_copies_in_bf16(tiny_pipeline_dir, concept_data, tmp_path, method):
+    """--mixed_precision bf16: ESD's frozen copy and the distill original run in bf16 (fed bf16 inputs)
+    beside the float32 trained UNet; the export is float32 and finite."""
+    out = tmp_path / "bf16"
+    run(tiny_pipeline_dir, concept_data, out, "--mixed_precision", "bf16", *method)
+    weights = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
 def test_loreun_and_substitute_forget_loss(tiny_pipeline_dir, concept_data, tmp_path):
     summary = run(tiny_pipeline_dir, concept_data, tmp_path / "sub", "--forget_loss", "substitute",
                   "--relabel_target", "prediction", "--loreun", "true", "--projection", "conditional",

@@ -200,3 +200,54 @@ def test_the_prompt_table_moves_to_the_device_once():
     assert first.shape == (2, 4, 8) and second.device.type == "meta"
     on_cpu = DiffusionObjective(DDPMScheduler(), torch.randn(3, 4, 8), torch.tensor([1, 1, 2]), uncond_id=2)
     assert torch.equal(on_cpu._embed(torch.tensor([2, 0]), torch.empty(1)), on_cpu.embeddings[[2, 0]])
+
+
+@pytest.mark.parametrize("method", ["esd", "scissorhands"])
+def test_frozen_copies_in_the_compute_dtype_give_the_float32_loss_within_bf16_rounding(method):
+    """ESD's frozen copy and the distill original are kept in the job's compute dtype (bf16: half the
+    memory); the objective feeds them inputs of their dtype, and the loss stays the float32 one."""
+    from erasure.config import MethodConfig
+    from erasure.methods import build_method
+
+    embeddings = torch.randn(3, 5, 8)
+    objective = DiffusionObjective(DDPMScheduler(), embeddings, relabel_ids=torch.tensor([1, 1, 2]), uncond_id=2)
+    batch = {"x": torch.randn(2, 4, 8, 8), "y": torch.tensor([0, 0]), "index": torch.arange(2),
+             "noise": torch.randn(2, 4, 8, 8), "timesteps": torch.tensor([100, 700])}
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        unet = tiny_unet()
+        config = MethodConfig(method=method, retain_loss="distill", forget_loss="substitute") if method != "esd" \
+            else MethodConfig(method="esd")
+        m = build_method(config, objective)
+        m.frozen_dtype = dtype
+        if method == "esd":
+            m.prepare(unet, [], [])
+            frozen = m.frozen
+            losses[dtype] = objective.guided_loss(unet, frozen, batch)
+        else:
+            m.snapshot(unet)
+            frozen = m.original
+            losses[dtype] = objective.distilled_loss(unet, frozen, batch) + objective.relabeled_loss(unet, batch, frozen)
+        assert {p.dtype for p in frozen.parameters()} == {dtype or torch.float32}
+        assert {p.dtype for p in unet.parameters()} == {torch.float32}  # the trained model is untouched
+    torch.testing.assert_close(losses[torch.bfloat16], losses[None], rtol=5e-2, atol=1e-3)
+    assert not torch.equal(losses[torch.bfloat16], losses[None])  # the bf16 copy did run
+
+
+def test_compute_dtype_follows_mixed_precision():
+    from erasure.launch import compute_dtype
+
+    assert [compute_dtype(types.SimpleNamespace(mixed_precision=m)) for m in ("no", "bf16", "fp16")] == \
+        [torch.float32, torch.bfloat16, torch.float16]
+
+
+def test_prompt_encoding_returns_the_text_encoder_where_it_was():
+    from pipelines.erase import encode_prompts
+    from pipelines.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0)
+    moves = []
+    original_to = pipe.text_encoder.to
+    pipe.text_encoder.to = lambda *a, **k: (moves.append(str(a[0]) if a else str(k)), original_to(*a, **k))[1]
+    table = encode_prompts(pipe, ["a photo of a church", ""], torch.device("cpu"))
+    assert table.shape[0] == 2 and moves == ["cpu", "cpu"]  # to the device for the table, then back home
