@@ -22,11 +22,14 @@ logger = logging.getLogger(__name__)
 MAX_BACKOFFS = 40  # 2**-40 of fp16's usual 65536 start is far below any useful scale
 
 
+def scaling_enabled(scaler: Any) -> bool:
+    """Whether the job's backward scales the loss (an enabled fp16 GradScaler)."""
+    return scaler is not None and scaler.is_enabled()
+
+
 def loss_scale(scaler: Any) -> float:
     """The scale accelerate's ``backward`` multiplies the loss by now (1.0 without an enabled scaler)."""
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return float(scaler.get_scale())
+    return float(scaler.get_scale()) if scaling_enabled(scaler) else 1.0
 
 
 def all_finite(tensors: list[Tensor], groups: tuple = ()) -> bool:
@@ -56,7 +59,7 @@ def backward_with_backoff(backward: Callable[[Tensor], None], loss_of: Callable[
     for _ in range(MAX_BACKOFFS + 1):
         loss = loss_of()
         backward(loss if scale == base else loss * (scale / base))
-        if base == 1.0 or all_finite([g for g in grads_of() if g is not None], groups):
+        if not scaling_enabled(scaler) or all_finite([g for g in grads_of() if g is not None], groups):
             return scale
         logger.warning("%s: gradients overflow at loss scale %g; halving it and redoing the batch", what, scale)
         scale *= 0.5

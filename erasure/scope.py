@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 
 from torch import nn
 
+from erasure.sharding import resharded
+
 TRIMMABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -41,7 +43,9 @@ def named_scope(
     Returns:
         An iterator; parameters with ``requires_grad=False`` are skipped.
     """
-    model = getattr(model, "module", model)
+    # FSDP2 leaves the root's parameters unsharded after a forward without backward (LoReUn's reference
+    # fit): reshard so the scope holds the sharded parameters the optimiser steps
+    model = resharded(getattr(model, "module", model))
     for module_name, module in model.named_modules():
         if module_types is not None and not isinstance(module, module_types):
             continue

@@ -15,10 +15,13 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-try:  # torch >= 2.4
+try:  # torch >= 2.5
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
-except ImportError:  # pragma: no cover - torch built without distributed
-    DTensor = None
+except ImportError:  # pragma: no cover - older torch (FSDP2 there is torch.distributed._composable.fsdp)
+    try:
+        from torch.distributed._tensor import DTensor, Shard, distribute_tensor
+    except ImportError:  # torch built without distributed: nothing can be sharded
+        DTensor = None
 
 
 def is_sharded(tensor: Tensor) -> bool:

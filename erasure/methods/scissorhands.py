@@ -57,21 +57,15 @@ class Scissorhands(UnlearningMethod):
             self.forget_grads = [None] * len(params)
         retain_grads = [p.grad for p in params]
         store = getattr(torch, self.config.forget_grad_dtype)
-        converted = any(p.dtype != store for p in params)
         for p, g in zip(params, self.forget_grads):
-            # in the parameters' dtype the buffers accumulate in .grad itself; in another each
-            # micro-step's g_f is a fresh .grad, added to the buffer in float32, then stored in that dtype
-            p.grad = None if converted else g
+            # the accumulated g_f goes back into .grad (upcast when stored in another dtype): the backward
+            # adds to it, and DDP's all-reduce on the sync micro-step averages the whole accumulated g_f
+            p.grad = g.to(p.dtype) if g is not None and g.dtype != p.dtype else g
         backward(loss)
-        if converted:
-            with torch.no_grad():
-                for i, p in enumerate(params):
-                    if p.grad is None:
-                        continue
-                    buffer = self.forget_grads[i]
-                    self.forget_grads[i] = (p.grad if buffer is None else buffer.float().add_(p.grad)).to(store)
-        else:  # autograd may accumulate out of place: read the buffers back from .grad
-            self.forget_grads = [p.grad for p in params]
+        # autograd may accumulate out of place: read the buffers back from .grad (and store them in
+        # forget_grad_dtype: only the forget backward holds g_f in the parameters' dtype)
+        self.forget_grads = [None if p.grad is None else p.grad if p.grad.dtype == store else p.grad.to(store)
+                             for p in params]
         for p, g in zip(params, retain_grads):
             p.grad = g
 

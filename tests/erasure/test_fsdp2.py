@@ -27,6 +27,11 @@ CASES = [
     # the testbed's form: substitute forget term, distilled retain term, the conditional guard
     {"name": "testbed", "method": "scissorhands", "config": {"kept_fraction": 0.97, "lam": 1.0, "forget_loss": "substitute",
                                                              "retain_loss": "distill", "projection": "conditional"}},
+    # LoReUn's reference fit runs forwards without backward first (FSDP2 then leaves the root unsharded).
+    # Its weights are a softmax over each rank's batch (as under DDP), so the repair is not the one-process
+    # one: only the trimming is compared exactly
+    {"name": "loreun", "method": "scissorhands", "config": {"kept_fraction": 0.97, "lam": 0.1, "loreun": True},
+     "per_rank_weights": True},
     # SalUn's saliency masks come from the same sharded top-k
     {"name": "salun", "method": "salun", "config": {"saliency_fraction": 0.5}},
 ]
@@ -72,7 +77,8 @@ def test_fsdp2_matches_one_process(runs, case):
     assert _max_difference(trimmed, load_file(sharded / "trimmed.safetensors")) == 0  # identical re-initialisation
     repaired = load_file(single / "repaired.safetensors")
     assert _max_difference(repaired, trimmed) > 1e-4  # the repair moved the weights: the comparison can fail
-    assert _max_difference(repaired, load_file(sharded / "repaired.safetensors")) < 1e-6
+    per_rank = CASES[[c["name"] for c in CASES].index(case)].get("per_rank_weights", False)
+    assert _max_difference(repaired, load_file(sharded / "repaired.safetensors")) < (1e-4 if per_rank else 1e-6)
     logs = [json.loads((folder / "logs.json").read_text()) for folder in (single, sharded)]
     assert [log["world"] for log in logs] == [1, 2]
     assert logs[0]["summary"] == logs[1]["summary"]  # trimmed / salient counts over every shard
@@ -85,7 +91,7 @@ def test_fsdp2_matches_one_process(runs, case):
     if CASES[[c["name"] for c in CASES].index(case)]["method"] == "scissorhands":
         v_single, v_sharded = ([step["v"] for step in log["steps"]] for log in logs)
         assert any(v > 0 for v in v_single)  # the projection acted
-        assert v_sharded == pytest.approx(v_single, rel=1e-5)
+        assert v_sharded == pytest.approx(v_single, rel=5e-2 if per_rank else 1e-5)
 
 
 def test_sharded_topk_breaks_ties_as_one_process(runs):

@@ -90,8 +90,12 @@ def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept
 
 # paper 000's repair, and the testbed's (configs/erase_digits_scissorhands.yaml): four UNet forwards
 # (forget, empty prompt, substitute, retain) before the two backwards of a step
+# bf16-accumulate: g_f kept in bf16 over 2 accumulated micro-steps must be all-reduced whole on the sync step
+# (a buffer that held the first micro-step outside .grad left it unsynchronised and the replicas drifted)
 @pytest.mark.parametrize("repair", [[], ["--forget_loss", "substitute", "--retain_loss", "distill",
-                                         "--projection", "conditional"]], ids=["paper", "testbed"])
+                                         "--projection", "conditional"],
+                                    ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"]],
+                         ids=["paper", "testbed", "bf16-accumulate"])
 def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path, repair):
     out = tmp_path / "ddp"
     launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
@@ -261,3 +265,20 @@ def test_report_to_tensorboard_logs_hparams_and_losses(tiny_pipeline_dir, concep
         assert b"hf_SECRET123" not in path.read_bytes()
     assert any("loss" in tag for tag in scalars), scalars
     assert any(b"*attn*,*conv*" in path.read_bytes() for path in events)
+
+
+def test_fsdp2_job_refuses_what_it_cannot_do():
+    """Checked where accelerate has sharded the UNet (not reachable on a CPU, so called directly)."""
+    from erasure.config import MethodConfig
+    from erasure.methods import build_method
+    from pipelines.erase import check_sharded_job
+
+    scissorhands = build_method(MethodConfig(method="scissorhands"), None)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2 with FSDP2"):
+        check_sharded_job(scissorhands, 2, "full", False)
+    check_sharded_job(build_method(MethodConfig(method="scissorhands", projection="none"), None), 2, "full", False)
+    with pytest.raises(ValueError, match="trainable='lora' with FSDP2"):
+        check_sharded_job(scissorhands, 1, "lora", False)
+    with pytest.raises(ValueError, match="method='salun': its saliency masks are per-rank"):
+        check_sharded_job(build_method(MethodConfig(method="salun"), None), 1, "full", True)
+    check_sharded_job(scissorhands, 1, "full", True)  # Scissorhands resumes: its state is the same on every rank
