@@ -198,6 +198,9 @@ def main() -> None:
             topk(Path(args.out), rank, world)
     finally:
         if world > 1:
+            # every rank waits for rank 0's files: a rank leaving first lets gloo abort the other at exit
+            # ("terminate called without an active exception", seen on a loaded 2-core machine)
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
