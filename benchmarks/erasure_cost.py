@@ -62,6 +62,7 @@ class CostConfig:
     optimizer: str = "adamw"  # "none": no optimiser step (AdamW's 8 bytes/parameter are added in the JSON)
     num_threads: int = 2
     kept_fraction: float = SD_METHOD_SETTINGS["kept_fraction"]
+    forget_grad_dtype: str = "float32"  # Scissorhands' g_f buffer: float32 or bfloat16 (issue 11)
     skip_topk: bool = False
     skip_sampling: bool = False
     sample_images: int | None = None
@@ -90,6 +91,8 @@ class CostConfig:
             raise ValueError(f"methods {unknown} are unknown; known methods: {sorted(METHODS)}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision='{self.mixed_precision}' must be no or bf16")
+        if self.forget_grad_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"forget_grad_dtype='{self.forget_grad_dtype}' must be float32 or bfloat16")
         if self.optimizer not in ("adamw", "none"):
             raise ValueError(f"optimizer='{self.optimizer}' must be adamw or none")
         for name in ("repeats", "rounds", "num_threads", "num_inference_steps"):
@@ -169,7 +172,8 @@ def measure_steps(config: CostConfig, params: int) -> dict[str, dict[str, Any]]:
                     method_cost, config.timeout_s, size=config.size, method=method, batch_size=config.batch_size,
                     num_batches=config.repeats, warmup=config.warmup, device=config.device,
                     mixed_precision=config.mixed_precision, gradient_checkpointing=config.gradient_checkpointing,
-                    optimizer=config.optimizer, num_threads=config.num_threads, seed=config.seed)
+                    optimizer=config.optimizer, num_threads=config.num_threads, seed=config.seed,
+                    forget_grad_dtype=config.forget_grad_dtype)
             except RuntimeError as err:
                 logger.error("%s failed: %s", method, err)
                 failed[method] = {"error": str(err)}

@@ -81,7 +81,7 @@ def _warm_up(size: str, batch_size: int, device: torch.device, mixed_precision: 
 
 def method_cost(size: str, method: str, batch_size: int, num_batches: int, warmup: int, device: str,
                 mixed_precision: str, gradient_checkpointing: bool, optimizer: str, num_threads: int,
-                seed: int) -> dict[str, Any]:
+                seed: int, forget_grad_dtype: str = "float32") -> dict[str, Any]:
     """Prepare ``method`` on a fresh UNet, then time ``warmup + num_batches`` steps (one repair epoch).
 
     Returns:
@@ -98,7 +98,8 @@ def method_cost(size: str, method: str, batch_size: int, num_batches: int, warmu
     base = memory.current()
     unet = _train_unet(size, seed, dev, gradient_checkpointing)
     objective, forget, retain = random_data(unet, batch_size, num_batches, seed, dev)
-    runner = build_method(MethodConfig(method=method, seed=seed, **SD_METHOD_SETTINGS), objective)
+    runner = build_method(MethodConfig(method=method, seed=seed, forget_grad_dtype=forget_grad_dtype,
+                                       **SD_METHOD_SETTINGS), objective)
     memory.reset()
     with _autocast(dev, mixed_precision):
         summary, prepare_s = timed(dev, lambda: runner.prepare(unet, forget, retain))

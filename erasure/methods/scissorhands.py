@@ -61,6 +61,7 @@ class Scissorhands(UnlearningMethod):
             # the accumulated g_f goes back into .grad (upcast when stored in another dtype): the backward
             # adds to it, and DDP's all-reduce on the sync micro-step averages the whole accumulated g_f
             p.grad = g.to(p.dtype) if g is not None and g.dtype != p.dtype else g
+        self.forget_grads = [None] * len(params)  # a converted buffer is freed during the backward
         backward(loss)
         # autograd may accumulate out of place: read the buffers back from .grad (and store them in
         # forget_grad_dtype: only the forget backward holds g_f in the parameters' dtype)

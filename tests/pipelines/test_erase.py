@@ -117,8 +117,14 @@ def test_baselines_run_in_the_same_harness(tiny_pipeline_dir, concept_data, tmp_
 def test_bf16_job_runs_with_frozen_copies_in_bf16(tiny_pipeline_dir, concept_data, tmp_path, method):
     """--mixed_precision bf16: ESD's frozen copy and the distill original run in bf16 (fed bf16 inputs)
     beside the float32 trained UNet; the export is float32 and finite."""
+    from accelerate.state import AcceleratorState
+
     out = tmp_path / "bf16"
-    run(tiny_pipeline_dir, concept_data, out, "--mixed_precision", "bf16", *method)
+    AcceleratorState._reset_state(reset_partial_state=True)  # in-process runs before set mixed precision 'no'
+    try:
+        run(tiny_pipeline_dir, concept_data, out, "--mixed_precision", "bf16", *method)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # later in-process runs start clean too
     weights = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
     assert all(torch.isfinite(t).all() for t in weights.values())
