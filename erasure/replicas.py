@@ -30,9 +30,9 @@ def check_replicas(model: nn.Module, accelerator: Any, when: str) -> list[str]:
     """
     from accelerate.utils import gather_object
 
-    from erasure.sharding import is_sharded
+    from erasure.sharding import has_shards
 
-    if any(is_sharded(p) for p in getattr(model, "module", model).parameters()):
+    if has_shards(model):
         # FSDP2: each rank holds other shards, there are no replicas to compare
         logger.info("parameters are sharded (FSDP2): no replica check %s", when)
         return []

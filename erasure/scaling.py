@@ -42,26 +42,23 @@ def all_finite(tensors: list[Tensor], groups: tuple = ()) -> bool:
     return int(all_reduce_(bad, groups)) == 0
 
 
-def backward_with_backoff(backward: Callable[[Tensor], None], loss_of: Callable[[], Tensor],
-                          grads_of: Callable[[], list[Tensor]], scaler: Any, scale: float,
-                          groups: tuple = (), what: str = "gradient pass") -> float:
-    """Back-propagate ``loss_of()`` at an effective loss scale ``scale`` through the job's ``backward``
-    (which applies the scaler's own S), halving ``scale`` and redoing the pass while the gradients
-    overflow. Without an enabled scaler it is one plain pass.
+def at_finite_scale(attempt: Callable[[float], list[Tensor | None]], scaler: Any, scale: float,
+                    groups: tuple = (), what: str = "gradient pass") -> tuple[list[Tensor | None], float]:
+    """Run ``attempt(scale)`` (a gradient pass at effective loss scale ``scale``, returning the
+    gradients it produced), halving ``scale`` and running it again while they overflow. Without an
+    enabled scaler it is one plain pass.
 
     Returns:
-        The scale the gradients now carry (divide them by it).
+        ``(gradients, scale)``: divide the gradients by the scale they carry.
 
     Raises:
         FloatingPointError: gradients still not finite after ``MAX_BACKOFFS`` halvings.
     """
-    base = loss_scale(scaler)
     for _ in range(MAX_BACKOFFS + 1):
-        loss = loss_of()
-        backward(loss if scale == base else loss * (scale / base))
-        if not scaling_enabled(scaler) or all_finite([g for g in grads_of() if g is not None], groups):
-            return scale
-        logger.warning("%s: gradients overflow at loss scale %g; halving it and redoing the batch", what, scale)
+        grads = attempt(scale)
+        if not scaling_enabled(scaler) or all_finite([g for g in grads if g is not None], groups):
+            return grads, scale
+        logger.warning("%s: gradients overflow at loss scale %g; halving it and redoing the pass", what, scale)
         scale *= 0.5
     raise FloatingPointError(f"{what}: gradients are not finite even at loss scale {scale:g}; the model or data "
                              "produce inf/NaN gradients (try mixed_precision bf16 or no)")

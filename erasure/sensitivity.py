@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from erasure.scaling import backward_with_backoff, loss_scale
+from erasure.scaling import at_finite_scale, loss_scale
 from erasure.sharding import local, shard_groups
 
 logger = logging.getLogger(__name__)
@@ -64,18 +64,19 @@ def accumulate_gradients(
         ValueError: if no batch was seen or the loss is not finite.
     """
     sums = {name: torch.zeros_like(local(p.detach()), dtype=torch.float32) for name, p in params.items()}
-    seen, scale, groups = 0, loss_scale(scaler), shard_groups(params.values())
+    seen, base, groups = 0, loss_scale(scaler), shard_groups(params.values())
+    scale = base
     for batch in tqdm(itertools.islice(batches, num_batches), total=num_batches, desc=desc, leave=False):
 
-        def batch_loss() -> Tensor:
+        def attempt(at: float) -> list[Tensor | None]:  # backward applies the scaler's own scale, base
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch).mean()
             if not torch.isfinite(loss):
                 raise ValueError(f"non-finite loss {loss.item()} while {desc}; check the data and model")
-            return loss
+            backward(loss if at == base else loss * (at / base))
+            return [p.grad for p in params.values()]
 
-        scale = backward_with_backoff(backward, batch_loss, lambda: [p.grad for p in params.values()], scaler,
-                                      scale, groups, desc)
+        _, scale = at_finite_scale(attempt, scaler, scale, groups, desc)
         for name, p in params.items():
             if p.grad is not None:
                 grad = local(p.grad).float()

@@ -29,6 +29,11 @@ def is_sharded(tensor: Tensor) -> bool:
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
+def has_shards(module) -> bool:
+    """Whether any parameter of ``module`` (a DDP wrapper is looked through) is an FSDP2 shard."""
+    return any(is_sharded(p) for p in getattr(module, "module", module).parameters())
+
+
 def local(tensor: Tensor) -> Tensor:
     """This rank's shard of a ``DTensor`` (writes to it change the parameter); a plain tensor as is."""
     return tensor.to_local() if is_sharded(tensor) else tensor
@@ -125,7 +130,7 @@ def whole_module(module):
     (diffusers models: ``type(module).from_config``) holding the gathered full weights, on the
     shards' device: what an export or a check of the whole model reads. Every rank takes part
     (one all-gather per tensor)."""
-    if not any(is_sharded(p) for p in module.parameters()):
+    if not has_shards(module):
         return module
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

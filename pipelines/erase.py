@@ -38,7 +38,7 @@ from erasure.methods import build_method, get_method, validate_method
 from erasure.exports import publish_export, staging_folder
 from erasure.output import OutputDir, check_finite
 from erasure.replicas import check_replicas
-from erasure.sharding import is_sharded, whole_module
+from erasure.sharding import has_shards, whole_module
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
 from pipelines.card import write_card
 from pipelines.data import ConceptImageSet
@@ -323,9 +323,9 @@ def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str, 
     if trainable == "lora":
         raise ValueError("trainable='lora' with FSDP2: the export rebuilds an unsharded UNet without the adapters; "
                          "train 'full' (or 'xattn' / 'noxattn') and extract an adapter with --export lora")
-    if resuming and method.name == "salun":
-        raise ValueError("resume_from_checkpoint with FSDP2 and method='salun': its saliency masks are per-rank "
-                         "shards and the checkpoint holds rank 0's only; start the run again")
+    if resuming and method.state_follows_shards:
+        raise ValueError(f"resume_from_checkpoint with FSDP2 and method='{method.name}': its state (masks) is "
+                         "per-rank shards and the checkpoint holds rank 0's only; start the run again")
 
 
 def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageSet, config: EraseConfig,
@@ -380,7 +380,7 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     method.snapshot(unet.to(accelerator.device))
     unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))
     resume_dir = resolve_resume(output.path, config.resume_from_checkpoint) if output is not None else None
-    if any(is_sharded(p) for p in unet_ddp.parameters()):  # accelerate launch --use_fsdp --fsdp_version 2
+    if has_shards(unet_ddp):  # accelerate launch --use_fsdp --fsdp_version 2
         check_sharded_job(method, config.gradient_accumulation_steps, config.trainable, resume_dir is not None)
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
     if output is not None and accelerator.is_main_process and config.report_to:

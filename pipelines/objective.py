@@ -83,8 +83,8 @@ class DiffusionObjective(Objective):
         return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
 
     def _predict(self, unet: nn.Module, noisy: Tensor, t: Tensor, ids: Tensor) -> Tensor:
-        dtype = unet.dtype if hasattr(unet, "dtype") else noisy.dtype
-        if dtype != noisy.dtype and dtype in (torch.float16, torch.bfloat16):  # a frozen copy in the compute dtype
+        dtype = getattr(unet, "dtype", noisy.dtype)  # a DDP wrapper has none
+        if dtype != noisy.dtype:  # a frozen copy kept in the compute dtype (bf16 / fp16)
             return unet(noisy.to(dtype), t, self._embed(ids, noisy).to(dtype)).sample
         return unet(noisy, t, self._embed(ids, noisy)).sample
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from erasure.config import MethodConfig
 from erasure.loreun import loreun_weights, weighted_sum
 from erasure.objective import Objective, finite_or_raise
-from erasure.sharding import is_sharded, resharded
+from erasure.sharding import has_shards, resharded
 
 Backward = Callable[[Tensor], None]
 
@@ -42,6 +42,9 @@ class UnlearningMethod:
     supports_loreun: ClassVar[bool] = True
     # run prepare() again when resuming (it must not change the model then)
     prepare_on_resume: ClassVar[bool] = False
+    # the method's state_dict holds per-parameter tensors (masks): under FSDP2 they are this rank's
+    # shards, and a checkpoint written by the main process cannot resume the other ranks
+    state_follows_shards: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
         if config.loreun and not self.supports_loreun:
@@ -69,7 +72,7 @@ class UnlearningMethod:
             ValueError: for an FSDP2-sharded model: its copy would hold shards and no FSDP state.
         """
         if self.config.retain_loss == "distill" and self.original is None:
-            if any(is_sharded(p) for p in unwrap(model).parameters()):
+            if has_shards(model):
                 raise ValueError("retain_loss='distill' needs a whole copy of the original model, and this one is "
                                  "sharded (FSDP2): call snapshot(model) before fully_shard / accelerator.prepare")
             self.original = self.frozen_copy(model)

@@ -18,6 +18,7 @@ from erasure.topk import topk_masks
 
 class SalUn(RandomLabel):
     name = "salun"
+    state_follows_shards = True  # its saliency masks
 
     def __init__(self, config, objective):
         super().__init__(config, objective)

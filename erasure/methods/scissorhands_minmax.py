@@ -10,15 +10,13 @@ ranks take the same step. ``retain_fraction`` (r) is applied by the job's retain
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.methods.scissorhands import Scissorhands
 from erasure.objective import finite_or_raise
-from erasure.scaling import MAX_BACKOFFS, all_finite, loss_scale, scaling_enabled
+from erasure.scaling import at_finite_scale, loss_scale
 from erasure.sharding import is_sharded
 
 
@@ -35,33 +33,24 @@ class ScissorhandsMinMax(Scissorhands):
             # everywhere (allow_unused) and the ascent would silently not move
             raise NotImplementedError("scissorhands_minmax does not run on FSDP2-sharded models (its ascent "
                                       "differentiates the parameters outside FSDP's hooks); use DDP or scissorhands")
-        def forget_loss() -> Tensor:
-            return finite_or_raise(self.reduce_forget(self.objective.loss(inner, forget_batch), forget_batch),
-                                   "forget loss (ascent step)")
+        losses = []
 
-        loss_forget = forget_loss()
-        grads = self.ascent_gradients(loss_forget, params, forget_loss)
+        def attempt(scale: float) -> list[Tensor | None]:
+            # at the job's fp16 loss scale (an unscaled fp16 backward would flush small gradients to zero);
+            # an overflow redoes the forward rather than keeping the graph
+            losses.append(finite_or_raise(self.reduce_forget(self.objective.loss(inner, forget_batch), forget_batch),
+                                          "forget loss (ascent step)"))
+            return list(torch.autograd.grad(losses[-1] * scale if scale != 1.0 else losses[-1], params,
+                                            allow_unused=True))
+
+        grads, scale = at_finite_scale(attempt, self.loss_scaler, loss_scale(self.loss_scaler), what="min-max ascent")
+        grads = [g if g is None or scale == 1.0 else g / scale for g in grads]
+        loss_forget = losses[0]
         theta = [p.detach().clone() for p in params]
         with torch.no_grad():
             moved = [(p, g) for p, g in zip(params, grads) if g is not None]
             torch._foreach_add_([p for p, _ in moved], [g for _, g in moved], alpha=self.config.ascent_lr)
         return theta, loss_forget.item()
-
-    def ascent_gradients(self, loss_forget: Tensor, params: list[Tensor],
-                         recompute: Callable[[], Tensor]) -> list[Tensor | None]:
-        """grad L_f, taken at the job's fp16 loss scale (halved while it overflows, the forward redone by
-        ``recompute`` rather than keeping the graph) and unscaled: an unscaled fp16 backward would flush
-        small gradients to zero."""
-        scale, scaled = loss_scale(self.loss_scaler), scaling_enabled(self.loss_scaler)
-        for _ in range(MAX_BACKOFFS + 1):
-            grads = torch.autograd.grad(loss_forget * scale if scaled else loss_forget, params, allow_unused=True)
-            if not scaled:
-                return list(grads)
-            if all_finite([g for g in grads if g is not None]):
-                return [None if g is None else g / scale for g in grads]
-            scale *= 0.5
-            loss_forget = recompute()
-        raise FloatingPointError(f"min-max ascent: gradients are not finite even at loss scale {scale:g}")
 
     def compute_gradients(self, model, forget_batch, retain_batch, backward=Tensor.backward):
         theta, loss_forget = self.ascend(model, forget_batch)

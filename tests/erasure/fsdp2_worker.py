@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import erasure.methods.scissorhands as scissorhands_module  # noqa: E402
 from erasure.config import MethodConfig  # noqa: E402
 from erasure.methods import build_method  # noqa: E402
-from erasure.sharding import is_sharded  # noqa: E402
+from erasure.sharding import has_shards, is_sharded  # noqa: E402
 
 STEPS = 3
 GLOBAL_BATCH = 4
 
 
 def _distributed() -> tuple[int, int]:
-    if "RANK" not in __import__("os").environ:
+    if "RANK" not in os.environ:
         return 0, 1
     torch.distributed.init_process_group("gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -119,7 +120,7 @@ def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> Non
     from erasure.sharding import whole_module
 
     whole = whole_module(unet)  # what the erase job exports: an unsharded copy with the gathered weights
-    whole_check = {"sharded": any(is_sharded(p) for p in whole.parameters()), "same_object": whole is unet,
+    whole_check = {"sharded": has_shards(whole), "same_object": whole is unet,
                    "max_difference": max(float((p.detach() - repaired[n]).abs().max()) for n, p in whole.named_parameters())}
     full_masks = {}
     params = dict(unet.named_parameters())

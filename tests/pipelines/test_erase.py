@@ -285,6 +285,6 @@ def test_fsdp2_job_refuses_what_it_cannot_do():
     check_sharded_job(build_method(MethodConfig(method="scissorhands", projection="none"), None), 2, "full", False)
     with pytest.raises(ValueError, match="trainable='lora' with FSDP2"):
         check_sharded_job(scissorhands, 1, "lora", False)
-    with pytest.raises(ValueError, match="method='salun': its saliency masks are per-rank"):
+    with pytest.raises(ValueError, match="method='salun': its state \\(masks\\) is per-rank shards"):
         check_sharded_job(build_method(MethodConfig(method="salun"), None), 1, "full", True)
     check_sharded_job(scissorhands, 1, "full", True)  # Scissorhands resumes: its state is the same on every rank
