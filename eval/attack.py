@@ -303,6 +303,7 @@ def run(config: AttackConfig) -> dict[str, Any]:
     from accelerate import PartialState
 
     from erasure.lock import output_lock
+    from pipelines.conditioning import is_xl
     from pipelines.erase import resolve_model
     from pipelines.sampling import load_pipeline
 
@@ -311,6 +312,11 @@ def run(config: AttackConfig) -> dict[str, Any]:
     state = PartialState(cpu=not torch.cuda.is_available())
     models = {"erased": load_pipeline(resolve_model(config.model), device=state.device),
               "base": load_pipeline(resolve_model(config.base_model), device=state.device)}
+    for option, pipe in (("model", models["erased"]), ("base_model", models["base"])):
+        if is_xl(pipe):  # before anything is written
+            raise ValueError(f"--{option}={getattr(config, option)!r} is an SDXL pipeline: the attacks drive one CLIP "
+                             "text encoder token by token (SD 1.x / 2.x); SDXL's two encoders and pooled embedding "
+                             "are not supported yet (eval.audit without --attack audits SDXL)")
     for pipe in models.values():
         pipe.set_progress_bar_config(disable=True)
         for part in (pipe.unet, pipe.text_encoder, pipe.vae):

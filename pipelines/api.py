@@ -99,6 +99,13 @@ def _draw_data(pipe: Any, sets: tuple[PromptSet, PromptSet], options: Mapping[st
     return folder
 
 
+def _with_unet(pipe: Any, unet: torch.nn.Module) -> Any:
+    """A pipeline of ``pipe``'s class and options (SDXL's ``force_zeros_for_empty_prompt``, SD's
+    ``requires_safety_checker``) sharing its components, with ``unet``."""
+    options = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}
+    return type(pipe)(**{**pipe.components, **options, "unet": unet})
+
+
 def erase(pipe: Any, concept: str | Sequence[str] | None = None, method: str = "scissorhands", *,
           forget_prompts: Sequence[str] | None = None, retain_prompts: Sequence[str] | None = None,
           data: str | Path | None = None, config: Mapping[str, Any] | str | Path | None = None,
@@ -107,7 +114,8 @@ def erase(pipe: Any, concept: str | Sequence[str] | None = None, method: str = "
     """Erase ``concept`` from ``pipe``'s UNet and return the pipeline.
 
     Args:
-        pipe: a loaded ``StableDiffusionPipeline`` (any SD 1.x / 2.x, or the offline default).
+        pipe: a loaded ``StableDiffusionPipeline`` (any SD 1.x / 2.x, or the offline default) or
+            ``StableDiffusionXLPipeline``.
         concept: ``nudity``, ``imagenette:<class>``, ``digits:<d>``, ``color:<c>``, several (a
             list, or joined by ","; the forget side is their union, the retain side excludes all
             of them); or None with ``forget_prompts`` and ``retain_prompts`` (lists of prompts).
@@ -150,7 +158,7 @@ def erase(pipe: Any, concept: str | Sequence[str] | None = None, method: str = "
         accelerator = make_accelerator(gradient_accumulation_steps=erase_config.gradient_accumulation_steps,
                                        mixed_precision=erase_config.mixed_precision)
         set_seed(erase_config.seed)  # as the job does
-        training = type(pipe)(**{**pipe.components, "unet": trainee.to(accelerator.device, torch.float32)})
+        training = _with_unet(pipe, trainee.to(accelerator.device, torch.float32))
         forget, retain = load_concept_sets(training, erase_config, accelerator.device)
         erased, summary = train_unet(accelerator, training, forget, retain, erase_config, method_config,
                                      callback=callback)
@@ -162,6 +170,6 @@ def erase(pipe: Any, concept: str | Sequence[str] | None = None, method: str = "
     if inplace:
         pipe.unet = erased
         return pipe
-    result = type(pipe)(**{**pipe.components, "unet": erased})
+    result = _with_unet(pipe, erased)
     result.erase_summary = summary  # what trimming and the loop did (trimmed_fraction, seconds, ...)
     return result

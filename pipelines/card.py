@@ -25,6 +25,7 @@ KNOWN_LICENSES = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m",
     "stabilityai/stable-diffusion-2": "openrail++", "stabilityai/stable-diffusion-2-base": "openrail++",
     "stabilityai/stable-diffusion-2-1": "openrail++", "stabilityai/stable-diffusion-2-1-base": "openrail++",
+    "stabilityai/stable-diffusion-xl-base-1.0": "openrail++",
 }
 UNKNOWN_LICENSE = "other"
 
@@ -74,32 +75,35 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def loading_snippet(config: dict[str, Any], base_id: str | None) -> list[str]:
-    """Python that loads this export as written: the whole pipeline, or the base with this UNet."""
+def loading_snippet(config: dict[str, Any], base_id: str | None, pipeline: str = "StableDiffusionPipeline") -> list[str]:
+    """Python that loads this export as written: the whole pipeline, or the base with this UNet
+    (``pipeline``: the class, ``StableDiffusionXLPipeline`` for SDXL)."""
     repo = config.get("hub_model_id") or "path/to/this/folder"
     if config.get("export") == "lora":
         base = base_id or config["pretrained_model_name_or_path"]
-        return ["```python", "from diffusers import StableDiffusionPipeline", "",
-                f"pipe = StableDiffusionPipeline.from_pretrained(\"{base}\")",
+        return ["```python", f"from diffusers import {pipeline}", "",
+                f"pipe = {pipeline}.from_pretrained(\"{base}\")",
                 f"pipe.load_lora_weights(\"{repo}\")   # the erasure; pipe.unload_lora_weights() removes it", "```"]
     if config.get("export") == "unet":
         base = base_id or config["pretrained_model_name_or_path"]
-        return ["```python", "from diffusers import StableDiffusionPipeline, UNet2DConditionModel", "",
+        return ["```python", f"from diffusers import {pipeline}, UNet2DConditionModel", "",
                 f"unet = UNet2DConditionModel.from_pretrained(\"{repo}\", subfolder=\"unet\")",
-                f"pipe = StableDiffusionPipeline.from_pretrained(\"{base}\", unet=unet)", "```"]
-    return ["```python", "from diffusers import StableDiffusionPipeline", "",
-            f"pipe = StableDiffusionPipeline.from_pretrained(\"{repo}\")", "```"]
+                f"pipe = {pipeline}.from_pretrained(\"{base}\", unet=unet)", "```"]
+    return ["```python", f"from diffusers import {pipeline}", "",
+            f"pipe = {pipeline}.from_pretrained(\"{repo}\")", "```"]
 
 
-def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, Any]) -> str:
-    """README.md with validated YAML metadata for a model erased by this toolkit."""
+def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, Any],
+               pipeline: str = "StableDiffusionPipeline") -> str:
+    """README.md with validated YAML metadata for a model erased by this toolkit (``pipeline``:
+    the diffusers class that loads it)."""
     from huggingface_hub import ModelCardData
 
     base, method, concept = config["pretrained_model_name_or_path"], config["method"], config.get("concept") or "custom"
     license_, base_id = base_lineage(base)
     metadata = ModelCardData(
         library_name="diffusers", base_model=base_id, pipeline_tag="text-to-image", license=license_,
-        tags=["stable-diffusion", "text-to-image", "diffusers", "concept-erasure", "machine-unlearning",
+        tags=["stable-diffusion", *(["stable-diffusion-xl"] if "XL" in pipeline else []), "text-to-image", "diffusers", "concept-erasure", "machine-unlearning",
               "scissorhands", method, *(["lora"] if config.get("export") == "lora" else [])])
     hyper = {k: config[k] for k in ("method", "kept_fraction", "lam", "forget_loss", "projection", "retain_loss", "learning_rate",
                                     "train_batch_size", "num_train_epochs", "trainable", "mixed_precision", "seed",
@@ -122,7 +126,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
     body = [
         f"# {concept} erased from {base} with {method}", "",
         f"This UNet was edited with the scissorhands concept-erasure toolkit to stop generating **{concept}**. "
-        "Load it with plain diffusers:", "", *loading_snippet(config, base_id), "", *lora_note, *license_note,
+        "Load it with plain diffusers:", "", *loading_snippet(config, base_id, pipeline), "", *lora_note, *license_note,
         "## How it was erased", "", _table(hyper), "",
         f"Trimmed (re-initialised) fraction of the scored UNet weights: {trimmed:.4%}" if trimmed is not None
         else "No trimming step (this method does not re-initialise weights).", "",
@@ -136,7 +140,8 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
     return f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
 
 
-def write_card(folder: Path, config: dict[str, Any], summary: dict[str, Any], data: dict[str, Any]) -> None:
-    write_text_atomic(folder / "README.md", model_card(public_config(config), summary, data))
+def write_card(folder: Path, config: dict[str, Any], summary: dict[str, Any], data: dict[str, Any],
+               pipeline: str = "StableDiffusionPipeline") -> None:
+    write_text_atomic(folder / "README.md", model_card(public_config(config), summary, data, pipeline))
     write_text_atomic(folder / "erase_config.json", json.dumps(
         {"config": public_config(config), "prepare": summary, "data": data}, indent=2, default=str))

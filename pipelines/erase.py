@@ -12,7 +12,7 @@ method.prepare (trimming) -> loop with accumulate -> checkpoint-N -> resume -> e
 model card -> push -> end_training. The math lives in ``erasure/`` and ``pipelines/objective.py``.
 
 ``--output_dir`` holds the export (a diffusers folder: ``StableDiffusionPipeline.from_pretrained
-(output_dir)``, or ``unet/`` alone), ``README.md`` and ``erase_config.json``, replaced as a whole
+(output_dir)``, ``StableDiffusionXLPipeline`` for an SDXL base, or ``unet/`` alone), ``README.md`` and ``erase_config.json``, replaced as a whole
 on re-export (``erasure.exports``; ``.export.json`` records it), next to ``checkpoint-N/`` (each
 complete or absent, ``erasure.checkpoints``) and ``logs/``. ``.lock`` names the running job.
 """
@@ -41,6 +41,7 @@ from erasure.replicas import check_replicas
 from erasure.sharding import has_shards, whole_module
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
 from pipelines.card import write_card
+from pipelines.conditioning import encode_prompt_table, time_ids
 from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.push import push_to_hub
@@ -157,20 +158,6 @@ def resolve_model(name: str) -> str:
     return str(build_default_model())
 
 
-def encode_prompts(pipe, prompts: list[str], device: torch.device) -> torch.Tensor:
-    """Text embeddings [P, L, D] from the frozen text encoder, computed once."""
-    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids
-    encoder = pipe.text_encoder
-    home = encoder.device
-    encoder.to(device)
-    try:
-        with torch.no_grad():
-            return encoder(tokens.to(device))[0].float().cpu()
-    finally:  # the table is all training needs: the encoder leaves the accelerator (~0.5 GB for SD v1.4's)
-        encoder.to(home)
-
-
 def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device):
     """Prompt table, substitute mapping and the diffusion objective."""
     from diffusers import DDPMScheduler
@@ -186,8 +173,12 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     for prompt, replacement in pairs.items():
         relabel[ids[prompt]] = ids[replacement]
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    objective = DiffusionObjective(scheduler, encode_prompts(pipe, prompts, device), relabel, ids[""],
-                                   config.relabel_target, config.negative_guidance, config.seed)
+    table = encode_prompt_table(pipe, prompts, device)
+    # SDXL: the time ids of the training images' size, as the pipeline sets them when it drew them
+    size = [side * pipe.vae_scale_factor for side in forget.latents.shape[-2:]]
+    objective = DiffusionObjective(scheduler, table.hidden, relabel, ids[""], config.relabel_target,
+                                   config.negative_guidance, config.seed, pooled=table.pooled,
+                                   time_ids=time_ids(*size) if table.pooled is not None else None)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])
     return objective, label(forget), label(retain)
 
@@ -251,7 +242,7 @@ def export(pipe, unet, config: EraseConfig, output: Path, card: tuple[dict, dict
     else:
         pipe.unet = unet
         pipe.save_pretrained(staging, safe_serialization=True)
-    write_card(staging, *card)
+    write_card(staging, *card, pipeline=type(pipe).__name__)
     publish_export(output, staging, key=key)
 
 

@@ -13,7 +13,8 @@ first, so each of these ends in one line naming the folder, the file and what is
 - model components hold ``.safetensors`` weights with readable headers (pickled ``.bin`` /
   ``.pt`` weights alone are refused, never unpickled);
 - the UNet fits the pipeline: its ``in_channels`` are the VAE's ``latent_channels`` and its
-  ``cross_attention_dim`` is the text encoder's ``hidden_size``.
+  ``cross_attention_dim`` is the text encoder's ``hidden_size`` (SDXL: the sum of both encoders',
+  and its added embedding takes 6 time ids and the second encoder's ``projection_dim``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from erasure.tensor_files import PICKLE_SUFFIXES, check_tensor_file, describe
 
-__all__ = ["LIBRARIES", "MODEL_INDEX", "check_pipeline_folder"]
+__all__ = ["LIBRARIES", "MODEL_INDEX", "check_pipeline_folder", "read_json_object"]
 
 MODEL_INDEX = "model_index.json"
 LIBRARIES = ("diffusers", "transformers")
@@ -114,15 +115,24 @@ def _check_component(folder: Path, name: str, cls: type) -> dict[str, Any]:
 
 
 def _check_fit(folder: Path, configs: dict[str, dict[str, Any]]) -> None:
-    """The UNet's input and cross-attention sizes match the VAE and text encoder."""
-    unet, vae, text = configs.get("unet"), configs.get("vae"), configs.get("text_encoder")
+    """The UNet's input and cross-attention sizes match the VAE and text encoder(s); an SDXL
+    UNet's added embedding fits its time ids and the second encoder's pooled projection."""
+    unet, vae, text, text_2 = (configs.get(k) for k in ("unet", "vae", "text_encoder", "text_encoder_2"))
     pairs = []
     if unet is not None and vae is not None:
         pairs.append(("in_channels", unet.get("in_channels"), "vae/config.json latent_channels",
                       vae.get("latent_channels")))
-    if unet is not None and text is not None:
+    if unet is not None and text is not None and text_2 is None:
         pairs.append(("cross_attention_dim", unet.get("cross_attention_dim"), "text_encoder/config.json hidden_size",
                       text.get("hidden_size")))
+    if unet is not None and text is not None and text_2 is not None:
+        sizes = (text.get("hidden_size"), text_2.get("hidden_size"))
+        pairs.append(("cross_attention_dim", unet.get("cross_attention_dim"), "the sum of text_encoder/ and "
+                      "text_encoder_2/config.json hidden_size", None if None in sizes else sum(sizes)))
+        time_dim, projection = unet.get("addition_time_embed_dim"), text_2.get("projection_dim")
+        pairs.append(("projection_class_embeddings_input_dim", unet.get("projection_class_embeddings_input_dim"),
+                      "6 x addition_time_embed_dim + text_encoder_2/config.json projection_dim",
+                      None if None in (time_dim, projection) else 6 * time_dim + projection))
     for key, value, other, expected in pairs:
         if value is not None and expected is not None and value != expected:
             raise ValueError(f"unet/config.json {key}={describe(value)} does not fit the "

@@ -1,7 +1,9 @@
 """The diffusion adapter: per-sample epsilon (or v) MSE of a UNet on cached latents.
 
 A batch is ``{"x": latents [B,C,h,w], "y": prompt ids [B], "index", "noise", "timesteps"}``;
-prompt ids index a table of text embeddings computed once with the frozen text encoder.
+prompt ids index a table of text embeddings computed once with the frozen text encoder(s)
+(`pipelines.conditioning`; an SDXL UNet also gets each prompt's pooled embedding and the
+time ids of the training images' size).
 The job attaches the same noise and timesteps to the forget and the retain batch of a step
 (paper 000 §4.3: both terms of L = L_r - lam L_f see the same corruption).
 """
@@ -23,7 +25,7 @@ RELABEL_TARGETS = ("noise", "prediction")
 
 
 class DiffusionObjective(Objective):
-    """Per-sample diffusion losses of a UNet (any SD 1.x / 2.x; epsilon or v prediction).
+    """Per-sample diffusion losses of a UNet (SD 1.x / 2.x / SDXL; epsilon or v prediction).
 
     Args:
         scheduler: the training noise scheduler (``DDPMScheduler``) of the base model.
@@ -36,14 +38,25 @@ class DiffusionObjective(Objective):
             the forget prompt's own prediction is what changes) or ``"noise"`` (fit the true
             noise under the *substitute* prompt: the forget prompt never enters the loss, so
             this does not erase it; kept for comparison).
+        pooled: SDXL's pooled text embeddings [P, D2], one per prompt id (the UNet's added
+            ``text_embeds``); None for SD 1.x / 2.x.
+        time_ids: SDXL's six added time ids of the training images (`pipelines.conditioning.time_ids`);
+            given exactly when ``pooled`` is.
     """
 
     measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
 
     def __init__(self, scheduler: Any, embeddings: Tensor, relabel_ids: Tensor, uncond_id: int,
-                 relabel_target: str = "prediction", negative_guidance: float = 1.0, seed: int = 0) -> None:
+                 relabel_target: str = "prediction", negative_guidance: float = 1.0, seed: int = 0,
+                 pooled: Tensor | None = None, time_ids: Tensor | None = None) -> None:
         if relabel_target not in RELABEL_TARGETS:
             raise ValueError(f"relabel_target='{relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
+        if (pooled is None) != (time_ids is None):
+            raise ValueError("an SDXL objective needs both pooled embeddings and time ids (or neither)")
+        if pooled is not None and len(pooled) != len(embeddings):
+            raise ValueError(f"pooled embeddings for {len(pooled)} prompts, text embeddings for {len(embeddings)}")
+        self.pooled = pooled
+        self.time_ids = time_ids
         self.scheduler = scheduler
         self.embeddings = embeddings
         self.relabel_ids = relabel_ids
@@ -58,6 +71,15 @@ class DiffusionObjective(Objective):
         if self.embeddings.device != like.device:  # the table moves to the UNet's device once, not every call
             self.embeddings = self.embeddings.to(like.device)
         return self.embeddings[ids.to(like.device)]
+
+    def _added(self, ids: Tensor, like: Tensor, dtype: torch.dtype) -> dict:
+        """The UNet's ``added_cond_kwargs`` for SDXL; {} for SD 1.x / 2.x."""
+        if self.pooled is None:
+            return {}
+        if self.pooled.device != like.device:
+            self.pooled, self.time_ids = self.pooled.to(like.device), self.time_ids.to(like.device)
+        return {"added_cond_kwargs": {"text_embeds": self.pooled[ids.to(like.device)].to(dtype),
+                                      "time_ids": self.time_ids.to(dtype).expand(len(ids), -1)}}
 
     def _with_noise(self, batch: dict) -> dict:
         """Batches of the one-off passes (sensitivity, saliency) carry no noise: draw it per
@@ -85,8 +107,8 @@ class DiffusionObjective(Objective):
     def _predict(self, unet: nn.Module, noisy: Tensor, t: Tensor, ids: Tensor) -> Tensor:
         dtype = getattr(unet, "dtype", noisy.dtype)  # a DDP wrapper has none
         if dtype != noisy.dtype:  # a frozen copy kept in the compute dtype (bf16 / fp16)
-            return unet(noisy.to(dtype), t, self._embed(ids, noisy).to(dtype)).sample
-        return unet(noisy, t, self._embed(ids, noisy)).sample
+            return unet(noisy.to(dtype), t, self._embed(ids, noisy).to(dtype), **self._added(ids, noisy, dtype)).sample
+        return unet(noisy, t, self._embed(ids, noisy), **self._added(ids, noisy, noisy.dtype)).sample
 
     # -- Objective ------------------------------------------------------------------------
     def loss(self, unet: nn.Module, batch: dict) -> Tensor:

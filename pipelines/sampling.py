@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from prompts.base import Prompt, PromptSet
 
+from .conditioning import check_pipeline_class, is_xl
+
 from .image_folder import LATENTS_FILE, METADATA_FILE, ImageFolderWriter
 
 if TYPE_CHECKING:
@@ -78,6 +80,22 @@ def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> StableDiffusionPi
     return pipe
 
 
+def pipeline_class_name(index: dict[str, Any], where: str) -> str:
+    """The pipeline class a ``model_index.json`` calls for: SDXL when it has a second text encoder,
+    SD 1.x / 2.x when it has a UNet and one (a folder saved by an img2img or inpainting pipeline
+    of the family loads as text-to-image, as diffusers' AutoPipeline does).
+
+    Raises:
+        ValueError: another kind of pipeline (no UNet, or no CLIP text encoder: SD3, Flux, a refiner).
+    """
+    present = lambda name: isinstance(index.get(name), list) and index[name][0] is not None
+    if present("unet") and present("text_encoder") and present("text_encoder_2"):
+        return "StableDiffusionXLPipeline"
+    if present("unet") and present("text_encoder") and not present("text_encoder_2"):
+        return "StableDiffusionPipeline"
+    return check_pipeline_class(index.get("_class_name"), where)  # raises, naming the class
+
+
 def load_pipeline(
     name_or_path: str | Path,
     torch_dtype: torch.dtype | None = None,
@@ -87,12 +105,13 @@ def load_pipeline(
     name: str = "pretrained_model_name_or_path",
     safety_checker: bool = False,
 ) -> StableDiffusionPipeline:
-    """`StableDiffusionPipeline.from_pretrained` (without the safety checker unless asked), plus a
-    scheduler swap.
+    """`StableDiffusionPipeline.from_pretrained` (without the safety checker unless asked), or
+    `StableDiffusionXLPipeline.from_pretrained` for an SDXL model, plus a scheduler swap.
 
     A local folder is checked first (`pipelines.model_folder.check_pipeline_folder`), so a damaged
     one fails with one line naming the file; weights are read from safetensors only
     (``use_safetensors=True``: pickled ``.bin`` weights are never loaded). Hub ids go to diffusers.
+    The class follows the model's ``model_index.json`` (`pipeline_class_name`).
 
     Args:
         name_or_path: a local diffusers folder (with model_index.json) or a Hub id.
@@ -102,41 +121,48 @@ def load_pipeline(
         revision: a Hub branch, tag or commit (``--revision``); None: the default branch.
         name: the option that gave ``name_or_path``, for messages.
         safety_checker: load the base's safety checker and feature extractor too (an export keeps
-            them); False: evaluation draws unfiltered images, as the papers measure.
+            them); False: evaluation draws unfiltered images, as the papers measure. SDXL has none.
 
     Raises:
         ValueError / FileNotFoundError: a folder that is no (complete, readable) diffusers
-            pipeline, a Hub id that cannot be loaded, or an unknown scheduler.
+            pipeline, a pipeline of another kind (SD3, Flux, ...), a Hub id that cannot be loaded,
+            or an unknown scheduler.
     """
-    from .model_folder import check_pipeline_folder
+    from .model_folder import MODEL_INDEX, check_pipeline_folder, read_json_object
 
     path = Path(name_or_path)
+    where = f"{name}={str(name_or_path)!r}"
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r} is not known; choose one of {sorted(SCHEDULERS)}")
     if path.exists():
-        check_pipeline_folder(path, f"{name}={str(name_or_path)!r}")
-    pipeline_class = _import_diffusers().StableDiffusionPipeline
+        check_pipeline_folder(path, where)
+    diffusers = _import_diffusers()
     kwargs: dict[str, Any] = {"use_safetensors": True}
-    if not safety_checker:
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype  # at load time, so fp32-kept modules stay fp32
     if revision is not None:
         kwargs["revision"] = revision
     try:
+        index = (read_json_object(path / MODEL_INDEX, path) if path.exists()
+                 else diffusers.DiffusionPipeline.load_config(str(name_or_path), revision=revision))
+        pipeline_class = getattr(diffusers, pipeline_class_name(index, where))
+        if pipeline_class is diffusers.StableDiffusionPipeline and not safety_checker:
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         with warnings.catch_warnings():
             # Newer diffusers renamed the keyword to `dtype` (the old one warns); it works in all versions.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = pipeline_class.from_pretrained(str(name_or_path), **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        if str(err).startswith(where):
+            raise  # our own message (a pipeline of another kind)
         # what diffusers raises for files it cannot use (a size mismatch is a RuntimeError); the
         # folder check above catches most of it first
         reason = " ".join(str(err).split())[:300]
         if path.exists():
-            raise ValueError(f"{name}={str(name_or_path)!r}: diffusers cannot load this folder "
+            raise ValueError(f"{where}: diffusers cannot load this folder "
                              f"({type(err).__name__}: {reason})") from err
         raise ValueError(
-            f"{name}={str(name_or_path)!r} is neither a local folder nor a Hub id "
+            f"{where} is neither a local folder nor a Hub id "
             f"that could be loaded (offline, unknown, gated or no such revision {revision!r}?): {reason}") from err
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
@@ -277,8 +303,24 @@ def _draw(pipe: StableDiffusionPipeline, items: Sequence[SampleItem], batch_size
 
 
 def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, output_type: str) -> Any:
-    """What the pipeline would return for `output_type`, from its final latents."""
+    """What the pipeline would return for `output_type`, from its final latents (SDXL: its VAE
+    decodes in float32 when it is stored in fp16 with ``force_upcast``, and un-normalises with
+    ``latents_mean``/``latents_std`` where its config has them, as the SDXL pipeline does)."""
     vae = pipe.vae
+    stored = dtype = vae.dtype
+    if is_xl(pipe) and dtype == torch.float16 and vae.config.get("force_upcast", False):
+        dtype = torch.float32  # SDXL's fp16 VAE overflows to NaN
+    mean, std = (vae.config.get(key) for key in ("latents_mean", "latents_std"))
     with torch.no_grad():
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        if is_xl(pipe) and mean is not None and std is not None:
+            shape = (1, len(mean), 1, 1)
+            latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
+                       + torch.tensor(mean).view(shape).to(latents))
+        else:
+            latents = latents / vae.config.scaling_factor
+        if dtype != stored:
+            vae.to(dtype)
+        decoded = vae.decode(latents.to(dtype), return_dict=False)[0]
+        if dtype != stored:
+            vae.to(stored)
     return pipe.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(decoded))

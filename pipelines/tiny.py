@@ -7,6 +7,11 @@ step on a CPU. Nothing is downloaded: the tokenizer's vocabulary is written by h
 
     pipe = build_tiny_pipeline(seed=0)
     pipe.save_pretrained("tiny-sd")      # a folder `load_pipeline` and the jobs accept
+
+`build_tiny_xl_pipeline()` is the same for SDXL: a `StableDiffusionXLPipeline` with two text
+encoders (the second with a pooled projection) and a UNet with SDXL's added "text_time"
+conditioning, laid out like SDXL base (no attention in the first level, two transformer
+layers in the second, linear projections, Euler sampler).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
-__all__ = ["TINY_WORDS", "build_tiny_pipeline", "build_tiny_tokenizer"]
+__all__ = ["TINY_WORDS", "build_tiny_pipeline", "build_tiny_tokenizer", "build_tiny_xl_pipeline"]
 
 # Whole words in the vocabulary (merge order splits a few, e.g. "zero"); other text falls back to
 # single characters, so any prompt tokenizes.
@@ -82,6 +87,29 @@ def build_tiny_tokenizer(folder: str | Path | None = None) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(target, model_max_length=MODEL_MAX_LENGTH, pad_token="<|endoftext|>")
 
 
+def _text_config(tokenizer: CLIPTokenizer, **extra: int) -> dict:
+    return dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH, layer_norm_eps=1e-5,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def _tiny_vae(sample_size: int, **extra: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=sample_size, in_channels=3, out_channels=3, latent_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), **extra,
+    )
+
+
+def _check_size(sample_size: int) -> None:
+    if sample_size <= 0 or sample_size % VAE_SCALE_FACTOR:
+        raise ValueError(f"sample_size={sample_size}: expected a positive multiple of {VAE_SCALE_FACTOR}")
+
+
 def build_tiny_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusionPipeline:
     """A random-weight SD pipeline: UNet and VAE with channels (32, 64), a 2-layer CLIP encoder.
 
@@ -97,11 +125,10 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusion
     Raises:
         ValueError: an odd or non-positive `sample_size`.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if sample_size <= 0 or sample_size % VAE_SCALE_FACTOR:
-        raise ValueError(f"sample_size={sample_size}: expected a positive multiple of {VAE_SCALE_FACTOR}")
+    _check_size(sample_size)
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -112,18 +139,8 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusion
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8,
         )
-        vae = AutoencoderKL(
-            sample_size=sample_size, in_channels=3, out_channels=3, latent_channels=4,
-            block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH, layer_norm_eps=1e-5,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        vae = _tiny_vae(sample_size)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer)))
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         clip_sample=False, set_alpha_to_one=False, steps_offset=1,
@@ -131,4 +148,52 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusion
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def build_tiny_xl_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusionXLPipeline:
+    """A random-weight SDXL pipeline: UNet and VAE with channels (32, 64), two 2-layer CLIP encoders.
+
+    The UNet's cross-attention takes both encoders' hidden states side by side (32 + 32), and its
+    added embedding the 8-dimensional embedding of each of the 6 time ids plus the second
+    encoder's 32-dimensional pooled projection (80 inputs), as SDXL base's 6 x 256 + 1280.
+
+    Args:
+        seed: seeds the weight initialisation (the global RNG is left as it was).
+        sample_size: image side in pixels (even).
+
+    Returns:
+        A `StableDiffusionXLPipeline` on the CPU in float32 with SDXL's Euler scheduler, no
+        watermarker and ``force_zeros_for_empty_prompt`` (SDXL base's unconditional branch).
+
+    Raises:
+        ValueError: an odd or non-positive `sample_size`.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    _check_size(sample_size)
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=sample_size // VAE_SCALE_FACTOR, in_channels=4, out_channels=4,
+            block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
+            cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+        )
+        vae = _tiny_vae(sample_size, scaling_factor=0.13025)  # SDXL's VAE scaling
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer)))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(tokenizer, projection_dim=32)))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", interpolation_type="linear", use_karras_sigmas=False,
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )

@@ -80,7 +80,10 @@ class UnlearningMethod:
     def frozen_copy(self, model: nn.Module) -> nn.Module:
         """A frozen copy of ``model`` in ``frozen_dtype`` (or its own)."""
         frozen = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-        return frozen if self.frozen_dtype is None else frozen.to(self.frozen_dtype)
+        dtypes = {p.dtype for p in frozen.parameters()}
+        if self.frozen_dtype is None or dtypes == {self.frozen_dtype}:
+            return frozen  # (diffusers warns on every dtype cast, even to the same dtype)
+        return frozen.to(self.frozen_dtype)
 
     # -- life cycle -----------------------------------------------------------------------
     def prepare(self, model: nn.Module, forget_loader: Iterable[Any], retain_loader: Iterable[Any],

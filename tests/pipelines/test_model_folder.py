@@ -73,8 +73,17 @@ def test_a_hub_id_goes_to_diffusers_with_its_revision(tiny_pipeline_dir, monkeyp
         calls.append((name, kwargs))
         raise OSError("offline")
 
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", offline)
+    with pytest.raises(ValueError, match="someone/some-model' is neither a local folder nor a Hub id.*revision 'v1.0'"):
+        load_pipeline("someone/some-model", revision="v1.0")
+    assert calls == [("someone/some-model", {"revision": "v1.0"})]  # the class comes from its model_index.json
+
+    sd_index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                "text_encoder": ["transformers", "CLIPTextModel"]}
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config", lambda name, **kwargs: sd_index)
     monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", offline)
     with pytest.raises(ValueError, match="someone/some-model' is neither a local folder nor a Hub id.*revision 'v1.0'"):
         load_pipeline("someone/some-model", revision="v1.0")
-    assert calls[0][0] == "someone/some-model"
-    assert calls[0][1]["revision"] == "v1.0" and calls[0][1]["use_safetensors"] is True
+    assert calls[1][0] == "someone/some-model"
+    assert calls[1][1]["revision"] == "v1.0" and calls[1][1]["use_safetensors"] is True
+    assert calls[1][1]["safety_checker"] is None

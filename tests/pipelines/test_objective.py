@@ -242,12 +242,12 @@ def test_compute_dtype_follows_mixed_precision():
 
 
 def test_prompt_encoding_returns_the_text_encoder_where_it_was():
-    from pipelines.erase import encode_prompts
+    from pipelines.conditioning import encode_prompt_table
     from pipelines.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(seed=0)
     moves = []
     original_to = pipe.text_encoder.to
     pipe.text_encoder.to = lambda *a, **k: (moves.append(str(a[0]) if a else str(k)), original_to(*a, **k))[1]
-    table = encode_prompts(pipe, ["a photo of a church", ""], torch.device("cpu"))
-    assert table.shape[0] == 2 and moves == ["cpu", "cpu"]  # to the device for the table, then back home
+    table = encode_prompt_table(pipe, ["a photo of a church", ""], torch.device("cpu"))
+    assert table.hidden.shape[0] == 2 and table.pooled is None and moves == ["cpu", "cpu"]  # to the device for the table, then back home
