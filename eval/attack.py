@@ -303,20 +303,19 @@ def run(config: AttackConfig) -> dict[str, Any]:
     from accelerate import PartialState
 
     from erasure.lock import output_lock
-    from pipelines.conditioning import is_xl
     from pipelines.erase import resolve_model
-    from pipelines.sampling import load_pipeline
+    from pipelines.sampling import load_pipeline, model_class_name
 
     attacked, unrelated = attack_prompts(config)
     judge = concept_judge(config)
     state = PartialState(cpu=not torch.cuda.is_available())
-    models = {"erased": load_pipeline(resolve_model(config.model), device=state.device),
-              "base": load_pipeline(resolve_model(config.base_model), device=state.device)}
-    for option, pipe in (("model", models["erased"]), ("base_model", models["base"])):
-        if is_xl(pipe):  # before anything is written
+    paths = {"erased": resolve_model(config.model), "base": resolve_model(config.base_model)}
+    for option, role in (("model", "erased"), ("base_model", "base")):  # from model_index.json, before loading
+        if model_class_name(paths[role], name=option) == "StableDiffusionXLPipeline":
             raise ValueError(f"--{option}={getattr(config, option)!r} is an SDXL pipeline: the attacks drive one CLIP "
                              "text encoder token by token (SD 1.x / 2.x); SDXL's two encoders and pooled embedding "
                              "are not supported yet (eval.audit without --attack audits SDXL)")
+    models = {role: load_pipeline(path, device=state.device) for role, path in paths.items()}
     for pipe in models.values():
         pipe.set_progress_bar_config(disable=True)
         for part in (pipe.unet, pipe.text_encoder, pipe.vae):

@@ -103,6 +103,8 @@ def _with_unet(pipe: Any, unet: torch.nn.Module) -> Any:
     """A pipeline of ``pipe``'s class and options (SDXL's ``force_zeros_for_empty_prompt``, SD's
     ``requires_safety_checker``) sharing its components, with ``unet``."""
     options = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}
+    if hasattr(pipe, "watermark"):  # SDXL keeps add_watermarker out of its config
+        options["add_watermarker"] = pipe.watermark is not None
     return type(pipe)(**{**pipe.components, **options, "unet": unet})
 
 

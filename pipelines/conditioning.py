@@ -25,7 +25,7 @@ __all__ = ["PIPELINES", "PromptTable", "check_pipeline_class", "encode_prompt_ta
 
 # pipeline classes the jobs load, and what they are
 PIPELINES = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
-ENCODE_BATCH = 64  # prompts per text-encoder call
+ENCODE_BATCH = 64  # prompts per SDXL text-encoder call
 
 
 def check_pipeline_class(class_name: Any, where: str) -> str:
@@ -83,9 +83,11 @@ def encode_prompt_table(pipe: Any, prompts: Sequence[str], device: torch.device 
     homes = [e.device for e in encoders]
     for encoder in encoders:
         encoder.to(device)
+    # SD: one call, as before SDXL support (a GPU may pick other kernels for other row counts)
+    batch = ENCODE_BATCH if is_xl(pipe) else max(len(prompts), 1)
     try:
-        parts = [_encode(pipe, list(prompts[i:i + ENCODE_BATCH]), torch.device(device))
-                 for i in range(0, len(prompts), ENCODE_BATCH)]
+        parts = [_encode(pipe, list(prompts[i:i + batch]), torch.device(device))
+                 for i in range(0, len(prompts), batch)]
     finally:
         for encoder, home in zip(encoders, homes):
             encoder.to(home)

@@ -54,7 +54,7 @@ class ConceptImageSet:
 
     @classmethod
     def load(cls, folder: str | Path, vae: Any = None, resolution: int | None = None,
-             prompt: str | None = None) -> ConceptImageSet:
+             prompt: str | None = None, sdxl: bool = False) -> ConceptImageSet:
         """Read a folder's latents, or encode its images with `vae` and cache them.
 
         Args:
@@ -63,6 +63,8 @@ class ConceptImageSet:
             resolution: resize (shorter side) and center-crop images to this size before encoding;
                 None requires all images to share one size.
             prompt: the prompt of images whose metadata row has none (or of all, without metadata).
+            sdxl: encode as SDXL's pipelines do: an fp16 VAE with ``force_upcast`` in float32, and
+                latents normalised by the VAE's ``latents_mean``/``latents_std`` where it has them.
 
         Raises:
             FileNotFoundError: no such folder.
@@ -80,7 +82,7 @@ class ConceptImageSet:
             if vae is not None:
                 check_scaling_factor(folder, vae.config.scaling_factor)
         else:
-            latents = _encode_folder(folder, files, vae, resolution)
+            latents = _encode_folder(folder, files, vae, resolution, sdxl)
         return cls(latents, [row["prompt"] for row in rows], files, rows)
 
 
@@ -181,7 +183,7 @@ def _load_image(path: Path, resolution: int | None) -> torch.Tensor:
     return pixels.permute(2, 0, 1)
 
 
-def _encode_folder(folder: Path, files: list[str], vae: Any, resolution: int | None) -> torch.Tensor:
+def _encode_folder(folder: Path, files: list[str], vae: Any, resolution: int | None, sdxl: bool = False) -> torch.Tensor:
     """Encode the images once with `vae` and cache the latents as latents.safetensors."""
     if vae is None:
         raise ValueError(f"{folder}: no {LATENTS_FILE}; pass vae= to encode its {len(files)} images")
@@ -194,13 +196,30 @@ def _encode_folder(folder: Path, files: list[str], vae: Any, resolution: int | N
         images.append(image)
     latents = []
     param = next(vae.parameters())
-    with torch.no_grad():
-        for start in range(0, len(images), ENCODE_BATCH_SIZE):
-            batch = torch.stack(images[start:start + ENCODE_BATCH_SIZE]).to(param.device, param.dtype)
-            latents.append(vae.encode(batch).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+    stored_dtype = dtype = param.dtype
+    if sdxl and dtype == torch.float16 and vae.config.get("force_upcast", False):
+        dtype = torch.float32  # SDXL's fp16 VAE overflows (its img2img pipeline upcasts too)
+    mean, std = (vae.config.get(k) for k in ("latents_mean", "latents_std")) if sdxl else (None, None)
+    try:
+        if dtype != stored_dtype:
+            vae.to(dtype)
+        with torch.no_grad():
+            for start in range(0, len(images), ENCODE_BATCH_SIZE):
+                batch = torch.stack(images[start:start + ENCODE_BATCH_SIZE]).to(param.device, dtype)
+                z = vae.encode(batch).latent_dist.mean.float().cpu()
+                if mean is not None and std is not None:  # as SDXL img2img: (z - mean) * sf / std
+                    shape = (1, len(mean), 1, 1)
+                    z = (z - torch.tensor(mean).view(shape)) * vae.config.scaling_factor / torch.tensor(std).view(shape)
+                else:
+                    z = z * vae.config.scaling_factor
+                latents.append(z)
+    finally:
+        if dtype != stored_dtype:
+            vae.to(stored_dtype)
     latents = torch.cat(latents)
     stored = {name: latent.contiguous() for name, latent in zip(files, latents)}
-    header = {"resolution": str(resolution or "native"), "scaling_factor": str(vae.config.scaling_factor)}
+    header = {"resolution": str(resolution or "native"), "scaling_factor": str(vae.config.scaling_factor),
+              **({"normalised": "latents_mean/latents_std"} if mean is not None and std is not None else {})}
     replace_atomic(folder / LATENTS_FILE, lambda tmp: save_file(stored, str(tmp), metadata=header))
     logger.info("%s: encoded %d images, cached in %s", folder, len(files), LATENTS_FILE)
     return latents

@@ -41,7 +41,7 @@ from erasure.replicas import check_replicas
 from erasure.sharding import has_shards, whole_module
 from erasure.resume import checkpointer, resolve_resume, start_or_resume
 from pipelines.card import write_card
-from pipelines.conditioning import encode_prompt_table, time_ids
+from pipelines.conditioning import encode_prompt_table, is_xl, time_ids
 from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.push import push_to_hub
@@ -283,8 +283,8 @@ def load_concept_sets(pipe, config: EraseConfig, device) -> tuple[ConceptImageSe
     """
     forget_dir, retain_dir = config.data_dirs()
     pipe.vae.to(device)
-    forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution, config.forget_prompt)
-    retain = ConceptImageSet.load(retain_dir, pipe.vae, config.resolution, config.retain_prompt)
+    forget = ConceptImageSet.load(forget_dir, pipe.vae, config.resolution, config.forget_prompt, is_xl(pipe))
+    retain = ConceptImageSet.load(retain_dir, pipe.vae, config.resolution, config.retain_prompt, is_xl(pipe))
     pipe.vae.to("cpu")
     if forget.latents.shape[1:] != retain.latents.shape[1:]:
         raise ValueError(f"forget latents {tuple(forget.latents.shape[1:])} and retain latents "

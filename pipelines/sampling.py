@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from prompts.base import Prompt, PromptSet
 
-from .conditioning import check_pipeline_class, is_xl
+from .conditioning import PIPELINES, check_pipeline_class, is_xl
 
 from .image_folder import LATENTS_FILE, METADATA_FILE, ImageFolderWriter
 
@@ -81,19 +81,47 @@ def set_scheduler(pipe: StableDiffusionPipeline, name: str) -> StableDiffusionPi
 
 
 def pipeline_class_name(index: dict[str, Any], where: str) -> str:
-    """The pipeline class a ``model_index.json`` calls for: SDXL when it has a second text encoder,
-    SD 1.x / 2.x when it has a UNet and one (a folder saved by an img2img or inpainting pipeline
-    of the family loads as text-to-image, as diffusers' AutoPipeline does).
+    """The pipeline class a ``model_index.json`` calls for: SDXL when it has a UNet and two CLIP text
+    encoders, SD 1.x / 2.x when it has a UNet and one (a folder saved by an img2img or inpainting
+    pipeline of the family loads as text-to-image, as diffusers' AutoPipeline does).
 
     Raises:
-        ValueError: another kind of pipeline (no UNet, or no CLIP text encoder: SD3, Flux, a refiner).
+        ValueError: another kind of pipeline (SD3, Flux, DeepFloyd IF, Kolors, an SDXL refiner, ...),
+            naming its class.
     """
-    present = lambda name: isinstance(index.get(name), list) and index[name][0] is not None
-    if present("unet") and present("text_encoder") and present("text_encoder_2"):
-        return "StableDiffusionXLPipeline"
-    if present("unet") and present("text_encoder") and not present("text_encoder_2"):
-        return "StableDiffusionPipeline"
-    return check_pipeline_class(index.get("_class_name"), where)  # raises, naming the class
+    def entry(name: str) -> Any:
+        value = index.get(name)
+        return value[1] if isinstance(value, list) and len(value) == 2 else None
+
+    clip = lambda name: isinstance(entry(name), str) and entry(name).startswith("CLIPTextModel")
+    if entry("unet") is not None and clip("text_encoder"):
+        if clip("text_encoder_2"):
+            return "StableDiffusionXLPipeline"
+        if entry("text_encoder_2") is None:
+            return "StableDiffusionPipeline"
+    name = index.get("_class_name")
+    return check_pipeline_class(name if name not in PIPELINES else f"{name} (without its CLIP text encoder(s))",
+                                where)  # raises, naming the class
+
+
+def model_class_name(name_or_path: str | Path, revision: str | None = None,
+                     name: str = "pretrained_model_name_or_path") -> str:
+    """`pipeline_class_name` of a local folder or Hub id, read from its ``model_index.json`` alone
+    (nothing heavy is loaded: decide before loading).
+
+    Raises:
+        ValueError: the model index cannot be read, or names another kind of pipeline.
+    """
+    from .model_folder import MODEL_INDEX, read_json_object
+
+    path = Path(name_or_path)
+    where = f"{name}={str(name_or_path)!r}"
+    try:
+        index = (read_json_object(path / MODEL_INDEX, path) if path.exists()
+                 else _import_diffusers().DiffusionPipeline.load_config(str(name_or_path), revision=revision))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where}: cannot read its {MODEL_INDEX} ({' '.join(str(err).split())[:300]})") from err
+    return pipeline_class_name(index, where)
 
 
 def load_pipeline(
@@ -303,24 +331,32 @@ def _draw(pipe: StableDiffusionPipeline, items: Sequence[SampleItem], batch_size
 
 
 def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, output_type: str) -> Any:
-    """What the pipeline would return for `output_type`, from its final latents (SDXL: its VAE
-    decodes in float32 when it is stored in fp16 with ``force_upcast``, and un-normalises with
-    ``latents_mean``/``latents_std`` where its config has them, as the SDXL pipeline does)."""
+    """What the pipeline would return for `output_type`, from its final latents (SDXL: as its
+    pipeline, the latents go to the VAE's dtype first, float32 for an fp16 VAE with
+    ``force_upcast``, then are un-normalised with ``latents_mean``/``latents_std`` where the VAE's
+    config has them)."""
     vae = pipe.vae
-    stored = dtype = vae.dtype
-    if is_xl(pipe) and dtype == torch.float16 and vae.config.get("force_upcast", False):
-        dtype = torch.float32  # SDXL's fp16 VAE overflows to NaN
-    mean, std = (vae.config.get(key) for key in ("latents_mean", "latents_std"))
-    with torch.no_grad():
-        if is_xl(pipe) and mean is not None and std is not None:
+    if not is_xl(pipe):
+        with torch.no_grad():
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    else:
+        stored = dtype = vae.dtype
+        if dtype == torch.float16 and vae.config.get("force_upcast", False):
+            dtype = torch.float32  # SDXL's fp16 VAE overflows to NaN
+        latents = latents.to(dtype)
+        mean, std = (vae.config.get(key) for key in ("latents_mean", "latents_std"))
+        if mean is not None and std is not None:
             shape = (1, len(mean), 1, 1)
             latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
                        + torch.tensor(mean).view(shape).to(latents))
         else:
             latents = latents / vae.config.scaling_factor
-        if dtype != stored:
-            vae.to(dtype)
-        decoded = vae.decode(latents.to(dtype), return_dict=False)[0]
-        if dtype != stored:
-            vae.to(stored)
+        try:
+            if dtype != stored:
+                vae.to(dtype)
+            with torch.no_grad():
+                decoded = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if dtype != stored:
+                vae.to(stored)
     return pipe.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(decoded))

@@ -132,9 +132,14 @@ def test_audit_runs_on_an_sdxl_model(xl_dir, tmp_path):
     assert report["num_images"] == 4 and report["protocol"]["scheduler"] == "EulerDiscreteScheduler"
 
 
-def test_attacks_refuse_sdxl_before_writing(xl_dir, tmp_path):
+def test_attacks_refuse_sdxl_before_loading_or_writing(xl_dir, tmp_path, monkeypatch):
+    import pipelines.sampling
     from eval.attack import main as attack
 
+    def never(*args, **kwargs):
+        raise AssertionError("the SDXL pipelines were loaded before the refusal")
+
+    monkeypatch.setattr(pipelines.sampling, "load_pipeline", never)
     out = tmp_path / "attack"
     with pytest.raises(ValueError, match="SDXL pipeline"):
         attack(["--model", str(xl_dir), "--base_model", str(xl_dir), "--concept", "nudity", "--prompts", "nudity",
@@ -182,3 +187,68 @@ def test_python_api_erases_an_sdxl_pipeline_and_keeps_its_options(xl_dir, xl_dat
     assert erased.config.force_zeros_for_empty_prompt is False
     changed = [not torch.equal(a, b) for a, b in zip(erased.unet.parameters(), pipe.unet.parameters())]
     assert any(changed)
+
+
+def test_build_objective_sets_time_ids_from_the_training_images_size(monkeypatch):
+    """(H, W, 0, 0, H, W) of the data, height first (non-square latents would show a swap), and the
+    empty prompt zeroed only under force_zeros_for_empty_prompt."""
+    import types
+
+    from pipelines.erase import build_objective
+
+    pipe = build_tiny_xl_pipeline(seed=0)
+    data = lambda prompts: types.SimpleNamespace(prompts=prompts, latents=torch.zeros(len(prompts), 4, 16, 24))
+    config = types.SimpleNamespace(substitute_prompt=None, relabel_target="prediction", negative_guidance=1.0, seed=0)
+    forget, retain = data(["a handwritten digit seven"]), data(["a handwritten digit one"])
+    objective, _, _ = build_objective(pipe, config, forget, retain, "cpu")
+    assert objective.time_ids.tolist() == [32.0, 48.0, 0.0, 0.0, 32.0, 48.0]
+    empty = objective.uncond_id
+    assert objective.embeddings[empty].abs().sum() == 0 and objective.pooled[empty].abs().sum() == 0
+    pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    objective, _, _ = build_objective(pipe, config, forget, retain, "cpu")
+    assert objective.embeddings[empty].abs().sum() > 0 and objective.pooled[empty].abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", ["fp16-upcast", "latents-mean"])
+def test_decoding_returns_what_the_sdxl_pipeline_returns(case):
+    from pipelines.sampling import SampleItem, generate
+    from prompts.base import Prompt
+
+    pipe = build_tiny_xl_pipeline(seed=0)
+    if case == "fp16-upcast":
+        pipe.vae.to(torch.float16)  # force_upcast is on: SDXL decodes in float32
+    else:
+        pipe.vae.register_to_config(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 1.5, 1.0, 2.0])
+    pipe.set_progress_bar_config(disable=True)
+    item = SampleItem(0, Prompt("a handwritten digit seven"), seed=3, guidance_scale=7.5)
+    (_, ours, _), = generate(pipe, [item], batch_size=1, num_inference_steps=2, output_type="np",
+                             show_progress=False)
+    theirs = pipe("a handwritten digit seven", num_inference_steps=2, guidance_scale=7.5, output_type="np",
+                  generator=torch.Generator().manual_seed(3)).images[0]
+    assert pipe.vae.dtype == (torch.float16 if case == "fp16-upcast" else torch.float32)  # put back
+    assert ours.shape == theirs.shape and float(abs(ours - theirs).max()) < 1e-6
+
+
+def test_image_folders_encode_as_sdxl_img2img_does(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.data import ConceptImageSet
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    vae = build_tiny_xl_pipeline(seed=0).vae
+    plain = ConceptImageSet.load(folder, vae, prompt="x", sdxl=True).latents
+    (folder / "latents.safetensors").unlink()
+    vae.register_to_config(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 1.5, 1.0, 2.0])
+    normalised = ConceptImageSet.load(folder, vae, prompt="x", sdxl=True).latents
+    mean, std = torch.tensor(vae.config.latents_mean).view(1, 4, 1, 1), torch.tensor(vae.config.latents_std).view(1, 4, 1, 1)
+    torch.testing.assert_close(normalised, (plain / vae.config.scaling_factor - mean) * vae.config.scaling_factor / std)
+    (folder / "latents.safetensors").unlink()
+    half = vae.to(torch.float16)
+    upcast = ConceptImageSet.load(folder, half, prompt="x", sdxl=True).latents
+    assert half.dtype == torch.float16 and torch.isfinite(upcast).all()
+    torch.testing.assert_close(upcast, normalised, atol=2e-2, rtol=0)  # float32 encode of fp16-rounded weights
