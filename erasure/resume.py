@@ -56,13 +56,15 @@ def checkpointer(accelerator: Any, output_dir: Path, every: int | None, total_li
                  method: UnlearningMethod, summary: dict) -> Callable[[int, dict], None]:
     """An ``on_step`` callback: logs, and every ``every`` steps a full ``checkpoint-N``."""
 
-    def write_extra(folder: Path) -> None:
-        save_state(method.state_dict(), folder)
-        (folder / SUMMARY_FILE).write_text(json.dumps(summary))
-
     def on_step(step: int, logs: dict) -> None:
         accelerator.log(logs, step=step)
         if every and step % every == 0:
+            state = method.state_dict()  # on every rank: SalUn gathers its FSDP2-sharded masks whole
+
+            def write_extra(folder: Path) -> None:  # the main process writes it
+                save_state(state, folder)
+                (folder / SUMMARY_FILE).write_text(json.dumps(summary))
+
             save_checkpoint(accelerator, output_dir, step, total_limit, write_extra)
 
     return on_step

@@ -117,6 +117,16 @@ def all_gather_cat(tensor: Tensor, groups: tuple) -> Tensor:
     return torch.cat([p[: int(n)] for p, n in zip(parts, lengths)])
 
 
+def gathered_like(part: Tensor, like: Tensor) -> Tensor:
+    """The whole tensor whose shard on this rank is ``part``, laid out as the DTensor ``like``
+    (every rank of ``like``'s mesh must call this: one all-gather); ``part`` itself when ``like``
+    is plain. The inverse of `local_part`."""
+    if not is_sharded(like):
+        return part
+    return DTensor.from_local(part, like.device_mesh, like.placements, shape=like.shape,
+                              stride=like.stride()).full_tensor()
+
+
 def local_part(full: Tensor, like: Tensor) -> Tensor:
     """This rank's shard of ``full`` (the whole parameter's values, the same on every rank) laid
     out as ``like``'s: no communication, each rank slices its own part."""

@@ -300,7 +300,7 @@ def data_record(config: EraseConfig, forget: ConceptImageSet, retain: ConceptIma
             "retain_prompts": sorted(set(retain.prompts))}
 
 
-def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str, resuming: bool) -> None:
+def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str) -> None:
     """What the erase job does not support when accelerate has sharded the UNet with FSDP2.
 
     Raises:
@@ -314,9 +314,6 @@ def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str, 
     if trainable == "lora":
         raise ValueError("trainable='lora' with FSDP2: the export rebuilds an unsharded UNet without the adapters; "
                          "train 'full' (or 'xattn' / 'noxattn') and extract an adapter with --export lora")
-    if resuming and method.state_follows_shards:
-        raise ValueError(f"resume_from_checkpoint with FSDP2 and method='{method.name}': its state (masks) is "
-                         "per-rank shards and the checkpoint holds rank 0's only; start the run again")
 
 
 def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageSet, config: EraseConfig,
@@ -372,7 +369,7 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     unet_ddp, optimizer = accelerator.prepare(unet, make_optimizer([p for p in unet.parameters() if p.requires_grad], config))
     resume_dir = resolve_resume(output.path, config.resume_from_checkpoint) if output is not None else None
     if has_shards(unet_ddp):  # accelerate launch --use_fsdp --fsdp_version 2
-        check_sharded_job(method, config.gradient_accumulation_steps, config.trainable, resume_dir is not None)
+        check_sharded_job(method, config.gradient_accumulation_steps, config.trainable)
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
     if output is not None and accelerator.is_main_process and config.report_to:
         accelerator.init_trackers("scissorhands-erase",

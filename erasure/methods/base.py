@@ -42,9 +42,6 @@ class UnlearningMethod:
     supports_loreun: ClassVar[bool] = True
     # run prepare() again when resuming (it must not change the model then)
     prepare_on_resume: ClassVar[bool] = False
-    # the method's state_dict holds per-parameter tensors (masks): under FSDP2 they are this rank's
-    # shards, and a checkpoint written by the main process cannot resume the other ranks
-    state_follows_shards: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
         if config.loreun and not self.supports_loreun:

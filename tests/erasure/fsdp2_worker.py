@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import erasure.methods.scissorhands as scissorhands_module  # noqa: E402
 from erasure.config import MethodConfig  # noqa: E402
 from erasure.methods import build_method  # noqa: E402
-from erasure.sharding import has_shards, is_sharded  # noqa: E402
+from erasure.sharding import has_shards, is_sharded, local  # noqa: E402
 
 STEPS = 3
 GLOBAL_BATCH = 4
@@ -56,6 +56,28 @@ def _batches(latents, ids, rank, world, with_noise, seed):
 
 def _full(tensor):
     return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def _resume_masks(method, config, objective, unet, forget_batch, retain_batch):
+    """A method with masks (SalUn): its state_dict (every rank calls it, as the checkpointer does)
+    and whether a fresh method loaded from that state masks the next step's gradients exactly as
+    the running one (the checkpoint resume path). ({}, None) for methods without masks."""
+    if not getattr(method, "masks", None):
+        return {}, None
+    state = method.state_dict()
+    resumed = build_method(config, objective)
+    resumed.load_state_dict(state)
+    method.compute_gradients(unet, forget_batch, retain_batch)
+    raw = {n: local(p.grad).clone() for n, p in unet.named_parameters() if p.grad is not None}
+    method.finalize_gradients(unet)
+    running = {n: local(p.grad).clone() for n, p in unet.named_parameters() if p.grad is not None}
+    for n, p in unet.named_parameters():
+        if p.grad is not None:
+            local(p.grad).copy_(raw[n])
+    resumed.finalize_gradients(unet)
+    equal = all(torch.equal(local(p.grad), running[n]) for n, p in unet.named_parameters() if p.grad is not None)
+    unet.zero_grad(set_to_none=True)
+    return state["masks"], equal and any(not torch.equal(raw[n], running[n]) for n in raw)
 
 
 def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> None:
@@ -117,6 +139,7 @@ def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> Non
         optimizer.zero_grad(set_to_none=True)
         logs.append(step_logs)
     repaired = {n: _full(p.detach()).clone() for n, p in unet.named_parameters()}
+    state_masks, resumed_masking_equal = _resume_masks(method, config, objective, unet, forget_steps[0], retain[0])
     from erasure.sharding import whole_module
 
     whole = whole_module(unet)  # what the erase job exports: an unsharded copy with the gathered weights
@@ -140,8 +163,11 @@ def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> Non
         save_file({k: v.contiguous() for k, v in repaired.items()}, out / "repaired.safetensors")
         if full_masks:
             save_file({k: v.to(torch.uint8).contiguous() for k, v in full_masks.items()}, out / "masks.safetensors")
+        if state_masks:
+            save_file({k: v.to(torch.uint8).contiguous() for k, v in state_masks.items()}, out / "state_masks.safetensors")
         (out / "logs.json").write_text(json.dumps({"summary": summary, "steps": logs, "world": world,
                                                    "whole_module": whole_check,
+                                                   "resumed_masking_equal": resumed_masking_equal,
                                                    "snapshot_refused": snapshot_refused,
                                                    "minmax_refused": minmax_refused}))
 

@@ -88,6 +88,12 @@ def test_fsdp2_matches_one_process(runs, case):
     assert "does not run on FSDP2-sharded models" in logs[1]["minmax_refused"]  # refused, not a silent no-op
     if CASES[[c["name"] for c in CASES].index(case)]["config"].get("retain_loss") == "distill":
         assert "call snapshot(model) before fully_shard" in logs[1]["snapshot_refused"]
+    if CASES[[c["name"] for c in CASES].index(case)]["method"] == "salun":
+        # the checkpoint's state holds the whole masks (gathered from the shards), and a method loaded
+        # from it masks the next step's gradients exactly as the running one, sharded or not
+        assert _max_difference(masks, load_file(sharded / "state_masks.safetensors")) == 0
+        assert _max_difference(masks, load_file(single / "state_masks.safetensors")) == 0
+        assert [log["resumed_masking_equal"] for log in logs] == [True, True]
     if CASES[[c["name"] for c in CASES].index(case)]["method"] == "scissorhands":
         v_single, v_sharded = ([step["v"] for step in log["steps"]] for log in logs)
         assert any(v > 0 for v in v_single)  # the projection acted

@@ -281,10 +281,8 @@ def test_fsdp2_job_refuses_what_it_cannot_do():
 
     scissorhands = build_method(MethodConfig(method="scissorhands"), None)
     with pytest.raises(ValueError, match="gradient_accumulation_steps=2 with FSDP2"):
-        check_sharded_job(scissorhands, 2, "full", False)
-    check_sharded_job(build_method(MethodConfig(method="scissorhands", projection="none"), None), 2, "full", False)
+        check_sharded_job(scissorhands, 2, "full")
+    check_sharded_job(build_method(MethodConfig(method="scissorhands", projection="none"), None), 2, "full")
     with pytest.raises(ValueError, match="trainable='lora' with FSDP2"):
-        check_sharded_job(scissorhands, 1, "lora", False)
-    with pytest.raises(ValueError, match="method='salun': its state \\(masks\\) is per-rank shards"):
-        check_sharded_job(build_method(MethodConfig(method="salun"), None), 1, "full", True)
-    check_sharded_job(scissorhands, 1, "full", True)  # Scissorhands resumes: its state is the same on every rank
+        check_sharded_job(scissorhands, 1, "lora")
+    check_sharded_job(build_method(MethodConfig(method="salun"), None), 1, "full")  # resumes: whole masks saved
