@@ -105,6 +105,14 @@ def _tiny_vae(sample_size: int, **extra: float):
     )
 
 
+def _tiny_unet(sample_size: int, **layout):
+    """A UNet with channels (32, 64), one layer per block, on `sample_size // 2` latents."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=sample_size // VAE_SCALE_FACTOR, in_channels=4, out_channels=4,
+                                block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32, **layout)
+
+
 def _check_size(sample_size: int) -> None:
     if sample_size <= 0 or sample_size % VAE_SCALE_FACTOR:
         raise ValueError(f"sample_size={sample_size}: expected a positive multiple of {VAE_SCALE_FACTOR}")
@@ -125,20 +133,16 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusion
     Raises:
         ValueError: an odd or non-positive `sample_size`.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     _check_size(sample_size)
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=sample_size // VAE_SCALE_FACTOR, in_channels=4, out_channels=4,
-            block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=8,
-        )
+        unet = _tiny_unet(sample_size, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                          attention_head_dim=8)
         vae = _tiny_vae(sample_size)
         text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer)))
     scheduler = DDIMScheduler(
@@ -169,22 +173,18 @@ def build_tiny_xl_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffus
     Raises:
         ValueError: an odd or non-positive `sample_size`.
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     _check_size(sample_size)
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=sample_size // VAE_SCALE_FACTOR, in_channels=4, out_channels=4,
-            block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
-            cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + 32,
-        )
+        unet = _tiny_unet(sample_size, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                          up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                          attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=64,
+                          addition_embed_type="text_time", addition_time_embed_dim=8,
+                          projection_class_embeddings_input_dim=6 * 8 + 32)
         vae = _tiny_vae(sample_size, scaling_factor=0.13025)  # SDXL's VAE scaling
         text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer)))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(tokenizer, projection_dim=32)))
