@@ -50,7 +50,7 @@ def test_revision_and_folder_prompts_reach_the_loaders(dirs, tiny_pipeline_dir, 
 
         return real(name)
 
-    def load(folder, vae=None, resolution=None, prompt=None):
+    def load(folder, vae=None, resolution=None, prompt=None, sdxl=False):
         seen.setdefault("prompts", []).append(prompt)
         raise ValueError("stop here")
 
