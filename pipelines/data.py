@@ -81,6 +81,7 @@ class ConceptImageSet:
             latents = _stored_latents(folder / LATENTS_FILE, files, resolution)
             if vae is not None:
                 check_scaling_factor(folder, vae.config.scaling_factor)
+                _check_normalisation(folder, vae, sdxl)
         else:
             latents = _encode_folder(folder, files, vae, resolution, sdxl)
         return cls(latents, [row["prompt"] for row in rows], files, rows)
@@ -149,6 +150,28 @@ def check_scaling_factor(folder: Path, scaling_factor: float) -> None:
                          f"model, or delete {LATENTS_FILE} to re-encode its images")
 
 
+def _normalises(vae: Any, sdxl: bool) -> bool:
+    """Whether encoding for this pipeline normalises latents with the VAE's latents_mean/std."""
+    return sdxl and vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None
+
+
+def _check_normalisation(folder: Path, vae: Any, sdxl: bool) -> None:
+    """Refuse latents encoded here with or without SDXL's latents_mean/std normalisation when this
+    pipeline would do the other (generated folders hold the pipeline's own latents: no check).
+
+    Raises:
+        ValueError: naming the file and what to do.
+    """
+    _, header = read_tensor_metadata(folder / LATENTS_FILE, "cached latents")
+    if header.get("scaling_factor") is None:
+        return  # not encoded here
+    cached, wanted = "normalised" in header, _normalises(vae, sdxl)
+    if cached != wanted:
+        raise ValueError(f"{folder / LATENTS_FILE}: encoded {'with' if cached else 'without'} the VAE's latents_mean/"
+                         f"latents_std normalisation, but this pipeline's VAE {'uses' if wanted else 'does not use'} "
+                         f"it; delete {LATENTS_FILE} to re-encode the images")
+
+
 def _stored_latents(path: Path, files: list[str], resolution: int | None) -> torch.Tensor:
     """The cached latents of `files`, stacked in their order."""
     _, header = read_tensor_metadata(path, "cached latents")
@@ -199,7 +222,7 @@ def _encode_folder(folder: Path, files: list[str], vae: Any, resolution: int | N
     stored_dtype = dtype = param.dtype
     if sdxl and dtype == torch.float16 and vae.config.get("force_upcast", False):
         dtype = torch.float32  # SDXL's fp16 VAE overflows (its img2img pipeline upcasts too)
-    mean, std = (vae.config.get(k) for k in ("latents_mean", "latents_std")) if sdxl else (None, None)
+    mean, std = (vae.config.get(k) for k in ("latents_mean", "latents_std")) if _normalises(vae, sdxl) else (None, None)
     try:
         if dtype != stored_dtype:
             vae.to(dtype)

@@ -243,8 +243,10 @@ def test_image_folders_encode_as_sdxl_img2img_does(tmp_path):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     vae = build_tiny_xl_pipeline(seed=0).vae
     plain = ConceptImageSet.load(folder, vae, prompt="x", sdxl=True).latents
-    (folder / "latents.safetensors").unlink()
     vae.register_to_config(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[0.5, 1.5, 1.0, 2.0])
+    with pytest.raises(ValueError, match="encoded without the VAE's latents_mean/latents_std normalisation"):
+        ConceptImageSet.load(folder, vae, prompt="x", sdxl=True)  # a cache of the plain encoding
+    (folder / "latents.safetensors").unlink()
     normalised = ConceptImageSet.load(folder, vae, prompt="x", sdxl=True).latents
     mean, std = torch.tensor(vae.config.latents_mean).view(1, 4, 1, 1), torch.tensor(vae.config.latents_std).view(1, 4, 1, 1)
     torch.testing.assert_close(normalised, (plain / vae.config.scaling_factor - mean) * vae.config.scaling_factor / std)
