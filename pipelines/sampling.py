@@ -124,6 +124,15 @@ def model_class_name(name_or_path: str | Path, revision: str | None = None,
     return pipeline_class_name(index, where)
 
 
+def _unloadable(err: Exception, where: str, local: bool, revision: str | None) -> ValueError:
+    """One line for a model diffusers could not load: a local folder, or a Hub id."""
+    reason = " ".join(str(err).split())[:300]
+    if local:
+        return ValueError(f"{where}: diffusers cannot load this folder ({type(err).__name__}: {reason})")
+    return ValueError(f"{where} is neither a local folder nor a Hub id that could be loaded (offline, unknown, "
+                      f"gated or no such revision {revision!r}?): {reason}")
+
+
 def load_pipeline(
     name_or_path: str | Path,
     torch_dtype: torch.dtype | None = None,
@@ -170,28 +179,22 @@ def load_pipeline(
         kwargs["torch_dtype"] = torch_dtype  # at load time, so fp32-kept modules stay fp32
     if revision is not None:
         kwargs["revision"] = revision
+    loaded = (OSError, ValueError, RuntimeError, SafetensorError)  # what diffusers raises for what it cannot use
     try:
         index = (read_json_object(path / MODEL_INDEX, path) if path.exists()
                  else diffusers.DiffusionPipeline.load_config(str(name_or_path), revision=revision))
-        pipeline_class = getattr(diffusers, pipeline_class_name(index, where))
-        if pipeline_class is diffusers.StableDiffusionPipeline and not safety_checker:
-            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    except loaded as err:
+        raise _unloadable(err, where, path.exists(), revision) from err
+    pipeline_class = getattr(diffusers, pipeline_class_name(index, where))  # another kind: refused by name
+    if pipeline_class is diffusers.StableDiffusionPipeline and not safety_checker:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    try:
         with warnings.catch_warnings():
             # Newer diffusers renamed the keyword to `dtype` (the old one warns); it works in all versions.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = pipeline_class.from_pretrained(str(name_or_path), **kwargs)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        if str(err).startswith(where):
-            raise  # our own message (a pipeline of another kind)
-        # what diffusers raises for files it cannot use (a size mismatch is a RuntimeError); the
-        # folder check above catches most of it first
-        reason = " ".join(str(err).split())[:300]
-        if path.exists():
-            raise ValueError(f"{where}: diffusers cannot load this folder "
-                             f"({type(err).__name__}: {reason})") from err
-        raise ValueError(
-            f"{where} is neither a local folder nor a Hub id "
-            f"that could be loaded (offline, unknown, gated or no such revision {revision!r}?): {reason}") from err
+    except loaded as err:  # a size mismatch is a RuntimeError; the folder check above catches most first
+        raise _unloadable(err, where, path.exists(), revision) from err
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
     return pipe.to(device) if device is not None else pipe
