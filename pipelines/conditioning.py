@@ -21,23 +21,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PIPELINES", "PromptTable", "check_pipeline_class", "encode_prompt_table", "is_xl", "time_ids"]
+__all__ = ["PIPELINES", "PromptTable", "encode_prompt_table", "is_xl", "time_ids"]
 
 # pipeline classes the jobs load, and what they are
 PIPELINES = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
 ENCODE_BATCH = 64  # prompts per SDXL text-encoder call
-
-
-def check_pipeline_class(class_name: Any, where: str) -> str:
-    """``class_name`` if it is a pipeline of `PIPELINES`.
-
-    Raises:
-        ValueError: naming ``where``, the class and the supported ones.
-    """
-    if class_name not in PIPELINES:
-        known = ", ".join(f"{name} ({kind})" for name, kind in PIPELINES.items())
-        raise ValueError(f"{where} is a {class_name} pipeline; scissorhands erases from {known}")
-    return class_name
 
 
 def is_xl(pipe: Any) -> bool:

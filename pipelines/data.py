@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from erasure.tensor_files import read_tensor_metadata, read_tensors
 
 from .images import open_rgb
+from .latent_space import from_vae, normalises, working_dtype
 from .image_folder import FILE_KEY, LATENTS_FILE, METADATA_FILE, read_metadata, replace_atomic, resolve_inside
 
 __all__ = ["IMAGE_SUFFIXES", "ConceptImageSet", "concept_pair"]
@@ -150,11 +151,6 @@ def check_scaling_factor(folder: Path, scaling_factor: float) -> None:
                          f"model, or delete {LATENTS_FILE} to re-encode its images")
 
 
-def _normalises(vae: Any, sdxl: bool) -> bool:
-    """Whether encoding for this pipeline normalises latents with the VAE's latents_mean/std."""
-    return sdxl and vae.config.get("latents_mean") is not None and vae.config.get("latents_std") is not None
-
-
 def _check_normalisation(folder: Path, vae: Any, sdxl: bool) -> None:
     """Refuse latents encoded here with or without SDXL's latents_mean/std normalisation when this
     pipeline would do the other (generated folders hold the pipeline's own latents: no check).
@@ -165,7 +161,7 @@ def _check_normalisation(folder: Path, vae: Any, sdxl: bool) -> None:
     _, header = read_tensor_metadata(folder / LATENTS_FILE, "cached latents")
     if header.get("scaling_factor") is None:
         return  # not encoded here
-    cached, wanted = "normalised" in header, _normalises(vae, sdxl)
+    cached, wanted = "normalised" in header, normalises(vae, sdxl)
     if cached != wanted:
         raise ValueError(f"{folder / LATENTS_FILE}: encoded {'with' if cached else 'without'} the VAE's latents_mean/"
                          f"latents_std normalisation, but this pipeline's VAE {'uses' if wanted else 'does not use'} "
@@ -218,31 +214,15 @@ def _encode_folder(folder: Path, files: list[str], vae: Any, resolution: int | N
                              f"{tuple(images[0].shape[1:])}; pass resolution= to resize and crop")
         images.append(image)
     latents = []
-    param = next(vae.parameters())
-    stored_dtype = dtype = param.dtype
-    if sdxl and dtype == torch.float16 and vae.config.get("force_upcast", False):
-        dtype = torch.float32  # SDXL's fp16 VAE overflows (its img2img pipeline upcasts too)
-    mean, std = (vae.config.get(k) for k in ("latents_mean", "latents_std")) if _normalises(vae, sdxl) else (None, None)
-    try:
-        if dtype != stored_dtype:
-            vae.to(dtype)
-        with torch.no_grad():
-            for start in range(0, len(images), ENCODE_BATCH_SIZE):
-                batch = torch.stack(images[start:start + ENCODE_BATCH_SIZE]).to(param.device, dtype)
-                z = vae.encode(batch).latent_dist.mean.float().cpu()
-                if mean is not None and std is not None:  # as SDXL img2img: (z - mean) * sf / std
-                    shape = (1, len(mean), 1, 1)
-                    z = (z - torch.tensor(mean).view(shape)) * vae.config.scaling_factor / torch.tensor(std).view(shape)
-                else:
-                    z = z * vae.config.scaling_factor
-                latents.append(z)
-    finally:
-        if dtype != stored_dtype:
-            vae.to(stored_dtype)
+    device = next(vae.parameters()).device
+    with working_dtype(vae, sdxl) as dtype, torch.no_grad():
+        for start in range(0, len(images), ENCODE_BATCH_SIZE):
+            batch = torch.stack(images[start:start + ENCODE_BATCH_SIZE]).to(device, dtype)
+            latents.append(from_vae(vae.encode(batch).latent_dist.mean.float().cpu(), vae, sdxl))
     latents = torch.cat(latents)
     stored = {name: latent.contiguous() for name, latent in zip(files, latents)}
     header = {"resolution": str(resolution or "native"), "scaling_factor": str(vae.config.scaling_factor),
-              **({"normalised": "latents_mean/latents_std"} if mean is not None and std is not None else {})}
+              **({"normalised": "latents_mean/latents_std"} if normalises(vae, sdxl) else {})}
     replace_atomic(folder / LATENTS_FILE, lambda tmp: save_file(stored, str(tmp), metadata=header))
     logger.info("%s: encoded %d images, cached in %s", folder, len(files), LATENTS_FILE)
     return latents

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from prompts.base import Prompt, PromptSet
 
-from .conditioning import PIPELINES, check_pipeline_class, is_xl
+from .conditioning import PIPELINES, is_xl
 
 from .image_folder import LATENTS_FILE, METADATA_FILE, ImageFolderWriter
+from .latent_space import to_vae, working_dtype
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -99,9 +100,23 @@ def pipeline_class_name(index: dict[str, Any], where: str) -> str:
             return "StableDiffusionXLPipeline"
         if entry("text_encoder_2") is None:
             return "StableDiffusionPipeline"
-    name = index.get("_class_name")
-    return check_pipeline_class(name if name not in PIPELINES else f"{name} (without its CLIP text encoder(s))",
-                                where)  # raises, naming the class
+    known = ", ".join(f"{name} ({kind})" for name, kind in PIPELINES.items())
+    raise ValueError(f"{where} is a {index.get('_class_name')} pipeline without a UNet and CLIP text encoder(s); "
+                     f"scissorhands erases from {known}")
+
+
+def _model_index(name_or_path: str | Path, revision: str | None) -> dict[str, Any]:
+    """The ``model_index.json`` of a local folder, or of a Hub id (diffusers fetches that file alone).
+
+    Raises:
+        OSError / ValueError: unreadable, offline, unknown id.
+    """
+    from .model_folder import MODEL_INDEX, read_json_object
+
+    path = Path(name_or_path)
+    if path.exists():
+        return read_json_object(path / MODEL_INDEX, path)
+    return _import_diffusers().DiffusionPipeline.load_config(str(name_or_path), revision=revision)
 
 
 def model_class_name(name_or_path: str | Path, revision: str | None = None,
@@ -112,15 +127,11 @@ def model_class_name(name_or_path: str | Path, revision: str | None = None,
     Raises:
         ValueError: the model index cannot be read, or names another kind of pipeline.
     """
-    from .model_folder import MODEL_INDEX, read_json_object
-
-    path = Path(name_or_path)
     where = f"{name}={str(name_or_path)!r}"
     try:
-        index = (read_json_object(path / MODEL_INDEX, path) if path.exists()
-                 else _import_diffusers().DiffusionPipeline.load_config(str(name_or_path), revision=revision))
+        index = _model_index(name_or_path, revision)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{where}: cannot read its {MODEL_INDEX} ({' '.join(str(err).split())[:300]})") from err
+        raise ValueError(f"{where}: cannot read its model_index.json ({' '.join(str(err).split())[:300]})") from err
     return pipeline_class_name(index, where)
 
 
@@ -165,7 +176,7 @@ def load_pipeline(
             pipeline, a pipeline of another kind (SD3, Flux, ...), a Hub id that cannot be loaded,
             or an unknown scheduler.
     """
-    from .model_folder import MODEL_INDEX, check_pipeline_folder, read_json_object
+    from .model_folder import check_pipeline_folder
 
     path = Path(name_or_path)
     where = f"{name}={str(name_or_path)!r}"
@@ -181,8 +192,7 @@ def load_pipeline(
         kwargs["revision"] = revision
     loaded = (OSError, ValueError, RuntimeError, SafetensorError)  # what diffusers raises for what it cannot use
     try:
-        index = (read_json_object(path / MODEL_INDEX, path) if path.exists()
-                 else diffusers.DiffusionPipeline.load_config(str(name_or_path), revision=revision))
+        index = _model_index(name_or_path, revision)
     except loaded as err:
         raise _unloadable(err, where, path.exists(), revision) from err
     pipeline_class = getattr(diffusers, pipeline_class_name(index, where))  # another kind: refused by name
@@ -334,32 +344,9 @@ def _draw(pipe: StableDiffusionPipeline, items: Sequence[SampleItem], batch_size
 
 
 def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, output_type: str) -> Any:
-    """What the pipeline would return for `output_type`, from its final latents (SDXL: as its
-    pipeline, the latents go to the VAE's dtype first, float32 for an fp16 VAE with
-    ``force_upcast``, then are un-normalised with ``latents_mean``/``latents_std`` where the VAE's
-    config has them)."""
-    vae = pipe.vae
-    if not is_xl(pipe):
-        with torch.no_grad():
-            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    else:
-        stored = dtype = vae.dtype
-        if dtype == torch.float16 and vae.config.get("force_upcast", False):
-            dtype = torch.float32  # SDXL's fp16 VAE overflows to NaN
-        latents = latents.to(dtype)
-        mean, std = (vae.config.get(key) for key in ("latents_mean", "latents_std"))
-        if mean is not None and std is not None:
-            shape = (1, len(mean), 1, 1)
-            latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
-                       + torch.tensor(mean).view(shape).to(latents))
-        else:
-            latents = latents / vae.config.scaling_factor
-        try:
-            if dtype != stored:
-                vae.to(dtype)
-            with torch.no_grad():
-                decoded = vae.decode(latents, return_dict=False)[0]
-        finally:
-            if dtype != stored:
-                vae.to(stored)
+    """What the pipeline would return for `output_type`, from its final latents (`pipelines.latent_space`:
+    SDXL's upcast and latents_mean/std as its pipeline does them)."""
+    vae, sdxl = pipe.vae, is_xl(pipe)
+    with working_dtype(vae, sdxl) as dtype, torch.no_grad():
+        decoded = vae.decode(to_vae(latents, vae, sdxl, dtype), return_dict=False)[0]
     return pipe.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * len(decoded))

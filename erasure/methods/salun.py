@@ -60,7 +60,8 @@ class SalUn(RandomLabel):
                 mask = self.masks[name] = local_part(mask.to(grad.device), param)
             if mask.device != grad.device:  # masks resumed from a checkpoint load on the CPU: move once
                 mask = self.masks[name] = mask.to(grad.device)
-            self._layout[name] = param
+            if name not in self._layout:  # a resumed run: state_dict needs each mask's shard layout
+                self._layout[name] = param
             grad.mul_(mask)
         return logs
 
@@ -69,7 +70,7 @@ class SalUn(RandomLabel):
         masks = {}
         for name, mask in self.masks.items():
             like = self._layout.get(name)
-            whole = like is None or not is_sharded(like) or mask.shape == like.shape
+            whole = like is None or mask.shape == like.shape  # unsharded, or a loaded mask not yet cut
             masks[name] = mask if whole else gathered_like(mask.to(torch.uint8), like).bool()
         return {**super().state_dict(), "masks": masks}
 

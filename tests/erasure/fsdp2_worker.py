@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import erasure.methods.scissorhands as scissorhands_module  # noqa: E402
 from erasure.config import MethodConfig  # noqa: E402
 from erasure.methods import build_method  # noqa: E402
-from erasure.sharding import has_shards, is_sharded, local  # noqa: E402
+from erasure.sharding import gathered_like, has_shards, is_sharded, local  # noqa: E402
 
 STEPS = 3
 GLOBAL_BATCH = 4
@@ -147,14 +147,8 @@ def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> Non
                    "max_difference": max(float((p.detach() - repaired[n]).abs().max()) for n, p in whole.named_parameters())}
     full_masks = {}
     params = dict(unet.named_parameters())
-    for name, mask in masks.items():
-        like = params[name]
-        if is_sharded(like):
-            from torch.distributed.tensor import DTensor
-
-            mask = DTensor.from_local(mask.to(torch.uint8), like.device_mesh, like.placements,
-                                      shape=like.shape, stride=like.stride()).full_tensor().bool()
-        full_masks[name] = mask
+    for name, mask in masks.items():  # Scissorhands' trim masks are of the local shards too
+        full_masks[name] = gathered_like(mask.to(torch.uint8), params[name]).bool()
     if rank == 0:
         from safetensors.torch import save_file
 

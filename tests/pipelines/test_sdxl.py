@@ -169,7 +169,7 @@ def test_a_pipeline_of_another_kind_is_refused_by_name(tmp_path):
 
     index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
              "text_encoder": ["transformers", "CLIPTextModel"]}
-    with pytest.raises(ValueError, match="is a FluxPipeline pipeline; scissorhands erases from StableDiffusionPipeline"):
+    with pytest.raises(ValueError, match="is a FluxPipeline pipeline without a UNet and CLIP text encoder.*scissorhands erases from StableDiffusionPipeline"):
         pipeline_class_name(index, "--model='flux'")
     assert pipeline_class_name({"unet": ["diffusers", "UNet2DConditionModel"],
                                 "text_encoder": ["transformers", "CLIPTextModel"],
@@ -257,7 +257,7 @@ def test_image_folders_encode_as_sdxl_img2img_does(tmp_path):
     torch.testing.assert_close(upcast, normalised, atol=2e-2, rtol=0)  # float32 encode of fp16-rounded weights
 
 
-def test_sd2_v_prediction_base_erases_and_exports_with_its_scheduler(tmp_path):
+def test_sd2_v_prediction_base_erases_and_exports_with_its_scheduler(tmp_path, monkeypatch):
     """SD 2.x (v-prediction) keeps working beside SDXL: the job trains on v targets (the loss of a
     v-model is computed against v, checked by hand in test_objective) and the export keeps the
     base's v-prediction scheduler, so plain diffusers samples it as the base."""
@@ -272,9 +272,19 @@ def test_sd2_v_prediction_base_erases_and_exports_with_its_scheduler(tmp_path):
     data = tmp_path / "data"
     generate_main(["--pretrained_model_name_or_path", str(base), "--concept", "digits:7", "--output_dir", str(data),
                    "--num_images", "4", "--num_inference_steps", "2", "--batch_size", "4"])
+    targets = []
+    build = erase.build_objective
+
+    def recording(*args, **kwargs):  # the job's own objective: it must train on v targets
+        objective = build(*args, **kwargs)
+        targets.append(objective[0].prediction_type)
+        return objective
+
+    monkeypatch.setattr(erase, "build_objective", recording)
     out = tmp_path / "erased"
     erase.main(["--pretrained_model_name_or_path", str(base), "--data_dir", str(data), "--output_dir", str(out),
                 "--concept", "digit seven", *TRAIN])
+    assert targets == ["v_prediction"]
     loaded = StableDiffusionPipeline.from_pretrained(out)
     assert loaded.scheduler.config.prediction_type == "v_prediction"
     assert loaded("a handwritten digit seven", num_inference_steps=2, output_type="np").images[0].shape == (32, 32, 3)
