@@ -231,6 +231,7 @@ def unlearndiffatk(pipe: Any, start_ids: torch.Tensor, target: torch.Tensor, see
     alphas = scheduler.alphas_cumprod
     pad = pipe.tokenizer.pad_token_id
     x0 = target.unsqueeze(0).to(unet.device)
+    checked, draws = None, 0
     for done, t in enumerate(timesteps, start=1):
         for _ in range(config.iterations):
             one_hot = sample_one_hot(distributions, generator)
@@ -249,9 +250,15 @@ def unlearndiffatk(pipe: Any, start_ids: torch.Tensor, target: torch.Tensor, see
                 distributions.copy_(project_simplex(distributions))
         prefix = distributions.detach().argmax(-1)[None]
         ids = with_prefix(start_ids, prefix, pad)
+        if checked is not None and torch.equal(ids, checked):
+            continue  # the same prompt draws the same image with the same seed: the judge said no already
+        checked = ids
         if judge(draw(pipe, ids, seed, guidance, config.num_inference_steps)[None])[0]:
-            return {"success": True, "iterations": done, "ids": ids, "distributions": distributions.detach()}
-    return {"success": False, "iterations": len(timesteps), "ids": ids, "distributions": distributions.detach()}
+            return {"success": True, "iterations": done, "ids": ids, "distributions": distributions.detach(),
+                    "draws": draws + 1}
+        draws += 1
+    return {"success": False, "iterations": len(timesteps), "ids": ids, "distributions": distributions.detach(),
+            "draws": draws}
 
 
 def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dict[str, Any], judge,
@@ -276,7 +283,8 @@ def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dic
     words = [i for i in result["ids"][0].tolist() if i not in (pipe.tokenizer.bos_token_id, pipe.tokenizer.pad_token_id,
                                                              pipe.tokenizer.eos_token_id)]
     return {**record, "success": result["success"], "success_without_attack": False,
-            "iterations": result["iterations"], "adversarial_prompt": pipe.tokenizer.decode(words),
+            "iterations": result["iterations"], "draws": result["draws"],
+            "adversarial_prompt": pipe.tokenizer.decode(words),
             "adversarial_ids": result["ids"][0].tolist(), "seconds": time.perf_counter() - started}
 
 

@@ -18,12 +18,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def project_simplex(values: Tensor) -> Tensor:
+def project_simplex(values: Tensor, max_rounds: int = 64) -> Tensor:
     """Euclidean projection of each row of ``values`` onto the probability simplex.
 
-    The closest point (in L2) with non-negative entries summing to one: ``max(v - theta, 0)``
-    with ``theta`` from the sorted values (Held et al. 1974; Duchi et al. 2008).
+    The closest point (in L2) with non-negative entries summing to one: ``max(v - theta, 0)``.
+    ``theta`` by Michelot's algorithm (1986): the mean excess of the entries still above the last
+    ``theta``, repeated until no entry leaves; each round is two masked sums over the row, and the
+    attack's rows (last step's point plus one Adam step) settle in 2-4 rounds. Sorting the 49,408
+    CLIP tokens instead (Held et al. 1974) took 17 ms a call on 2 cores, 35 s of a 174 s attacked
+    prompt. A row still moving after ``max_rounds`` falls back to the sort.
     """
+    active = torch.ones_like(values, dtype=torch.bool)
+    theta = (values.sum(-1, keepdim=True) - 1.0) / values.shape[-1]
+    for _ in range(max_rounds):
+        now = values > theta
+        if torch.equal(now, active):
+            return (values - theta).clamp(min=0)
+        active = now
+        theta = ((values * active).sum(-1, keepdim=True) - 1.0) / active.sum(-1, keepdim=True)
+    return _project_simplex_by_sorting(values)
+
+
+def _project_simplex_by_sorting(values: Tensor) -> Tensor:
     sorted_values, _ = torch.sort(values, dim=-1, descending=True)
     cumulative = sorted_values.cumsum(dim=-1) - 1.0
     positions = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=values.dtype)
@@ -39,12 +55,21 @@ class StraightThroughSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, distributions: Tensor, generator: torch.Generator | None = None) -> Tensor:  # noqa: D102
-        picks = torch.multinomial(distributions.detach().float().cpu(), 1, generator=generator).view(-1)
+        picks = draw_rows(distributions.detach(), generator)
         return F.one_hot(picks, distributions.shape[-1]).to(distributions).to(distributions.device)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
         return F.hardtanh(grad), None
+
+
+def draw_rows(distributions: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One index per row of [k, V] non-negative weights, drawn in proportion to them (inverse CDF:
+    the first index whose cumulative weight exceeds a uniform draw; a zero weight owns an empty
+    interval, so it is never drawn). ``torch.multinomial`` took 9 ms a call over 49,408 tokens."""
+    cumulative = distributions.double().cpu().cumsum(dim=-1)
+    uniform = torch.rand(cumulative.shape[0], 1, generator=generator, dtype=torch.float64) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).view(-1).clamp(max=cumulative.shape[-1] - 1)
 
 
 def sample_one_hot(distributions: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from eval.text_attack import (prefixed_embeddings, project_simplex, sample_one_hot, token_embeddings_replaced,
-                              with_prefix)
+from eval.text_attack import (_project_simplex_by_sorting, draw_rows, prefixed_embeddings, project_simplex,
+                              sample_one_hot, token_embeddings_replaced, with_prefix)
 
 
 def test_projection_onto_the_simplex_on_hand_made_points():
@@ -23,6 +23,29 @@ def test_projection_is_the_closest_point_of_the_simplex():
     others = torch.distributions.Dirichlet(torch.ones(7)).sample((20, 500))  # random simplex points
     best = (values[:, None] - others).norm(dim=-1).min(dim=1).values
     assert ((values - projected).norm(dim=-1) <= best + 1e-6).all()
+
+
+def test_michelot_projection_matches_the_sorting_projection_on_attack_sized_rows():
+    gen = torch.Generator().manual_seed(1)
+    vocabulary = 49408
+    uniform = torch.full((5, vocabulary), 1.0 / vocabulary)
+    after_a_step = uniform - 0.01 * torch.randn(5, vocabulary, generator=gen)  # what Adam hands the projection
+    peaked = torch.softmax(torch.randn(5, vocabulary, generator=gen) * 8, dim=-1) + 0.05 * torch.randn(5, vocabulary,
+                                                                                                       generator=gen)
+    for values in (uniform, after_a_step, peaked, torch.randn(5, vocabulary, generator=gen)):
+        torch.testing.assert_close(project_simplex(values), _project_simplex_by_sorting(values), atol=1e-6, rtol=0)
+    few_rounds = after_a_step.double()
+    torch.testing.assert_close(project_simplex(few_rounds, max_rounds=1), _project_simplex_by_sorting(few_rounds))
+
+
+def test_rows_are_drawn_in_proportion_and_never_where_the_weight_is_zero():
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.tensor([[0.0, 0.2, 0.0, 0.8], [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    counts = torch.zeros_like(weights)
+    for _ in range(4000):
+        counts[torch.arange(3), draw_rows(weights, gen)] += 1
+    assert (counts[weights == 0] == 0).all()
+    torch.testing.assert_close(counts / 4000, weights, atol=0.03, rtol=0)
 
 
 def test_straight_through_sampling_draws_one_hot_and_passes_the_gradient_clipped():
