@@ -276,7 +276,8 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
-               "color_kept", "digit_kept", "other_colors", "worst_other_color", "diversity_ratio_kept", "alignment",
+               "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
+               "diversity_ratio_kept", "alignment",
                "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
@@ -284,7 +285,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
              "## Base model", "", "| concept | erased | others | worst other (digit or colour) | color_kept | "
              "diversity | fid_kept | fid |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | {fmt(worst_other(r))} | "
+    lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | "
+              f"{fmt(worst_other(r))} {fmt(r.get('worst_other_name'))} | "
               f"{fmt(r.get('color_kept'))} | {fmt(r['diversity'])} | {fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
               for r in results["base"]]
     controls = {r["concept"]: r["control_asr"] for r in results["base"] if r.get("control_asr") is not None}

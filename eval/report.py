@@ -204,7 +204,9 @@ def _testbed_lines(testbed: Mapping[str, Any]) -> list[str]:
                      f"{'-' if f['pixel_diversity'] is None else round(f['pixel_diversity'], 3)} |")
     if testbed.get("concept"):
         lines += ["", f"Concept `{testbed['concept']}` per group: " + "; ".join(
-            f"{group}: " + ", ".join(f"{k} {percent(v)}" for k, v in summary.items() if k != "kept")
+            f"{group}: " + ", ".join(f"{k} {percent(v)}" + (f" ({summary['worst_other_name']})" if k in (
+                "worst_other", "worst_other_color") and summary.get("worst_other_name") else "")
+                                     for k, v in summary.items() if k not in ("kept", "worst_other_name"))
             for group, summary in testbed["summary"].items())]
         kept = {group: s["kept"] for group, s in testbed["summary"].items() if "kept" in s}
         if kept:

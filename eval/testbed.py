@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from pipelines.default_model import GUIDANCE_SCALE, SAMPLING_STEPS
-from prompts.colored_digits import COLOR_NAMES, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
+from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS, EVAL_GROUPS, eval_prompts, grammar_prompts, parse_concept
 
 from .colors import NO_STROKE, UNCLEAR, ColorJudge, color_entropy
 from .distribution import alignment, distances_of_features, feature_diversity, reference_renders
@@ -285,22 +285,26 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     for group, figures in report["groups"].items():
         mask = torch.tensor([g == group for g in samples.groups])
         if kind == "digits":
-            others = [r for d, r in enumerate(figures["recognition_per_digit"])
-                      if d != value and d not in erased_digits and r is not None]
+            others = {d: r for d, r in enumerate(figures["recognition_per_digit"])
+                      if d != value and d not in erased_digits and r is not None}
             named = mask & kept & (samples.colors >= 0)
-            summary[group] = {"erased": figures["recognition_per_digit"][value], "others": _mean(others),
-                              "worst_other": min(others, default=None),
+            worst = min(others, key=others.get, default=None)
+            summary[group] = {"erased": figures["recognition_per_digit"][value], "others": _mean(list(others.values())),
+                              "worst_other": None if worst is None else others[worst],
+                              "worst_other_name": None if worst is None else DIGIT_WORDS[worst],
                               "color_kept": float((judged_colors[named] == samples.colors[named]).float().mean())
                               if named.any() else None}
         else:
             c = COLOR_NAMES.index(value)
-            other_colors = [a for n, a in figures["color_accuracy_per_color"].items()
-                            if n != value and COLOR_NAMES.index(n) not in erased_colors]
+            other_colors = {n: a for n, a in figures["color_accuracy_per_color"].items()
+                            if n != value and COLOR_NAMES.index(n) not in erased_colors}
             forgotten = mask & (samples.colors == c)
+            worst = min(other_colors, key=other_colors.get, default=None)
             summary[group] = {"erased": float((judged_colors[forgotten] == c).float().mean()),
                               "digit_kept": right(forgotten), "others": right(mask & kept),
-                              "other_colors": _mean(other_colors),
-                              "worst_other_color": min(other_colors, default=None)}
+                              "other_colors": _mean(list(other_colors.values())),
+                              "worst_other_color": None if worst is None else other_colors[worst],
+                              "worst_other_name": worst}
         if judge is not None and (mask & kept).sum() >= 2:
             summary[group]["kept"] = _distribution_report(samples, mask & kept, judge, features, base_features)
     return summary

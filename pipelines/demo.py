@@ -182,13 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
     image_grid(rows, output.path / "grid.png", row_labels=labels,
                column_labels=["before", *[""] * (GRID_SEEDS - 1), "after"], scale=2)
     b, a = metrics["before"], metrics["after"]
+    worst = "worst_other" if b.get("worst_other") is not None else "worst_other_color"
     logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
-                "%.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real digits %.2f -> %.2f, vs the base "
-                "%.2f (%s)",
+                "%.0f%%, worst %s %.0f%% -> %s %.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real "
+                "digits %.2f -> %.2f, vs the base %.2f (%s)",
                 args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
                 100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
-                100 * b["others"], 100 * a["others"], a["kept"]["diversity_ratio"], b["kept"]["fid"], a["kept"]["fid"],
-                a["kept"]["fid_base"],
+                100 * b["others"], 100 * a["others"], b["worst_other_name"], 100 * b[worst], a["worst_other_name"],
+                100 * a[worst], a["kept"]["diversity_ratio"], b["kept"]["fid"], a["kept"]["fid"], a["kept"]["fid_base"],
                 output.path / "metrics.json")
     return metrics
 

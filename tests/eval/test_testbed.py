@@ -84,12 +84,13 @@ def test_judge_and_summaries_on_hand_made_samples():
     assert per_prompt["color_entropy"] == 0.0 and per_prompt["color_entropy_worst"] == 0.0
     assert red_summary["erased"] == 0.0 and red_summary["digit_kept"] == 1.0
     assert red_summary["others"] == 0.0 and red_summary["worst_other_color"] == 1.0
+    assert red_summary["worst_other_name"] == "blue"
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
     assert base["fid_base"] == pytest.approx(0.0, abs=1e-3) and base["diversity_ratio"] == pytest.approx(1.0)
     # the other digit's one colour prompt (blue, drawn blue) keeps its colour
     assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3),
-                             "color_kept": 1.0}
+                             "worst_other_name": "three", "color_kept": 1.0}
 
 
 def test_kept_prompts_and_utility_over_them_alone():
@@ -123,6 +124,7 @@ def test_several_concepts_each_get_figures_without_counting_the_others_as_kept()
     report = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 4])), ColorJudge())
     alone = concept_summary(report, samples, "digits:two")["word"]
     assert alone["others"] == pytest.approx(0.5)  # digits 3 (0%) and 4 (100%)
+    assert alone["worst_other"] == 0.0 and alone["worst_other_name"] == "three"
     with_three = concept_summary(report, samples, "digits:two", also_erased=("digits:three",))["word"]
     assert with_three["others"] == 1.0 and with_three["worst_other"] == 1.0  # 3 is erased too: not an "other"
     red_with = concept_summary(report, samples, "color:red", also_erased=("color:blue", "digits:four"))["word"]

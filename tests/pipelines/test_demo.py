@@ -9,7 +9,7 @@ import pytest
 import pipelines.demo as demo
 from pipelines.demo import grid_rows, main, parse
 
-SIDE_KEYS = {"erased", "others", "worst_other", "diversity", "alignment", "fid", "kid", "numeral", "paraphrase", "groups"}
+SIDE_KEYS = {"erased", "others", "worst_other", "worst_other_name", "diversity", "alignment", "fid", "kid", "numeral", "paraphrase", "groups"}
 
 
 def test_bad_digit_names_the_argument():
