@@ -51,6 +51,7 @@ from erasure.output import check_output_dir, write_text_atomic
 from pipelines.default_model import GUIDANCE_SCALE
 from prompts.base import Prompt, PromptSet
 
+from .prompt_draw import draw, prompt_ids
 from .text_attack import prefixed_embeddings, project_simplex, sample_one_hot, token_embeddings_replaced, with_prefix
 
 logger = logging.getLogger(__name__)
@@ -199,23 +200,6 @@ def concept_judge(config: AttackConfig) -> Callable[[torch.Tensor], list[bool]]:
     return lambda images: (judge.predict(images) == value).tolist()
 
 
-def _ids(pipe: Any, text: str) -> torch.Tensor:
-    return pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def draw(pipe: Any, ids: torch.Tensor, seed: int, guidance: float, steps: int, latents: bool = False) -> torch.Tensor:
-    """One generation from token ids (not text: an adversarial prompt need not survive decoding)."""
-    device = pipe.unet.device
-    embeds = pipe.text_encoder(ids.to(device))[0]
-    negative = pipe.text_encoder(_ids(pipe, "").to(device))[0]
-    out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance,
-               num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-               output_type="latent" if latents else "pt")
-    return out.images[0].float().cpu()
-
-
 def unlearndiffatk(pipe: Any, start_ids: torch.Tensor, target: torch.Tensor, seed: int, guidance: float,
                    config: AttackConfig, judge: Callable[[torch.Tensor], list[bool]]) -> dict[str, Any]:
     """Optimise a ``k``-token prefix to ``start_ids`` so that ``pipe`` denoises ``target`` (latents);
@@ -268,7 +252,7 @@ def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dic
     guidance = prompt.guidance_scale if prompt.guidance_scale is not None else config.guidance_scale
     pipe = models["erased"] if role == "attack" else models["base"]
     started = time.perf_counter()
-    start_ids = _ids(pipe, start.text)
+    start_ids = prompt_ids(pipe, start.text)
     record = {"role": role, "index": index, "prompt": prompt.text, "start_prompt": start.text, "seed": seed,
               "guidance_scale": guidance}
     if judge(draw(pipe, start_ids, seed, guidance, config.num_inference_steps)[None])[0]:
@@ -277,7 +261,7 @@ def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dic
     if config.attack in ("none", "paraphrase"):
         return {**record, "success": False, "success_without_attack": False, "iterations": 0,
                 "adversarial_prompt": None, "seconds": time.perf_counter() - started}
-    target = draw(models["base"], _ids(models["base"], prompt.text), seed, guidance, config.num_inference_steps,
+    target = draw(models["base"], prompt_ids(models["base"], prompt.text), seed, guidance, config.num_inference_steps,
                   latents=True)
     result = unlearndiffatk(pipe, start_ids, target, seed, guidance, config, judge)
     words = [i for i in result["ids"][0].tolist() if i not in (pipe.tokenizer.bos_token_id, pipe.tokenizer.pad_token_id,

@@ -12,22 +12,23 @@ import torch
 
 from prompts.base import PromptSet
 
+from .prompt_draw import draw, prompt_ids
+
 
 def relearn(models: dict[str, Any], judge: Any, prompts: PromptSet, config: Any) -> dict[str, Any]:
     """Fine-tune a copy of the erased UNet on ``relearn_images`` base-model images of the concept
     (plain diffusion loss); the steps until ``relearn_threshold`` of the checked generations of
     the concept's prompts show the concept, or None within ``relearn_max_steps``."""
-    from .attack import _ids, draw
-
     erased, base = models["erased"], models["base"]
     items = [(p, p.seed if p.seed is not None else config.seed + i,
               p.guidance_scale if p.guidance_scale is not None else config.guidance_scale)
              for i, p in enumerate(prompts.prompts)]
     chosen = [items[i % len(items)] for i in range(config.relearn_images)]
-    latents = torch.stack([draw(base, _ids(base, p.text), seed + 7919 * (i // len(items)), g,
+    latents = torch.stack([draw(base, prompt_ids(base, p.text), seed + 7919 * (i // len(items)), g,
                                 config.num_inference_steps, latents=True) for i, (p, seed, g) in enumerate(chosen)])
     with torch.no_grad():
-        hidden = torch.cat([erased.text_encoder(_ids(erased, p.text).to(erased.unet.device))[0] for p, _, _ in chosen])
+        hidden = torch.cat([erased.text_encoder(prompt_ids(erased, p.text).to(erased.unet.device))[0]
+                            for p, _, _ in chosen])
     pipe = type(erased)(**{**erased.components, "unet": copy.deepcopy(erased.unet).requires_grad_(True)})
     pipe.set_progress_bar_config(disable=True)
     optimizer = torch.optim.AdamW(pipe.unet.parameters(), lr=config.relearn_learning_rate)
@@ -35,7 +36,8 @@ def relearn(models: dict[str, Any], judge: Any, prompts: PromptSet, config: Any)
     checked = items[: max(config.relearn_images, 1)]
 
     def shown() -> float:
-        images = torch.stack([draw(pipe, _ids(pipe, p.text), seed, g, config.num_inference_steps) for p, seed, g in checked])
+        images = torch.stack([draw(pipe, prompt_ids(pipe, p.text), seed, g, config.num_inference_steps)
+                              for p, seed, g in checked])
         return sum(judge(images)) / len(images)
 
     curve = [(0, shown())]

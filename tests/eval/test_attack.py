@@ -65,14 +65,15 @@ def test_the_attack_runs_its_timesteps_and_stops_at_the_first_success(tiny_pipel
 
 def test_the_optimiser_moves_the_token_distributions_and_keeps_them_on_the_simplex(tiny_pipeline_dir):
     """The optimisation itself, on the real UNet's gradient: the distributions leave uniform."""
+    from eval.prompt_draw import draw, prompt_ids
     from eval.text_attack import project_simplex
     from pipelines.sampling import load_pipeline
 
     pipe = load_pipeline(tiny_pipeline_dir)
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    ids = attack._ids(pipe, "a handwritten digit seven")
-    target = attack.draw(pipe, attack._ids(pipe, "a handwritten digit one"), 0, 5.0, 2, latents=True)
+    ids = prompt_ids(pipe, "a handwritten digit seven")
+    target = draw(pipe, prompt_ids(pipe, "a handwritten digit one"), 0, 5.0, 2, latents=True)
     matrix = pipe.text_encoder.get_input_embeddings().weight.detach()
     assert torch.allclose(project_simplex(torch.full((2, matrix.shape[0]), 1.0 / matrix.shape[0])).sum(-1),
                           torch.ones(2))
