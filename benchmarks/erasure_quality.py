@@ -62,7 +62,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="robustness columns (issue 9): ASR without and under UnlearnDiffAtk, relearn steps; "
                              "the control runs once per concept on the base model")
     parser.add_argument("--attack_prompts", type=int, default=2,
-                        help="concept prompts attacked per run (each takes about a minute on 2 cores)")
+                        help="concept prompts attacked per run (one the attack cannot break: ~110 s on 2 idle cores)")
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every erase job (a tuning grid point; must come last)")
     args = parser.parse_args(argv)
