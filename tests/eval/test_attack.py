@@ -90,6 +90,29 @@ def test_the_optimiser_moves_the_token_distributions_and_keeps_them_on_the_simpl
     assert 0 < moved[1] < moved[30]  # Adam moves the distributions off uniform, further with more steps
 
 
+def test_an_unchanged_argmax_prompt_is_judged_once(tiny_pipeline_dir, monkeypatch):
+    """The same token ids draw the same image with the same seed: the judge is not asked again."""
+    from eval.prompt_draw import prompt_ids
+    from pipelines.sampling import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    ids = prompt_ids(pipe, "a handwritten digit seven")
+    target = torch.zeros(pipe.unet.config.in_channels, 8, 8)
+    cfg = AttackConfig(model="x", concept="digits:7", output_dir="unused", k=2, iterations=1, timesteps=4,
+                       num_inference_steps=2)
+    judge = CountingJudge()
+    result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, judge)
+    assert result["draws"] == judge.calls and 1 <= judge.calls <= 4
+    pinned = lambda values: torch.nn.functional.one_hot(torch.full(values.shape[:1], 5), values.shape[-1]).to(values)
+    monkeypatch.setattr(attack, "project_simplex", pinned)  # every step lands on token 5: one argmax prompt
+    judge = CountingJudge()
+    result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, judge)
+    assert not result["success"] and result["iterations"] == 4 and result["draws"] == judge.calls == 1
+    assert result["ids"][0, 1:3].tolist() == [5, 5]
+
+
 def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, monkeypatch):
     judge = CountingJudge(succeed_at=1)
     monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
