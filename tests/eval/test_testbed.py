@@ -132,3 +132,25 @@ def test_several_concepts_each_get_figures_without_counting_the_others_as_kept()
     assert red_with["other_colors"] == 1.0  # green only: blue is erased too
     nothing_left = concept_summary(report, samples, "color:red", also_erased=("color:blue", "color:green"))["word"]
     assert nothing_left["others"] is None and nothing_left["other_colors"] is None  # every other prompt erased
+
+
+def test_every_generation_has_its_own_seed_and_keeps_it_whichever_groups_are_drawn(monkeypatch):
+    """Seeds shared by every prompt made each digit's figures rest on ``images_per_prompt`` noises."""
+    import pipelines.sampling as sampling
+    from eval.testbed import sample_testbed
+
+    calls = []
+
+    def fake_generate(pipe, items, batch_size, num_inference_steps, output_type):
+        calls.append([(item.prompt.text, item.prompt.extra["eval_group"], item.seed) for item in items])
+        for item in items:
+            yield item, torch.zeros(3, 4, 4), None
+
+    monkeypatch.setattr(sampling, "generate", fake_generate)
+    everything = sample_testbed(None, images_per_prompt=3, seed=100)
+    assert len({seed for _, _, seed in calls[0]}) == len(calls[0]) == everything.images.shape[0] == 3 * 700
+    sample_testbed(None, images_per_prompt=3, seed=100, groups=("numeral",), digits=(4,))
+    assert calls[1] and set(calls[1]) <= set(calls[0])  # a prompt drawn alone keeps its seeds
+    eights = [seed for text, group, seed in calls[0] if group == "word" and "eight" in text]
+    assert len(set(eights)) == len(eights) > 3
+    assert min(seed for _, _, seed in calls[0]) == 100 and max(seed for _, _, seed in calls[0]) < 100 + 3 * 700
