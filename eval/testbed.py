@@ -162,9 +162,8 @@ def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, 
     named = colors >= 0
     per_color = {name: float((judged_colors[colors == c] == c).float().mean())
                  for c, name in enumerate(COLOR_NAMES) if (colors == c).any()}
-    # Entropy of one colour-free prompt's colours across its seeds. Every prompt is drawn from the
-    # same seeds, and a seed's noise largely decides the colour: pooling a digit's phrasings would
-    # count one noise several times and read a healthy model as skewed.
+    # Entropy of one colour-free prompt's colours across its seeds, averaged over the prompts and
+    # compared with the training data's at the same sample size (the reference below).
     entropies, sizes = [], []
     prompt_ids = samples.prompt_ids[mask]
     for prompt in prompt_ids[~named].unique().tolist():
