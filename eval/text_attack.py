@@ -23,9 +23,9 @@ def project_simplex(values: Tensor, max_rounds: int = 64) -> Tensor:
 
     The closest point (in L2) with non-negative entries summing to one: ``max(v - theta, 0)``.
     ``theta`` by Michelot's algorithm (1986): the mean excess of the entries still above the last
-    ``theta``, repeated until no entry leaves; each round is two masked sums over the row, and the
-    attack's rows (last step's point plus one Adam step) settle in 2-4 rounds. Sorting the 49,408
-    CLIP tokens instead (Held et al. 1974) took 17 ms a call on 2 cores, 35 s of a 174 s attacked
+    ``theta``, repeated until no entry leaves (``theta`` only grows, so it ends). The attack's rows
+    (last step's point plus one Adam step) settle in 2-8 rounds, 5 ms a call over the 49,408 CLIP
+    tokens on 2 cores; sorting them instead (Held et al. 1974) took 17 ms, 35 s of a 174 s attacked
     prompt. A row still moving after ``max_rounds`` falls back to the sort.
     """
     active = torch.ones_like(values, dtype=torch.bool)
