@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval.testbed import worst_other
+
 from pipelines.default_model import GUIDANCE_SCALE, SAMPLING_STEPS
 from pipelines.demo import method_config
 
@@ -206,12 +208,6 @@ def summarise(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]]) -> di
     front = pareto_front({m: (s["erased"], s["fid_base_kept"]) for m, s in per_method.items()})
     return {"per_method": per_method, "pareto_front_erased_vs_fid_base_kept": front,
             "targets": targets(rows, base_rows, front)}
-
-
-def worst_other(row: dict[str, Any]) -> float:
-    """The least kept thing of a run: the worst retained digit (``digits:<d>``) or the worst other
-    colour (``color:<c>``)."""
-    return row["worst_other"] if row.get("worst_other") is not None else row["worst_other_color"]
 
 
 def _status(ok: bool | None) -> str:

@@ -236,11 +236,10 @@ def unlearndiffatk(pipe: Any, start_ids: torch.Tensor, target: torch.Tensor, see
         ids = with_prefix(start_ids, prefix, pad)
         if checked is not None and torch.equal(ids, checked):
             continue  # the same prompt draws the same image with the same seed: the judge said no already
-        checked = ids
+        checked, draws = ids, draws + 1
         if judge(draw(pipe, ids, seed, guidance, config.num_inference_steps)[None])[0]:
             return {"success": True, "iterations": done, "ids": ids, "distributions": distributions.detach(),
-                    "draws": draws + 1}
-        draws += 1
+                    "draws": draws}
     return {"success": False, "iterations": len(timesteps), "ids": ids, "distributions": distributions.detach(),
             "draws": draws}
 

@@ -317,6 +317,13 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     return summary
 
 
+def worst_other(summary: dict[str, Any]) -> float | None:
+    """The least kept thing of a concept summary (or a benchmark row built from one): the worst
+    retained digit (``digits:<d>``) or the worst other colour (``color:<c>``); its name is
+    ``worst_other_name``."""
+    return summary["worst_other"] if summary.get("worst_other") is not None else summary.get("worst_other_color")
+
+
 def _mean(values: list[float]) -> float | None:
     """The mean, or None when nothing is left to average (everything else erased too)."""
     return sum(values) / len(values) if values else None

@@ -79,10 +79,11 @@ class ConceptImageSet:
         rows = _rows(folder, prompt)
         files = [row[FILE_KEY] for row in rows]
         if (folder / LATENTS_FILE).is_file():
-            latents = _stored_latents(folder / LATENTS_FILE, files, resolution)
+            _, header = read_tensor_metadata(folder / LATENTS_FILE, "cached latents")  # read once, checked below
+            latents = _stored_latents(folder / LATENTS_FILE, header, files, resolution)
             if vae is not None:
-                check_scaling_factor(folder, vae.config.scaling_factor)
-                _check_normalisation(folder, vae, sdxl)
+                check_scaling_factor(folder, header, vae.config.scaling_factor)
+                _check_normalisation(folder, header, vae, sdxl)
         else:
             latents = _encode_folder(folder, files, vae, resolution, sdxl)
         return cls(latents, [row["prompt"] for row in rows], files, rows)
@@ -121,10 +122,9 @@ def _rows(folder: Path, prompt: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def recorded_scaling_factor(folder: Path) -> float | None:
+def recorded_scaling_factor(folder: Path, header: dict[str, str]) -> float | None:
     """The VAE scaling factor a folder's cached latents were scaled by: the latents file's
-    header (images encoded here), else ``info.json`` (``pipelines.generate``); None if neither says."""
-    _, header = read_tensor_metadata(folder / LATENTS_FILE, "cached latents")
+    ``header`` (images encoded here), else ``info.json`` (``pipelines.generate``); None if neither says."""
     if header.get("scaling_factor") is not None:
         return float(header["scaling_factor"])
     info = folder / "info.json"
@@ -137,28 +137,27 @@ def recorded_scaling_factor(folder: Path) -> float | None:
     return None
 
 
-def check_scaling_factor(folder: Path, scaling_factor: float) -> None:
+def check_scaling_factor(folder: Path, header: dict[str, str], scaling_factor: float) -> None:
     """Refuse cached latents scaled by another VAE's factor: the UNet would train on latents of
     the wrong scale (SD v1's 0.18215 against SD 2's or a tiny VAE's) without any error.
 
     Raises:
         ValueError: naming the folder and both factors.
     """
-    recorded = recorded_scaling_factor(folder)
+    recorded = recorded_scaling_factor(folder, header)
     if recorded is not None and abs(recorded - float(scaling_factor)) > 1e-6 * max(1.0, abs(recorded)):
         raise ValueError(f"{folder / LATENTS_FILE}: latents scaled by {recorded:g}, but this model's VAE scales by "
                          f"{float(scaling_factor):g}: the folder was made with another VAE; generate it with this "
                          f"model, or delete {LATENTS_FILE} to re-encode its images")
 
 
-def _check_normalisation(folder: Path, vae: Any, sdxl: bool) -> None:
+def _check_normalisation(folder: Path, header: dict[str, str], vae: Any, sdxl: bool) -> None:
     """Refuse latents encoded here with or without SDXL's latents_mean/std normalisation when this
     pipeline would do the other (generated folders hold the pipeline's own latents: no check).
 
     Raises:
         ValueError: naming the file and what to do.
     """
-    _, header = read_tensor_metadata(folder / LATENTS_FILE, "cached latents")
     if header.get("scaling_factor") is None:
         return  # not encoded here
     cached, wanted = "normalised" in header, normalises(vae, sdxl)
@@ -168,9 +167,8 @@ def _check_normalisation(folder: Path, vae: Any, sdxl: bool) -> None:
                          f"it; delete {LATENTS_FILE} to re-encode the images")
 
 
-def _stored_latents(path: Path, files: list[str], resolution: int | None) -> torch.Tensor:
-    """The cached latents of `files`, stacked in their order."""
-    _, header = read_tensor_metadata(path, "cached latents")
+def _stored_latents(path: Path, header: dict[str, str], files: list[str], resolution: int | None) -> torch.Tensor:
+    """The cached latents of `files` (the file's ``header`` read by the caller), stacked in their order."""
     cached_at = header.get("resolution")
     # resolution=None takes the cache as it is; a given one must match what it was encoded at.
     if resolution is not None and cached_at is not None and cached_at != str(resolution):

@@ -31,7 +31,7 @@ from PIL import Image
 from erasure.output import OutputDir, write_text_atomic
 from eval.digits_classifier import load_digits_judge
 from eval.grid import image_grid
-from eval.testbed import EVAL_SEED, TestbedSamples, report_of, sample_testbed
+from eval.testbed import EVAL_SEED, TestbedSamples, report_of, sample_testbed, worst_other
 from pipelines import erase, generate
 from pipelines.default_model import GUIDANCE_SCALE, build_default_model, default_judge_path
 from pipelines.sampling import SampleItem, generate as draw, load_pipeline
@@ -182,14 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
     image_grid(rows, output.path / "grid.png", row_labels=labels,
                column_labels=["before", *[""] * (GRID_SEEDS - 1), "after"], scale=2)
     b, a = metrics["before"], metrics["after"]
-    worst = "worst_other" if b.get("worst_other") is not None else "worst_other_color"
     logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
                 "%.0f%%, worst %s %.0f%% -> %s %.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real "
                 "digits %.2f -> %.2f, vs the base %.2f (%s)",
                 args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
                 100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
-                100 * b["others"], 100 * a["others"], b["worst_other_name"], 100 * b[worst], a["worst_other_name"],
-                100 * a[worst], a["kept"]["diversity_ratio"], b["kept"]["fid"], a["kept"]["fid"], a["kept"]["fid_base"],
+                100 * b["others"], 100 * a["others"], b["worst_other_name"], 100 * worst_other(b),
+                a["worst_other_name"], 100 * worst_other(a), a["kept"]["diversity_ratio"], b["kept"]["fid"],
+                a["kept"]["fid"], a["kept"]["fid_base"],
                 output.path / "metrics.json")
     return metrics
 
