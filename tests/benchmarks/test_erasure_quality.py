@@ -35,6 +35,18 @@ def test_bad_arguments_fail_before_any_work(argv, message):
         quality.parse(argv)
 
 
+def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
+    """Checked every 5 steps every method read 5: the benchmark counts steps one by one."""
+    import eval.attack
+
+    seen = []
+    monkeypatch.setattr(eval.attack, "run", lambda config: seen.append(config) or {"relearn_steps": 3,
+                                                                                    "relearn_cap": 100})
+    result = quality.robustness_of(tmp_path, "digits:two", tmp_path, ["relearn"], 2, 0)
+    assert [c.attack for c in seen] == ["none", "relearn"] and seen[1].relearn_every == 1
+    assert result["relearn_steps"] == 3
+
+
 def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_default_model):
     fast = fast_default_model
     monkeypatch.setattr("pipelines.default_model.build_default_model", lambda: fast)
