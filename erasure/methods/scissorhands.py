@@ -22,6 +22,8 @@ L_f only (``projection="conditional"``: L_f minus the same loss under the empty 
 'four' (worst 96%, erased 0%) but not 'two' (74% / 77%); over the tuning digits three, four and
 eight (benchmarks/results/scissorhands-projection-tuning.md) it kept the worst retained digit at
 93% / 90% / 98% against the plain guard's 90% / 88% / 90% and erased 'eight' to 19% against 40%.
+Those runs trained the whole UNet; the testbed config now repairs cross-attention only
+(``trainable: xattn``, README "Round 6"), which kept the retained digits and the FID better still.
 """
 
 from __future__ import annotations
