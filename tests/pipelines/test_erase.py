@@ -88,12 +88,12 @@ def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# paper 000's repair, and the testbed's (configs/erase_digits_scissorhands.yaml): four UNet forwards
-# (forget, empty prompt, substitute, retain) before the two backwards of a step
+# paper 000's repair, and the testbed's (configs/erase_digits_scissorhands.yaml: cross-attention only): four UNet
+# forwards (forget, empty prompt, substitute, retain) before the two backwards of a step
 # bf16-accumulate: g_f kept in bf16 over 2 accumulated micro-steps must be all-reduced whole on the sync step
 # (a buffer that held the first micro-step outside .grad left it unsynchronised and the replicas drifted)
 @pytest.mark.parametrize("repair", [[], ["--forget_loss", "substitute", "--retain_loss", "distill",
-                                         "--projection", "conditional"],
+                                         "--projection", "conditional", "--trainable", "xattn"],
                                     ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"]],
                          ids=["paper", "testbed", "bf16-accumulate"])
 def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path, repair):
