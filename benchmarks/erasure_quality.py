@@ -316,7 +316,10 @@ def scatter(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], path: P
                         label=method, alpha=0.8)
     axes[0].scatter([r["erased"] for r in base_rows], [0.0] * len(base_rows), marker="*", s=150, c="k",
                     label="base model")
-    axes[0].set_yscale("symlog", linthresh=10.0)  # methods that wreck the model sit at FID 50-100; the rest below 10
+    if max((r["fid_base_kept"] for r in rows), default=0.0) > 10.0:
+        # methods that wreck the model sit at FID 50-100, the rest below 10: linear up to 10, log above
+        # (with every point under 10 a symlog axis labels only its ends, in scientific notation)
+        axes[0].set_yscale("symlog", linthresh=10.0)
     axes[0].set(xlabel="erased concept recognised (lower: better erased)",
                 ylabel="FID vs the base, kept prompts (lower: better)", title="forget vs distribution quality")
     axes[1].set(xlabel="erased concept recognised", ylabel="others recognised (higher: better)",
