@@ -22,6 +22,10 @@ nudity and each Imagenette class, the grammar's unseen phrasings on the testbed)
 are; the control draws the same prompts with the base model (a rewording the base does not
 render as the concept measures nothing).
 
+``--attack random_prefix``: the chance baseline of the prefix attack: ``k`` vocabulary tokens drawn at
+random (seeded by the prompt's seed, special tokens excluded) in front of the prompt, no search. An
+erasure that falls to UnlearnDiffAtk but not to this one falls to the search, not to any prefix.
+
 ``--attack relearn``: a copy of the erased UNet is fine-tuned on ``relearn_images`` base-model
 images of the concept (plain diffusion loss, AdamW); the summary's ``relearn_steps`` is the
 number of steps until ``relearn_threshold`` of the concept prompts' generations show the concept
@@ -56,7 +60,7 @@ from .text_attack import prefixed_embeddings, project_simplex, sample_one_hot, t
 
 logger = logging.getLogger(__name__)
 
-ATTACKS = ("none", "unlearndiffatk", "relearn", "paraphrase")
+ATTACKS = ("none", "unlearndiffatk", "relearn", "paraphrase", "random_prefix")
 RECORDS, SUMMARY = "attack.jsonl", "attack.json"
 
 
@@ -244,6 +248,14 @@ def unlearndiffatk(pipe: Any, start_ids: torch.Tensor, target: torch.Tensor, see
             "draws": draws}
 
 
+def random_tokens(pipe: Any, k: int, seed: int) -> torch.Tensor:
+    """[1, k] vocabulary ids drawn uniformly (``seed``), the tokenizer's special tokens excluded."""
+    special = {pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id, pipe.tokenizer.pad_token_id}
+    allowed = torch.tensor([i for i in range(pipe.text_encoder.get_input_embeddings().num_embeddings)
+                            if i not in special])
+    return allowed[torch.randint(len(allowed), (1, k), generator=torch.Generator().manual_seed(seed))]
+
+
 def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dict[str, Any], judge,
                config: AttackConfig) -> dict[str, Any]:
     """One prompt: the target image from the base, the plain check, then the attack (if needed)."""
@@ -260,9 +272,14 @@ def attack_one(role: str, index: int, prompt: Prompt, start: Prompt, models: dic
     if config.attack in ("none", "paraphrase"):
         return {**record, "success": False, "success_without_attack": False, "iterations": 0,
                 "adversarial_prompt": None, "seconds": time.perf_counter() - started}
-    target = draw(models["base"], prompt_ids(models["base"], prompt.text), seed, guidance, config.num_inference_steps,
-                  latents=True)
-    result = unlearndiffatk(pipe, start_ids, target, seed, guidance, config, judge)
+    if config.attack == "random_prefix":
+        ids = with_prefix(start_ids, random_tokens(pipe, config.k, seed), pipe.tokenizer.pad_token_id)
+        result = {"success": judge(draw(pipe, ids, seed, guidance, config.num_inference_steps)[None])[0],
+                  "iterations": 1, "draws": 1, "ids": ids}
+    else:
+        target = draw(models["base"], prompt_ids(models["base"], prompt.text), seed, guidance,
+                      config.num_inference_steps, latents=True)
+        result = unlearndiffatk(pipe, start_ids, target, seed, guidance, config, judge)
     words = [i for i in result["ids"][0].tolist() if i not in (pipe.tokenizer.bos_token_id, pipe.tokenizer.pad_token_id,
                                                              pipe.tokenizer.eos_token_id)]
     return {**record, "success": result["success"], "success_without_attack": False,

@@ -125,7 +125,7 @@ def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, mon
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk', 'relearn', 'paraphrase']"),
+    (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk', 'relearn', 'paraphrase', 'random_prefix']"),
     (["--concept", "cats"], "concept='cats'"),
     (["--k", "0"], "k=0 must be >= 1"),
     (["--prompts", "{empty}"], "has no prompts"),
@@ -181,6 +181,22 @@ def test_relearn_counts_the_steps_until_the_judge_sees_the_concept(tiny_pipeline
     capped = run(config(tiny_pipeline_dir, tmp_path / "never", attack="relearn", relearn_images=2, relearn_every=5,
                         relearn_max_steps=5, relearn_batch_size=2))
     assert capped["relearn_steps"] is None and capped["relearn_cap"] == 5
+
+
+def test_random_prefix_draws_once_with_k_random_tokens_in_front(tiny_pipeline_dir, tmp_path, monkeypatch):
+    judge = CountingJudge(succeed_at=2)  # the plain prompt fails, the prefixed draw succeeds
+    monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
+    summary = run(config(tiny_pipeline_dir, tmp_path, attack="random_prefix", k=3, max_prompts=1, control=False))
+    assert summary["asr"] == 1.0 and summary["asr_no_attack"] == 0.0 and judge.calls == 2
+    row = json.loads((tmp_path / "out" / "attack.jsonl").read_text().splitlines()[0])
+    from pipelines.sampling import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    prefix = attack.random_tokens(pipe, 3, row["seed"])
+    assert row["adversarial_ids"][1:4] == prefix[0].tolist()  # after BOS, the seeded draw
+    assert torch.equal(prefix, attack.random_tokens(pipe, 3, row["seed"]))
+    specials = {pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id, pipe.tokenizer.pad_token_id}
+    assert not specials & set(attack.random_tokens(pipe, 500, 0)[0].tolist())
 
 
 def test_paraphrase_attack_draws_the_rewordings_and_their_control_on_the_base(tiny_pipeline_dir, tmp_path,

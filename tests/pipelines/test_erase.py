@@ -88,19 +88,22 @@ def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# paper 000's repair, and the testbed's (configs/erase_digits_scissorhands.yaml: cross-attention only): four UNet
+# paper 000's repair, and the testbed's config file itself (the job's flags override its lr and epochs): four UNet
 # forwards (forget, empty prompt, substitute, retain) before the two backwards of a step
 # bf16-accumulate: g_f kept in bf16 over 2 accumulated micro-steps must be all-reduced whole on the sync step
 # (a buffer that held the first micro-step outside .grad left it unsynchronised and the replicas drifted)
-@pytest.mark.parametrize("repair", [[], ["--forget_loss", "substitute", "--retain_loss", "distill",
-                                         "--projection", "conditional", "--trainable", "xattn"],
+@pytest.mark.parametrize("repair", [[], ["--config", str(Path(__file__).resolve().parents[2] / "configs" /
+                                                      "erase_digits_scissorhands.yaml")],
                                     ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"]],
                          ids=["paper", "testbed", "bf16-accumulate"])
 def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path, repair):
     out = tmp_path / "ddp"
     launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
             "--output_dir", str(out), *TRAIN, "--train_batch_size", "2", *repair], "--multi_gpu", "--num_processes", "2")
-    prepare = json.loads((out / "erase_config.json").read_text())["prepare"]
+    saved = json.loads((out / "erase_config.json").read_text())
+    if "--config" in repair:  # the testbed's scope and guard came from the file
+        assert (saved["config"]["trainable"], saved["config"]["projection"]) == ("xattn", "conditional")
+    prepare = saved["prepare"]
     for key in ("replicas_after_prepare", "replicas_after_training"):
         assert len(prepare[key]) == 2 and prepare[key][0] == prepare[key][1]
 
