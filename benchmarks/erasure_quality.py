@@ -152,6 +152,14 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
     return result
 
 
+def attack_seed(args: argparse.Namespace, seed: int) -> int:
+    """The first image seed of the attacked prompts: the run's seed, or with ``--tune`` that seed past
+    ``TUNING_SEED`` (a robustness setting is never chosen on the seeds the benchmark reports)."""
+    from eval.testbed import TUNING_SEED
+
+    return TUNING_SEED + seed if args.tune else seed
+
+
 def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, model_dir: Path, base, judge,
             args: argparse.Namespace) -> dict[str, Any]:
     """Erase ``concept`` with ``method``, judge it against the base samples and, with
@@ -168,7 +176,8 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
     report = report_of(samples, judge, concept, base=base)
     row = row_of(method, concept, seed, report, seconds)
     if args.attacks:
-        robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts, seed)
+        robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
+                               attack_seed(args, seed))
         row.update({"asr_no_attack": robust["asr_no_attack"],
                     "asr": robust["asr"] if "unlearndiffatk" in args.attacks else None,
                     "relearn_steps": robust.get("relearn_steps"), "relearn_cap": robust.get("relearn_cap")})
@@ -399,7 +408,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "unlearndiffatk" in args.attacks:
             for row in base_rows:
                 control = robustness_of(model_dir, row["concept"], Path(tmp) / f"control-{row['concept']}",
-                                        ["unlearndiffatk"], args.attack_prompts, args.seeds[0], control=True)
+                                        ["unlearndiffatk"], args.attack_prompts, attack_seed(args, args.seeds[0]),
+                                        control=True)
                 row["control_asr"] = control["control_asr"]
         for concept in args.concepts:
             for seed in args.seeds:

@@ -48,6 +48,13 @@ class MethodConfig:
     # dtype Scissorhands keeps g_f in between its backward and the projected step: "bfloat16" halves the
     # buffer (1.7 GB less on SD v1.4's UNet; g_f is accumulated in float32 and rounded once per micro-step)
     forget_grad_dtype: str = "float32"
+    # adversarial repair (AdvUnlearn, Zhang et al. 2024; pipelines.prompt_prefix): each step, an inner attack moves a
+    # k-token prefix per forget prompt so that the model being erased draws the concept again, and the substitute
+    # term is trained under the prefixed prompt as well as the plain one (0: off; forget_loss="substitute" only)
+    adversarial_prefix: int = 0
+    adversarial_steps: int = 5  # signed-gradient steps of the inner attack per repair step
+    adversarial_step_size: float = 0.05  # per step, in units of the vocabulary embeddings' RMS coordinate
+    adversarial_weight: float = 1.0  # of the prefixed substitute term, beside the plain one (both times lam)
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)
     retain_fraction: float = 1.0  # r of paper 001: share of D_r the repair may use
@@ -98,6 +105,15 @@ class MethodConfig:
         if self.forget_grad_dtype not in FORGET_GRAD_DTYPES:
             raise ValueError(f"forget_grad_dtype='{self.forget_grad_dtype}' is unknown; choose one of "
                              f"{list(FORGET_GRAD_DTYPES)}")
+        if self.adversarial_prefix < 0 or self.adversarial_steps < 1:
+            raise ValueError(f"adversarial_prefix={self.adversarial_prefix} must be >= 0 (0: off) and adversarial_steps="
+                             f"{self.adversarial_steps} >= 1")
+        if not self.adversarial_step_size > 0 or not 0 <= self.adversarial_weight < math.inf:
+            raise ValueError(f"adversarial_step_size={self.adversarial_step_size} must be > 0 and adversarial_weight="
+                             f"{self.adversarial_weight} a finite number >= 0")
+        if self.adversarial_prefix and self.forget_loss != "substitute":
+            raise ValueError(f"adversarial_prefix={self.adversarial_prefix} trains the substitute term under attacked "
+                             f"prompts: it needs forget_loss='substitute' (got '{self.forget_loss}')")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss='{self.forget_loss}' is unknown; choose one of {list(FORGET_LOSSES)}")
         check_init(self.init, self.bias_init)

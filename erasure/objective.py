@@ -36,6 +36,12 @@ class Objective:
         default ``model`` itself), shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no relabeled loss; random-label methods need one")
 
+    def adversarial_relabeled_loss(self, model: nn.Module, batch: Any, reference: nn.Module | None = None) -> Tensor:
+        """The relabeled loss with each sample's prompt behind an adversarial prefix that an inner
+        attack has just moved to bring the concept back (adversarial repair), shape ``[B]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no adversarial prompts; adversarial_prefix needs the "
+                                  "diffusion objective built with a text encoder")
+
     def guided_loss(self, model: nn.Module, frozen: nn.Module, batch: Any) -> Tensor:
         """Per-sample loss against a frozen model's negatively guided prediction (ESD)."""
         raise NotImplementedError(f"{type(self).__name__} has no guided loss; ESD needs a diffusion objective")

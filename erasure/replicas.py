@@ -58,3 +58,14 @@ def sum_across_processes(values: list[float], device: torch.device | str = "cpu"
     totals = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(totals)
     return totals.cpu().tolist()
+
+
+def sum_tensor_across_processes(values: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A tensor summed over every process of the default process group (a copy; unchanged without one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values.clone()
+    if torch.distributed.get_backend() == "nccl" and torch.device(device).type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    total = values.to(device, copy=True)
+    torch.distributed.all_reduce(total)
+    return total.to(values.device)

@@ -10,12 +10,12 @@ code finds by bisection, here in closed form). The discrete prompt is the per-to
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+# the prefix plumbing is shared with adversarial repair (pipelines): imported here for the attack's callers
+from pipelines.prompt_prefix import prefixed_embeddings, token_embeddings_replaced, with_prefix  # noqa: F401
 
 
 def project_simplex(values: Tensor, max_rounds: int = 64) -> Tensor:
@@ -75,35 +75,3 @@ def draw_rows(distributions: Tensor, generator: torch.Generator | None = None) -
 def sample_one_hot(distributions: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """[k, V] one-hot tokens drawn from [k, V] distributions, differentiable straight through."""
     return StraightThroughSample.apply(distributions, generator)
-
-
-def with_prefix(input_ids: Tensor, prefix_ids: Tensor, pad_id: int) -> Tensor:
-    """``[sot, prefix..., prompt tokens..., eot, pad...]``: the prefix after the start token,
-    truncated to the original length (the public code's ``prefix_k`` insertion)."""
-    length = input_ids.shape[-1]
-    joined = torch.cat([input_ids[..., :1], prefix_ids.to(input_ids), input_ids[..., 1:]], dim=-1)[..., :length]
-    if joined.shape[-1] < length:
-        joined = F.pad(joined, (0, length - joined.shape[-1]), value=pad_id)
-    return joined
-
-
-@contextlib.contextmanager
-def token_embeddings_replaced(text_encoder: nn.Module, replace: Tensor) -> Iterator[None]:
-    """Within the block, ``text_encoder``'s token-embedding lookup returns ``replace`` [B, L, D]
-    instead: the encoder's own forward (position embeddings, causal mask, final norm) then runs
-    on embeddings that are differentiable in the attack's distributions."""
-    module = text_encoder.get_input_embeddings()
-    handle = module.register_forward_hook(lambda _module, _inputs, _output: replace)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def prefixed_embeddings(embedding_matrix: Tensor, input_ids: Tensor, prefix_one_hot: Tensor) -> Tensor:
-    """[1, L, D] token embeddings of ``[sot, prefix, prompt...]`` with the prefix as ``one_hot @ E``
-    (gradients reach the one-hot rows) and the rest looked up, truncated to ``L``."""
-    length = input_ids.shape[-1]
-    looked_up = embedding_matrix[input_ids[0]]
-    prefix = prefix_one_hot.to(embedding_matrix) @ embedding_matrix
-    return torch.cat([looked_up[:1], prefix, looked_up[1:]], dim=0)[:length].unsqueeze(0)

@@ -44,6 +44,7 @@ from pipelines.card import write_card
 from pipelines.conditioning import encode_prompt_table, is_xl, time_ids
 from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
+from pipelines.prompt_prefix import AdversarialPrefixes
 from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
 from prompts.base import closest_prompts
@@ -158,8 +159,10 @@ def resolve_model(name: str) -> str:
     return str(build_default_model())
 
 
-def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device):
-    """Prompt table, substitute mapping and the diffusion objective."""
+def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device,
+                    method_config: MethodConfig | None = None):
+    """Prompt table, substitute mapping and the diffusion objective (with ``method_config.adversarial_prefix``,
+    its adversary: the pipeline's text encoder stays on ``device`` for the inner attack)."""
     from diffusers import DDPMScheduler
 
     substitute = config.substitute_prompt
@@ -179,8 +182,26 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     objective = DiffusionObjective(scheduler, table.hidden, relabel, ids[""], config.relabel_target,
                                    config.negative_guidance, config.seed, pooled=table.pooled,
                                    time_ids=time_ids(*size) if table.pooled is not None else None)
+    if method_config is not None and method_config.adversarial_prefix:
+        objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])
     return objective, label(forget), label(retain)
+
+
+def build_adversary(pipe, prompts: list[str], method_config: MethodConfig, device) -> AdversarialPrefixes:
+    """The adversarial prefixes of every prompt of the table (AdvUnlearn; SD 1.x / 2.x text encoders).
+
+    Raises:
+        ValueError: for an SDXL pipeline (two encoders and pooled embeddings: not supported).
+    """
+    if is_xl(pipe):
+        raise ValueError(f"adversarial_prefix={method_config.adversarial_prefix} supports SD 1.x / 2.x pipelines (one "
+                         "CLIP text encoder); this one is SDXL: set adversarial_prefix 0")
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+    return AdversarialPrefixes(pipe.text_encoder.to(device), tokens, method_config.adversarial_prefix,
+                               method_config.adversarial_steps, method_config.adversarial_step_size,
+                               method_config.seed, pipe.tokenizer.pad_token_id)
 
 
 def noise_hook(objective: DiffusionObjective, seed: int, rank: int):
@@ -311,6 +332,10 @@ def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str) 
                          "g_f apart by swapping the sharded .grad, and FSDP2 accumulates unsynchronised micro-steps "
                          "on its unsharded parameters instead; use gradient_accumulation_steps 1 (more ranks or a "
                          "larger train_batch_size) or projection 'none'")
+    if getattr(method.config, "adversarial_prefix", 0):
+        raise ValueError(f"adversarial_prefix={method.config.adversarial_prefix} with FSDP2: the inner attack's "
+                         "forwards run on the UNet outside the sharded training step, which this job does not support; "
+                         "use data parallelism (accelerate launch --multi_gpu) or adversarial_prefix 0")
     if trainable == "lora":
         raise ValueError("trainable='lora' with FSDP2: the export rebuilds an unsharded UNet without the adapters; "
                          "train 'full' (or 'xattn' / 'noxattn') and extract an adapter with --export lora")
@@ -333,7 +358,8 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     Raises:
         ValueError: too few batches for the accumulation steps, or a diverged run.
     """
-    objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device)
+    objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device,
+                                                              method_config)
     if output is not None:
         output.prepare(accelerator)
     unet = pipe.unet

@@ -65,6 +65,7 @@ class DiffusionObjective(Objective):
         self.negative_guidance = negative_guidance
         self.seed = seed
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        self.adversary = None  # pipelines.prompt_prefix.AdversarialPrefixes, for adversarial repair
 
     # -- pieces ---------------------------------------------------------------------------
     def _embed(self, ids: Tensor, like: Tensor) -> Tensor:
@@ -129,6 +130,39 @@ class DiffusionObjective(Objective):
                                        substitute)
             return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
         return self._mse(self._predict(unet, noisy, batch["timesteps"], substitute), target)
+
+    def adversarial_relabeled_loss(self, unet: nn.Module, batch: dict, reference: nn.Module | None = None) -> Tensor:
+        """AdvUnlearn's two levels on the substitute term. Inner: the prefixes of the batch's prompts
+        move (``self.adversary.attack``) so that ``unet`` under the prefixed prompt predicts what
+        ``reference`` (the frozen original) predicts under the plain prompt, at fresh noise and
+        steps on the batch's latents. Outer: eps(z_t | prefix + c_forget) is pulled to the detached
+        eps(z_t | c_substitute) of ``reference`` at the batch's noise and steps."""
+        if self.adversary is None:
+            raise ValueError("adversarial_relabeled_loss needs the objective's adversary (adversarial_prefix > 0 in the "
+                             "erase job, which builds it from the pipeline's text encoder)")
+        batch = self._with_noise(batch)
+        reference = reference if reference is not None else unet
+        inner = getattr(unet, "module", unet)  # the attack's forwards need no DDP bookkeeping: no weight gets a gradient
+        latents, ids = batch["x"], batch["y"]
+        steps = self.scheduler.config.num_train_timesteps
+
+        def attack_loss(hidden: Tensor, generator: torch.Generator) -> Tensor:
+            noise = torch.randn(latents.shape, generator=generator).to(latents)
+            t = torch.randint(0, steps, (len(latents),), generator=generator).to(latents.device)
+            noisy = self.scheduler.add_noise(latents, noise, t)
+            with torch.no_grad():
+                goal = self._predict(reference, noisy, t, ids)
+            dtype = getattr(inner, "dtype", noisy.dtype)
+            return self._mse(inner(noisy.to(dtype), t, hidden.to(dtype)).sample, goal).mean()
+
+        self.adversary.attack(ids, attack_loss)
+        noisy, _ = self._noisy_and_target(batch)
+        substitute = self.relabel_ids.to(ids.device)[ids]
+        with torch.no_grad():
+            target = self._predict(reference, noisy, batch["timesteps"], substitute)
+            hidden = self.adversary.hidden(ids).to(noisy)
+        dtype = getattr(unet, "dtype", noisy.dtype)
+        return self._mse(unet(noisy.to(dtype), batch["timesteps"], hidden.to(dtype)).sample, target)
 
     def guided_loss(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> Tensor:
         """ESD (Gandikota et al. 2023): eps(x_t, c) -> eps*(x_t) - eta (eps*(x_t, c) - eps*(x_t))."""

@@ -49,6 +49,10 @@ def validate_method(config: MethodConfig) -> type[UnlearningMethod]:
     if config.loreun and not cls.supports_loreun:
         raise ValueError(f"loreun=True does not apply to method '{cls.name}'; LoReUn works with: "
                          f"{', '.join(sorted(n for n, c in METHODS.items() if c.supports_loreun))}")
+    if config.adversarial_prefix and not cls.supports_adversarial:
+        raise ValueError(f"adversarial_prefix={config.adversarial_prefix} does not apply to method '{cls.name}'; "
+                         f"adversarial repair works with: "
+                         f"{', '.join(sorted(n for n, c in METHODS.items() if c.supports_adversarial))}")
     return cls
 
 

@@ -40,12 +40,17 @@ class UnlearningMethod:
     # trimming re-initialises weights of the model itself: no adapter-only training can hold it
     reinitializes_weights: ClassVar[bool] = False
     supports_loreun: ClassVar[bool] = True
+    # trains its substitute term under adversarial prompt prefixes too (config.adversarial_prefix)
+    supports_adversarial: ClassVar[bool] = False
     # run prepare() again when resuming (it must not change the model then)
     prepare_on_resume: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
         if config.loreun and not self.supports_loreun:
             raise ValueError(f"loreun=True does not apply to method '{self.name}' (it has no per-sample forget/retain losses to reweight)")
+        if config.adversarial_prefix and not self.supports_adversarial:
+            raise ValueError(f"adversarial_prefix={config.adversarial_prefix} does not apply to method '{self.name}' "
+                             "(it has no substitute term to train under attacked prompts)")
         self.config = config
         self.objective = objective
         self.forget_reference: dict[str, float] | None = None

@@ -24,6 +24,11 @@ eight (benchmarks/results/scissorhands-projection-tuning.md) it kept the worst r
 93% / 90% / 98% against the plain guard's 90% / 88% / 90% and erased 'eight' to 19% against 40%.
 Those runs trained the whole UNet; the testbed config now repairs cross-attention only
 (``trainable: xattn``, README "Round 6"), which kept the retained digits and the FID better still.
+
+``adversarial_prefix=k`` (AdvUnlearn, Zhang et al. 2024) adds the substitute term once more with
+each forget prompt behind a ``k``-token prefix that an inner attack has just moved to bring the
+concept back (the objective's ``adversarial_relabeled_loss``; `pipelines.prompt_prefix`): the
+erasure is trained against the prefix attacks that `eval.attack` runs (UnlearnDiffAtk).
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from erasure.trim import trim
 class Scissorhands(UnlearningMethod):
     name = "scissorhands"
     reinitializes_weights = True
+    supports_adversarial = True
 
     def __init__(self, config, objective):
         super().__init__(config, objective)
         self.forget_grads: list[Tensor | None] | None = None
+        self.adversarial_loss: float | None = None  # the last step's prefixed substitute term, for the logs
 
     def prepare(self, model, forget_loader, retain_loader, backward=Tensor.backward):
         if self.config.projection == "conditional" and getattr(self.objective, "uncond_id", None) is None:
@@ -99,6 +106,11 @@ class Scissorhands(UnlearningMethod):
             relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
             relabeled = self.reduce_forget(relabeled, forget_batch,
                                            weighting_losses=losses.detach())
+            if self.config.adversarial_prefix:  # AdvUnlearn: the same target under the inner attack's prefixes
+                attacked = self.objective.adversarial_relabeled_loss(model, forget_batch, reference=self.original)
+                attacked = self.reduce_forget(attacked, forget_batch, weighting_losses=losses.detach())
+                self.adversarial_loss = attacked.item()
+                relabeled = relabeled + self.config.adversarial_weight * attacked
             return loss_forget, self.config.lam * relabeled, losses
         return loss_forget, None, losses
 
@@ -117,7 +129,22 @@ class Scissorhands(UnlearningMethod):
         logs = {"loss_forget": loss_forget.item(), "loss_retain": loss_retain.item()}
         if substitute is not None:
             logs["loss_substitute"] = substitute.item()
+        if self.adversarial_loss is not None:
+            logs["loss_adversarial"] = self.adversarial_loss
         return logs
+
+    def state_dict(self):
+        state = super().state_dict()
+        adversary = getattr(self.objective, "adversary", None)
+        if adversary is not None:  # the prefixes carry over between steps (AdvUnlearn's "latest" start)
+            state.update({f"adversarial_{key}": value for key, value in adversary.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        adversary = getattr(self.objective, "adversary", None)
+        if adversary is not None and "adversarial_prefixes" in state:
+            adversary.load_state_dict({"prefixes": state["adversarial_prefixes"], "calls": state["adversarial_calls"]})
 
     @torch.no_grad()
     def finalize_gradients(self, model):

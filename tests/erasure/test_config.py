@@ -19,3 +19,20 @@ def test_retain_loss_choices_and_the_loreun_clash():
         MethodConfig(retain_loss="kl")
     with pytest.raises(ValueError, match="loreun=True .* retain_loss='distill'"):
         MethodConfig(retain_loss="distill", loreun=True)
+
+
+def test_adversarial_prefix_needs_the_substitute_term_and_a_method_that_has_one():
+    from erasure.methods import build_method, validate_method
+
+    for field, value in (("adversarial_prefix", -1), ("adversarial_steps", 0), ("adversarial_step_size", 0.0),
+                         ("adversarial_weight", -1.0)):
+        with pytest.raises(ValueError, match=field):
+            MethodConfig(forget_loss="substitute", **{field: value})
+    with pytest.raises(ValueError, match="adversarial_prefix=5 .* forget_loss='substitute' \\(got 'ascent'\\)"):
+        MethodConfig(adversarial_prefix=5)
+    salun = MethodConfig(method="salun", forget_loss="substitute", adversarial_prefix=5)
+    with pytest.raises(ValueError, match="adversarial_prefix=5 does not apply to method 'salun'.*scissorhands"):
+        validate_method(salun)
+    with pytest.raises(ValueError, match="does not apply to method 'salun'"):
+        build_method(salun, None)
+    validate_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5))

@@ -140,6 +140,26 @@ def test_loreun_and_substitute_forget_loss(tiny_pipeline_dir, concept_data, tmp_
     assert summary["trimmed"] > 0
 
 
+def test_adversarial_repair_resumes_with_its_prefixes(tiny_pipeline_dir, concept_data, tmp_path):
+    """AdvUnlearn-style repair: the prefixes are part of the checkpoint, so a resumed run ends on the
+    uninterrupted run's weights (a resume that restarted the prefixes from random tokens would not)."""
+    adversarial = ["--forget_loss", "substitute", "--retain_loss", "distill", "--projection", "conditional",
+                   "--trainable", "xattn", "--adversarial_prefix", "2", "--adversarial_steps", "2"]
+    out = tmp_path / "adv"
+    run(tiny_pipeline_dir, concept_data, out, *adversarial, "--checkpointing_steps", "2")
+    state = load_file(out / "checkpoint-2" / "method_state.safetensors")
+    assert state["adversarial_prefixes"].shape[1] == 2
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
+            "--output_dir", str(resumed), "--concept", "digit seven", *TRAIN, *adversarial,
+            "--resume_from_checkpoint", "latest"])
+    a = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_unet_only_export(tiny_pipeline_dir, concept_data, tmp_path):
     run(tiny_pipeline_dir, concept_data, tmp_path / "u", "--export", "unet", "--max_train_steps", "1")
     assert (tmp_path / "u" / "unet" / "config.json").is_file()
@@ -289,3 +309,6 @@ def test_fsdp2_job_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="trainable='lora' with FSDP2"):
         check_sharded_job(scissorhands, 1, "lora")
     check_sharded_job(build_method(MethodConfig(method="salun"), None), 1, "full")  # resumes: whole masks saved
+    adversarial = build_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5), None)
+    with pytest.raises(ValueError, match="adversarial_prefix=5 with FSDP2"):
+        check_sharded_job(adversarial, 1, "full")

@@ -1,0 +1,152 @@
+"""Prompt prefixes in token-embedding space: the plumbing of prefix attacks and of adversarial repair.
+
+UnlearnDiffAtk (`eval.attack`) and AdvUnlearn-style adversarial training
+(:class:`AdversarialPrefixes`) both put ``k`` tokens after the start token of a prompt
+(the public codes' ``prefix_k``) and run the text encoder's own forward on embeddings that
+are differentiable in those ``k`` rows: the token-embedding lookup is hooked
+(`token_embeddings_replaced`), so position embeddings, the causal mask and the final norm are
+the encoder's.
+
+:class:`AdversarialPrefixes` is the inner maximisation of AdvUnlearn (Zhang et al., NeurIPS
+2024, "Defensive Unlearning with Adversarial Training"; public code
+``train-scripts/utils/attack_util.py``): one continuous prefix per prompt, ``k`` word
+embeddings, started from random vocabulary tokens and kept between calls (their
+``attack_init="latest"``); each call takes ``steps`` signed-gradient steps (their
+``fast_at``) that make the model being erased predict what the *original* model predicts
+under the plain prompt, at fresh noise and timesteps on the prompt's images. The repair then
+asks the model to give, under the prefixed prompt too, the substitute prompt's prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from erasure.replicas import sum_tensor_across_processes
+
+
+def with_prefix(input_ids: Tensor, prefix_ids: Tensor, pad_id: int) -> Tensor:
+    """``[sot, prefix..., prompt tokens..., eot, pad...]``: the prefix after the start token,
+    truncated to the original length (the public code's ``prefix_k`` insertion)."""
+    length = input_ids.shape[-1]
+    joined = torch.cat([input_ids[..., :1], prefix_ids.to(input_ids), input_ids[..., 1:]], dim=-1)[..., :length]
+    if joined.shape[-1] < length:
+        joined = F.pad(joined, (0, length - joined.shape[-1]), value=pad_id)
+    return joined
+
+
+def insert_prefix(token_embeddings: Tensor, prefix: Tensor) -> Tensor:
+    """[B, L, D] embeddings of ``[sot, prefix, prompt...]`` from the prompt's [B, L, D] and the
+    prefix's [B, k, D], truncated to ``L`` (the embedding-space twin of :func:`with_prefix`)."""
+    length = token_embeddings.shape[1]
+    return torch.cat([token_embeddings[:, :1], prefix.to(token_embeddings), token_embeddings[:, 1:]], dim=1)[:, :length]
+
+
+@contextlib.contextmanager
+def token_embeddings_replaced(text_encoder: nn.Module, replace: Tensor) -> Iterator[None]:
+    """Within the block, ``text_encoder``'s token-embedding lookup returns ``replace`` [B, L, D]
+    instead: the encoder's own forward (position embeddings, causal mask, final norm) then runs
+    on embeddings that are differentiable in the prefix."""
+    module = text_encoder.get_input_embeddings()
+    handle = module.register_forward_hook(lambda _module, _inputs, _output: replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def prefixed_embeddings(embedding_matrix: Tensor, input_ids: Tensor, prefix_one_hot: Tensor) -> Tensor:
+    """[1, L, D] token embeddings of ``[sot, prefix, prompt...]`` with the prefix as ``one_hot @ E``
+    (gradients reach the one-hot rows) and the rest looked up, truncated to ``L``."""
+    prefix = prefix_one_hot.to(embedding_matrix) @ embedding_matrix
+    return insert_prefix(embedding_matrix[input_ids[:1]], prefix.unsqueeze(0))
+
+
+class AdversarialPrefixes:
+    """One adversarial ``k``-token prefix per prompt id, in word-embedding space (AdvUnlearn).
+
+    Args:
+        text_encoder: the pipeline's frozen CLIP text encoder (SD 1.x / 2.x).
+        input_ids: [P, L] token ids of every prompt id of the objective's table.
+        k: prefix tokens (UnlearnDiffAtk attacks with 5).
+        steps: signed-gradient steps per call (AdvUnlearn's ``attack_step``).
+        step_size: each step moves every coordinate by ``step_size`` times the vocabulary's RMS
+            coordinate (scale-free: CLIP's embeddings and the testbed's differ 50-fold in scale).
+        seed: the random start tokens and each call's noise.
+        pad_id: the tokenizer's padding id (the ids beside the replaced embeddings).
+
+    Every prefix row stays within the largest token embedding's norm: the attacks it stands
+    for (`eval.attack`) choose vocabulary tokens, not arbitrary vectors.
+    """
+
+    def __init__(self, text_encoder: nn.Module, input_ids: Tensor, k: int, steps: int, step_size: float,
+                 seed: int, pad_id: int) -> None:
+        if k < 1 or steps < 1 or not step_size > 0:
+            raise ValueError(f"need k >= 1, steps >= 1 and step_size > 0, got k={k}, steps={steps}, "
+                             f"step_size={step_size}")
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        matrix = text_encoder.get_input_embeddings().weight.detach().float()
+        self.input_ids, self.k, self.steps, self.pad_id, self.seed = input_ids.long(), k, steps, pad_id, seed
+        self.step = step_size * float(matrix.pow(2).mean().sqrt())
+        self.max_norm = float(matrix.norm(dim=-1).max())
+        picks = torch.randint(len(matrix), (len(input_ids), k), generator=torch.Generator().manual_seed(seed))
+        self.prefixes = matrix[picks].cpu().clone()  # [P, k, D]
+        self.calls = 0
+
+    def hidden(self, ids: Tensor, prefixes: Tensor | None = None) -> Tensor:
+        """[B, L, D] last hidden states of the prompts ``ids`` behind their prefixes (``prefixes``
+        [B, k, D] instead of the stored ones: differentiable in them)."""
+        device = next(self.text_encoder.parameters()).device
+        ids = ids.cpu()
+        prefixes = self.prefixes[ids] if prefixes is None else prefixes
+        tokens = self.input_ids[ids].to(device)
+        matrix = self.text_encoder.get_input_embeddings().weight
+        embeds = insert_prefix(matrix[tokens], prefixes.to(device, matrix.dtype))
+        joined = with_prefix(tokens, torch.full((len(ids), self.k), self.pad_id), self.pad_id)
+        with token_embeddings_replaced(self.text_encoder, embeds):
+            return self.text_encoder(joined)[0].float()
+
+    def attack(self, ids: Tensor, loss_of: Callable[[Tensor, torch.Generator], Tensor]) -> float:
+        """``steps`` signed-gradient steps on the prefixes of ``ids`` lowering ``loss_of(hidden,
+        generator)`` (a scalar; ``generator`` draws the step's noise and timesteps); returns the
+        last loss. Prompts that occur twice in ``ids`` share one prefix."""
+        unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
+        rows = self.prefixes[unique].clone()
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        loss = torch.tensor(float("nan"))
+        for _ in range(self.steps):
+            rows.requires_grad_(True)
+            loss = loss_of(self.hidden(ids, rows[inverse]), generator)
+            (grad,) = torch.autograd.grad(loss, [rows])
+            with torch.no_grad():
+                rows = rows - self.step * grad.sign()
+                norms = rows.norm(dim=-1, keepdim=True)
+                rows = rows * (self.max_norm / norms).clamp(max=1.0)
+        self._merge(unique, rows.detach())
+        return float(loss.detach())
+
+    def _merge(self, unique: Tensor, rows: Tensor) -> None:
+        """Store the moved rows; under data parallelism every rank applies the mean move of each
+        prompt over the ranks that attacked it, so all ranks (and a checkpoint) hold one table."""
+        device = next(self.text_encoder.parameters()).device
+        moves = torch.zeros_like(self.prefixes)
+        moves[unique] = rows.cpu() - self.prefixes[unique]
+        counts = torch.zeros(len(self.prefixes))
+        counts[unique] = 1.0
+        moves, counts = sum_tensor_across_processes(moves, device), sum_tensor_across_processes(counts, device)
+        touched = counts > 0
+        self.prefixes[touched] += moves[touched] / counts[touched, None, None]
+
+    def state_dict(self) -> dict:
+        return {"prefixes": self.prefixes, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["prefixes"].shape != self.prefixes.shape:
+            raise ValueError(f"adversarial prefixes of shape {tuple(state['prefixes'].shape)} in the checkpoint, "
+                             f"{tuple(self.prefixes.shape)} for this job's prompts: resume with the same data and k")
+        self.prefixes, self.calls = state["prefixes"].float(), int(state["calls"])

@@ -1,0 +1,90 @@
+"""Adversarial prompt prefixes (AdvUnlearn's inner attack): the prefixed hidden states are the text
+encoder's own, the attack lowers its loss and keeps to the vocabulary's norm, the state round-trips,
+and the diffusion objective trains under the attacked prompt."""
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from diffusers import DDPMScheduler  # noqa: E402
+
+from pipelines.prompt_prefix import AdversarialPrefixes, with_prefix  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def encoder_and_ids(tiny_pipeline_dir):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_pipeline_dir, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tiny_pipeline_dir, subfolder="text_encoder").eval()
+    ids = tokenizer(["a handwritten digit seven", "a handwritten digit two", ""], padding="max_length",
+                    max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return encoder, ids, tokenizer.pad_token_id
+
+
+def test_prefixes_of_vocabulary_tokens_give_the_encoders_output_on_those_tokens(encoder_and_ids):
+    encoder, ids, pad = encoder_and_ids
+    adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
+    tokens = torch.tensor([[5, 9], [11, 3], [4, 4]])
+    adversary.prefixes = encoder.get_input_embeddings().weight.detach()[tokens].clone()
+    with torch.no_grad():
+        expected = encoder(with_prefix(ids[[1, 0]], tokens[[1, 0]], pad))[0]
+        got = adversary.hidden(torch.tensor([1, 0]))
+    torch.testing.assert_close(got, expected)
+
+
+def test_attack_lowers_its_loss_keeps_the_norm_and_moves_only_the_batchs_prompts(encoder_and_ids):
+    encoder, ids, pad = encoder_and_ids
+    adversary = AdversarialPrefixes(encoder, ids, k=3, steps=20, step_size=0.2, seed=0, pad_id=pad)
+    before = adversary.prefixes.clone()
+    with torch.no_grad():
+        goal = encoder(ids[[2]])[0]  # pull "seven"'s prefixed states toward the empty prompt's
+    loss_of = lambda hidden, _generator: (hidden - goal).pow(2).mean()
+    batch = torch.tensor([0, 0])  # twice the same prompt: one prefix
+    with torch.no_grad():
+        start = float(loss_of(adversary.hidden(batch), None))
+    last = adversary.attack(batch, loss_of)
+    assert last < start
+    assert not torch.equal(adversary.prefixes[0], before[0])
+    assert torch.equal(adversary.prefixes[1:], before[1:])
+    assert adversary.prefixes.norm(dim=-1).max() <= adversary.max_norm * (1 + 1e-5)
+    assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
+
+
+def test_state_round_trips_and_a_mismatched_table_is_refused(encoder_and_ids):
+    encoder, ids, pad = encoder_and_ids
+    adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
+    adversary.attack(torch.tensor([1]), lambda hidden, _g: hidden.pow(2).mean())
+    other = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=1, pad_id=pad)
+    other.load_state_dict(adversary.state_dict())
+    assert torch.equal(other.prefixes, adversary.prefixes) and other.calls == 1
+    with pytest.raises(ValueError, match="resume with the same data and k"):
+        AdversarialPrefixes(encoder, ids, k=3, steps=1, step_size=0.1, seed=0, pad_id=pad).load_state_dict(
+            adversary.state_dict())
+    with pytest.raises(ValueError, match="k=0"):
+        AdversarialPrefixes(encoder, ids, k=0, steps=1, step_size=0.1, seed=0, pad_id=pad)
+
+
+def test_adversarial_relabeled_loss_trains_the_unet_under_the_prefixed_prompt(encoder_and_ids, tiny_pipeline_dir):
+    from diffusers import UNet2DConditionModel
+
+    from pipelines.objective import DiffusionObjective
+
+    encoder, ids, pad = encoder_and_ids
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet")
+    with torch.no_grad():
+        table = encoder(ids)[0]
+    objective = DiffusionObjective(DDPMScheduler(), table, relabel_ids=torch.tensor([1, 1, 2]), uncond_id=2)
+    batch = {"x": torch.randn(2, 4, 16, 16), "y": torch.tensor([0, 0]), "index": torch.arange(2),
+             "noise": torch.randn(2, 4, 16, 16), "timesteps": torch.tensor([100, 700])}
+    with pytest.raises(ValueError, match="adversary"):
+        objective.adversarial_relabeled_loss(unet, batch)
+    objective.adversary = AdversarialPrefixes(encoder, ids, k=2, steps=2, step_size=0.1, seed=0, pad_id=pad)
+    before = objective.adversary.prefixes.clone()
+    losses = objective.adversarial_relabeled_loss(unet, batch)
+    assert losses.shape == (2,) and torch.isfinite(losses).all()
+    assert not torch.equal(objective.adversary.prefixes[0], before[0])  # the inner attack moved "seven"'s prefix
+    assert all(p.grad is None for p in unet.parameters())  # the attack's gradients went to the prefix only
+    losses.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.parameters())
