@@ -47,6 +47,14 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
     assert result["relearn_steps"] == 3
 
 
+def test_tuning_attacks_tuning_seeds_only():
+    """A robustness setting chosen with --tune never sees the attacked prompts' reported seeds."""
+    from eval.testbed import TUNING_SEED
+
+    assert quality.attack_seed(quality.parse(["--quick"]), 0) == 0
+    assert quality.attack_seed(quality.parse(["--quick", "--tune"]), 100) == TUNING_SEED + 100
+
+
 def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_default_model):
     fast = fast_default_model
     monkeypatch.setattr("pipelines.default_model.build_default_model", lambda: fast)
