@@ -57,6 +57,10 @@ class Scissorhands(UnlearningMethod):
             raise ValueError("projection='conditional' needs a prompt-conditioned objective (the diffusion one: it "
                              f"reads the empty prompt's loss); {type(self.objective).__name__} has none. Use 'forget' "
                              "or 'none'")
+        if self.config.adversarial_prefix and getattr(self.objective, "adversary", None) is None:
+            raise ValueError(f"adversarial_prefix={self.config.adversarial_prefix} needs prompts to attack: the diffusion "
+                             f"objective with its adversary (the erase job builds it); {type(self.objective).__name__} "
+                             "has none. Use adversarial_prefix 0")
         summary = super().prepare(model, forget_loader, retain_loader, backward)
         _, trim_summary = trim(model, self.objective.loss, forget_loader, self.config, backward, self.loss_scaler)
         return {**summary, **trim_summary}

@@ -36,3 +36,10 @@ def test_adversarial_prefix_needs_the_substitute_term_and_a_method_that_has_one(
     with pytest.raises(ValueError, match="does not apply to method 'salun'"):
         build_method(salun, None)
     validate_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5))
+    from torch import nn
+
+    from erasure.objective import Objective
+
+    scissorhands = build_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5), Objective())
+    with pytest.raises(ValueError, match="adversarial_prefix=5 needs prompts to attack.*Objective has none"):
+        scissorhands.prepare(nn.Linear(2, 2), [], [])  # before any trimming: a classifier has no prompts
