@@ -36,9 +36,11 @@ class Objective:
         default ``model`` itself), shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no relabeled loss; random-label methods need one")
 
-    def adversarial_relabeled_loss(self, model: nn.Module, batch: Any, reference: nn.Module | None = None) -> Tensor:
-        """The relabeled loss with each sample's prompt behind an adversarial prefix that an inner
-        attack has just moved to bring the concept back (adversarial repair), shape ``[B]``."""
+    def adversarial_relabeled_loss(self, model: nn.Module, batch: Any,
+                                   reference: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """``(plain, prefixed)``: the relabeled loss, and the same with each sample's prompt behind an
+        adversarial prefix that an inner attack has just moved to bring the concept back (adversarial
+        repair), each of shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no adversarial prompts; adversarial_prefix needs the "
                                   "diffusion objective built with a text encoder")
 

@@ -51,13 +51,7 @@ def sum_across_processes(values: list[float], device: torch.device | str = "cpu"
     all ranks: otherwise each rank weights its losses by its own reference and only rank 0's
     is saved. NCCL needs the tensor on the rank's GPU, hence ``device``.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(values)
-    if torch.distributed.get_backend() == "nccl" and torch.device(device).type != "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    totals = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(totals)
-    return totals.cpu().tolist()
+    return sum_tensor_across_processes(torch.tensor(values, dtype=torch.float64), device).tolist()
 
 
 def sum_tensor_across_processes(values: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -53,10 +53,11 @@ import torch
 from erasure import jobconfig
 from erasure.output import check_output_dir, write_text_atomic
 from pipelines.default_model import GUIDANCE_SCALE
+from pipelines.prompt_prefix import prefixed_embeddings, token_embeddings_replaced, with_prefix
 from prompts.base import Prompt, PromptSet
 
 from .prompt_draw import draw, prompt_ids
-from .text_attack import prefixed_embeddings, project_simplex, sample_one_hot, token_embeddings_replaced, with_prefix
+from .text_attack import project_simplex, sample_one_hot
 
 logger = logging.getLogger(__name__)
 

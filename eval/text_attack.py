@@ -14,9 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# the prefix plumbing is shared with adversarial repair (pipelines): imported here for the attack's callers
-from pipelines.prompt_prefix import prefixed_embeddings, token_embeddings_replaced, with_prefix  # noqa: F401
-
 
 def project_simplex(values: Tensor, max_rounds: int = 64) -> Tensor:
     """Euclidean projection of each row of ``values`` onto the probability simplex.

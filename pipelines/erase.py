@@ -332,7 +332,7 @@ def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str) 
                          "g_f apart by swapping the sharded .grad, and FSDP2 accumulates unsynchronised micro-steps "
                          "on its unsharded parameters instead; use gradient_accumulation_steps 1 (more ranks or a "
                          "larger train_batch_size) or projection 'none'")
-    if getattr(method.config, "adversarial_prefix", 0):
+    if method.config.adversarial_prefix:
         raise ValueError(f"adversarial_prefix={method.config.adversarial_prefix} with FSDP2: the inner attack's "
                          "forwards run on the UNet outside the sharded training step, which this job does not support; "
                          "use data parallelism (accelerate launch --multi_gpu) or adversarial_prefix 0")

@@ -131,12 +131,15 @@ class DiffusionObjective(Objective):
             return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
         return self._mse(self._predict(unet, noisy, batch["timesteps"], substitute), target)
 
-    def adversarial_relabeled_loss(self, unet: nn.Module, batch: dict, reference: nn.Module | None = None) -> Tensor:
+    def adversarial_relabeled_loss(self, unet: nn.Module, batch: dict,
+                                   reference: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """AdvUnlearn's two levels on the substitute term. Inner: the prefixes of the batch's prompts
         move (``self.adversary.attack``) so that ``unet`` under the prefixed prompt predicts what
         ``reference`` (the frozen original) predicts under the plain prompt, at fresh noise and
-        steps on the batch's latents. Outer: eps(z_t | prefix + c_forget) is pulled to the detached
-        eps(z_t | c_substitute) of ``reference`` at the batch's noise and steps."""
+        steps on the batch's latents. Outer: ``(plain, prefixed)`` per-sample losses pulling
+        eps(z_t | c_forget) and eps(z_t | prefix + c_forget) to the one detached
+        eps(z_t | c_substitute) of ``reference`` at the batch's noise and steps (``relabeled_loss``'s
+        ``prediction`` target, drawn once for both)."""
         if self.adversary is None:
             raise ValueError("adversarial_relabeled_loss needs the objective's adversary (adversarial_prefix > 0 in the "
                              "erase job, which builds it from the pipeline's text encoder)")
@@ -162,7 +165,8 @@ class DiffusionObjective(Objective):
             target = self._predict(reference, noisy, batch["timesteps"], substitute)
             hidden = self.adversary.hidden(ids).to(noisy)
         dtype = getattr(unet, "dtype", noisy.dtype)
-        return self._mse(unet(noisy.to(dtype), batch["timesteps"], hidden.to(dtype)).sample, target)
+        plain = self._mse(self._predict(unet, noisy, batch["timesteps"], ids), target)
+        return plain, self._mse(unet(noisy.to(dtype), batch["timesteps"], hidden.to(dtype)).sample, target)
 
     def guided_loss(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> Tensor:
         """ESD (Gandikota et al. 2023): eps(x_t, c) -> eps*(x_t) - eta (eps*(x_t, c) - eps*(x_t))."""

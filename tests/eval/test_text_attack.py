@@ -1,10 +1,10 @@
-"""UnlearnDiffAtk's pieces: simplex projection, straight-through token sampling, prefixed embeddings."""
+"""UnlearnDiffAtk's pieces: simplex projection and straight-through token sampling (the prefix plumbing:
+tests/pipelines/test_prompt_prefix.py)."""
 
 import pytest
 import torch
 
-from eval.text_attack import (_project_simplex_by_sorting, draw_rows, prefixed_embeddings, project_simplex,
-                              sample_one_hot, token_embeddings_replaced, with_prefix)
+from eval.text_attack import _project_simplex_by_sorting, draw_rows, project_simplex, sample_one_hot
 
 
 def test_projection_onto_the_simplex_on_hand_made_points():
@@ -54,30 +54,3 @@ def test_straight_through_sampling_draws_one_hot_and_passes_the_gradient_clipped
     assert torch.equal(one_hot, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
     (one_hot * torch.tensor([[3.0, -0.5, 0.0], [0.0, 0.0, -7.0]])).sum().backward()
     torch.testing.assert_close(distributions.grad, torch.tensor([[1.0, -0.5, 0.0], [0.0, 0.0, -1.0]]))
-
-
-def test_prefix_goes_after_the_start_token_and_the_length_is_kept():
-    ids = torch.tensor([[49406, 10, 11, 49407, 49407, 49407]])
-    assert with_prefix(ids, torch.tensor([[7, 8]]), 49407).tolist() == [[49406, 7, 8, 10, 11, 49407]]
-
-
-def test_replaced_token_embeddings_give_the_encoders_own_output(tiny_pipeline_dir):
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_pipeline_dir, subfolder="tokenizer")
-    encoder = CLIPTextModel.from_pretrained(tiny_pipeline_dir, subfolder="text_encoder").eval()
-    ids = tokenizer(["a handwritten digit seven"], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    matrix = encoder.get_input_embeddings().weight
-    prefix_ids = torch.tensor([[5, 9]])
-    one_hot = torch.nn.functional.one_hot(prefix_ids[0], matrix.shape[0]).float().requires_grad_(True)
-    joined = with_prefix(ids, prefix_ids, tokenizer.pad_token_id)
-    with torch.no_grad():
-        expected = encoder(joined)[0]
-    with token_embeddings_replaced(encoder, prefixed_embeddings(matrix, ids, one_hot)):
-        got = encoder(joined)[0]
-    torch.testing.assert_close(got, expected)
-    got.sum().backward()
-    assert one_hot.grad is not None and one_hot.grad.abs().sum() > 0
-    with torch.no_grad():
-        torch.testing.assert_close(encoder(joined)[0], expected)  # the hook is gone

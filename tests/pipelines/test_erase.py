@@ -94,8 +94,10 @@ def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept
 # (a buffer that held the first micro-step outside .grad left it unsynchronised and the replicas drifted)
 @pytest.mark.parametrize("repair", [[], ["--config", str(Path(__file__).resolve().parents[2] / "configs" /
                                                       "erase_digits_scissorhands.yaml")],
-                                    ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"]],
-                         ids=["paper", "testbed", "bf16-accumulate"])
+                                    ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"],
+                                    ["--forget_loss", "substitute", "--retain_loss", "distill", "--adversarial_prefix",
+                                     "2", "--adversarial_steps", "1"]],
+                         ids=["paper", "testbed", "bf16-accumulate", "adversarial"])
 def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path, repair):
     out = tmp_path / "ddp"
     launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),

@@ -9,7 +9,8 @@ pytest.importorskip("diffusers")
 
 from diffusers import DDPMScheduler  # noqa: E402
 
-from pipelines.prompt_prefix import AdversarialPrefixes, with_prefix  # noqa: E402
+from pipelines.prompt_prefix import (AdversarialPrefixes, prefixed_embeddings, token_embeddings_replaced,  # noqa: E402
+                                     with_prefix)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +83,39 @@ def test_adversarial_relabeled_loss_trains_the_unet_under_the_prefixed_prompt(en
         objective.adversarial_relabeled_loss(unet, batch)
     objective.adversary = AdversarialPrefixes(encoder, ids, k=2, steps=2, step_size=0.1, seed=0, pad_id=pad)
     before = objective.adversary.prefixes.clone()
-    losses = objective.adversarial_relabeled_loss(unet, batch)
+    plain, losses = objective.adversarial_relabeled_loss(unet, batch)
     assert losses.shape == (2,) and torch.isfinite(losses).all()
+    # the plain term is relabeled_loss itself (its target drawn once for both terms)
+    torch.testing.assert_close(plain, objective.relabeled_loss(unet, batch))
+    assert not torch.equal(plain, losses)  # behind the prefix the prediction differs
     assert not torch.equal(objective.adversary.prefixes[0], before[0])  # the inner attack moved "seven"'s prefix
     assert all(p.grad is None for p in unet.parameters())  # the attack's gradients went to the prefix only
     losses.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.parameters())
+
+
+def test_prefix_goes_after_the_start_token_and_the_length_is_kept():
+    ids = torch.tensor([[49406, 10, 11, 49407, 49407, 49407]])
+    assert with_prefix(ids, torch.tensor([[7, 8]]), 49407).tolist() == [[49406, 7, 8, 10, 11, 49407]]
+
+
+def test_replaced_token_embeddings_give_the_encoders_own_output(tiny_pipeline_dir):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_pipeline_dir, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tiny_pipeline_dir, subfolder="text_encoder").eval()
+    ids = tokenizer(["a handwritten digit seven"], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    matrix = encoder.get_input_embeddings().weight
+    prefix_ids = torch.tensor([[5, 9]])
+    one_hot = torch.nn.functional.one_hot(prefix_ids[0], matrix.shape[0]).float().requires_grad_(True)
+    joined = with_prefix(ids, prefix_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = encoder(joined)[0]
+    with token_embeddings_replaced(encoder, prefixed_embeddings(matrix, ids, one_hot)):
+        got = encoder(joined)[0]
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    assert one_hot.grad is not None and one_hot.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(joined)[0], expected)  # the hook is gone
