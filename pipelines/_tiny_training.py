@@ -26,6 +26,13 @@ def epoch_batches(num_items: int, batch_size: int, num_steps: int, generator: to
             steps_done += 1
 
 
+def adam(parameters, learning_rate: float) -> torch.optim.Adam:
+    """Adam with the multi-tensor ("foreach") update. On CPU torch defaults to a Python loop over
+    the parameters; the foreach kernels do the same arithmetic in the same order (the build's
+    weights are bitwise those of the loop, checked) in about 3/4 of the time, 286 tensors a UNet step."""
+    return torch.optim.Adam(parameters, lr=learning_rate, foreach=True)
+
+
 def warmup_lambda(warmup_steps: int):
     """Linear warm-up to the base learning rate, then constant."""
     return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
@@ -40,7 +47,7 @@ def train_vae(
         ``vae`` in eval mode.
     """
     vae.train()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
+    optimizer = adam(vae.parameters(), learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(steps // 10))
     progress = tqdm(epoch_batches(len(images), batch_size, steps, generator), total=steps, desc="tiny VAE")
     for batch in progress:
@@ -73,9 +80,8 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model``, parameter by parameter."""
-    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
-        ema_param.lerp_(param, 1.0 - decay)
+    """``ema <- decay * ema + (1 - decay) * model``, in one foreach call (bitwise the per-parameter lerp)."""
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1.0 - decay)
 
 
 def min_snr_weights(scheduler, gamma: float) -> torch.Tensor:
@@ -107,7 +113,7 @@ def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, confi
     """
     unet.train()
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=config.unet_learning_rate)
+    optimizer = adam(unet.parameters(), config.unet_learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(config.unet_warmup_steps))
     empty_prompt = prompt_embeds.shape[0] - 1
     num_timesteps = scheduler.config.num_train_timesteps
@@ -126,7 +132,7 @@ def train_unet(unet, scheduler, latents, sample_conditions, prompt_embeds, confi
         loss = (per_sample * weights[timesteps]).mean() if weights is not None else per_sample.mean()
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0, foreach=True)  # CPU default: a loop
         optimizer.step()
         schedule.step()
         # EMA warm-up as in diffusers' EMAModel: early averages do not drag in the random init.
@@ -171,7 +177,7 @@ def pretrain_text_encoder(text_encoder, tokenizer, prompts: list[str], labels: t
                           return_tensors="pt").input_ids
     text_encoder.requires_grad_(True).train()
     heads = torch.nn.ModuleList(torch.nn.Linear(text_encoder.config.hidden_size, n) for n in num_classes)
-    optimizer = torch.optim.Adam([*text_encoder.parameters(), *heads.parameters()], lr=learning_rate)
+    optimizer = adam([*text_encoder.parameters(), *heads.parameters()], learning_rate)
     progress = tqdm(range(steps), desc="tiny text encoder")
     for _ in progress:
         batch = torch.randint(len(prompts), (batch_size,), generator=generator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -222,6 +223,38 @@ def test_min_snr_weights_by_hand():
     assert bool((weights[1:] >= weights[:-1]).all())  # SNR falls with t: weights never fall
     with pytest.raises(ValueError, match="unet_snr_gamma must be > 0"):
         DefaultModelConfig(unet_snr_gamma=0.0)
+
+
+def test_foreach_updates_give_the_loops_weights_bitwise():
+    """The build's Adam, clipping and EMA run as multi-tensor kernels; the weights must be the
+    per-parameter loops' bit for bit, or every figure measured on the cached build would be stale."""
+    from pipelines._tiny_training import adam, update_ema
+
+    def train(foreach: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 4))
+        ema = copy.deepcopy(model).requires_grad_(False)
+        optimizer = adam(model.parameters(), 1e-2) if foreach else torch.optim.Adam(model.parameters(), lr=1e-2,
+                                                                                       foreach=False)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(6):
+            x = torch.randn(32, 8, generator=generator)
+            loss = (model(x) - x[:, :4]).square().mean() * 100.0  # large grads: clipping acts
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=foreach)
+            optimizer.step()
+            if foreach:
+                update_ema(ema, model, 0.9)
+            else:
+                with torch.no_grad():
+                    for ema_param, param in zip(ema.parameters(), model.parameters()):
+                        ema_param.lerp_(param, 0.1)
+        return [p.detach().clone() for p in [*model.parameters(), *ema.parameters()]]
+
+    assert adam(torch.nn.Linear(2, 2).parameters(), 1e-3).defaults["foreach"] is True
+    for looped, multi in zip(train(False), train(True)):
+        assert torch.equal(looped, multi)
 
 
 def test_judge_shapes_inputs_and_round_trip(fast_build):
