@@ -15,7 +15,7 @@ from diffusers import StableDiffusionPipeline  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
-from eval.digits_classifier import DigitsJudge, load_digits_judge  # noqa: E402
+from eval.digits_classifier import load_digits_judge  # noqa: E402
 from pipelines import default_model  # noqa: E402
 from pipelines._tiny_components import END_OF_WORD, build_tokenizer  # noqa: E402
 from pipelines._tiny_training import epoch_batches, latent_scaling_factor, min_snr_weights  # noqa: E402
