@@ -5,9 +5,10 @@
 Each method gets the grid of ``configs/tune_digits.yaml`` (the same number of points for every
 method) on a tuning concept that the quality benchmark does not report (``digits:three`` by
 default), judged on ``eval.testbed.TUNING_SEED`` generations of the word prompts. The choice
-rule, the same for every method: among the points that erase (recognition of the concept
-<= ``erase_threshold``), the lowest FID against the base model's generations; if none erases,
-the point that erases most, reported as not erasing. Write the chosen point into
+rule, the same for every method: among the points that keep the retained prompts recognised
+within ``--max_others_drop`` of the base model and erase (recognition of the concept <=
+``erase_threshold``), the lowest FID against the base model's generations; if none erases, the
+point that erases most, reported as not erasing. Write the chosen point into
 ``configs/erase_digits_<method>.yaml`` with the search in its comments.
 """
 
@@ -36,13 +37,23 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def choose(rows: list[dict[str, Any]], erase_threshold: float) -> dict[str, Any]:
+def choose(rows: list[dict[str, Any]], erase_threshold: float, others_floor: float | None = None) -> dict[str, Any]:
     """The point that erases (<= threshold) with the lowest ``fid_base_kept`` (FID against the base
-    model over the prompts the erasure must leave alone), else the one that erases most."""
-    erasing = [r for r in rows if r["erased"] <= erase_threshold]
+    model over the prompts the erasure must leave alone), else the one that erases most.
+
+    With ``others_floor``, only points whose retained prompts stay recognised at least that often
+    (``others``) are candidates: an ascent that wrecks every digit "erases" too, and without the
+    floor the rule chose such points (grad_ascent and scissorhands_minmax, round 4: others 19% and
+    11%). If no point keeps the floor, every point is a candidate and the choice says so
+    (``keeps_others``: False)."""
+    keeping = [r for r in rows if others_floor is None or r["others"] >= others_floor]
+    candidates = keeping or rows
+    erasing = [r for r in candidates if r["erased"] <= erase_threshold]
     if erasing:
-        return {**min(erasing, key=lambda r: r["fid_base_kept"]), "erases": True}
-    return {**min(rows, key=lambda r: (r["erased"], r["fid_base_kept"])), "erases": False}
+        chosen = {**min(erasing, key=lambda r: r["fid_base_kept"]), "erases": True}
+    else:
+        chosen = {**min(candidates, key=lambda r: (r["erased"], r["fid_base_kept"])), "erases": False}
+    return {**chosen, "keeps_others": bool(keeping)}
 
 
 def as_flags(point: dict[str, Any]) -> list[str]:
@@ -58,6 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concept", default="digits:three")
     parser.add_argument("--grid", default=str(GRID))
     parser.add_argument("--erase_threshold", type=float, default=0.05)
+    parser.add_argument("--max_others_drop", type=float, default=0.05,
+                        help="a point is a candidate only if its retained prompts are recognised within this of the "
+                             "base model's (issue 8: others' mean within 5 points); negative: no floor")
     parser.add_argument("--eval_images", type=int, default=2)
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=100, help="data and erase seed (the benchmark uses 0-2)")
@@ -86,8 +100,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_dir, judge = build_default_model(), load_digits_judge(default_judge_path())
     sampling = dict(images_per_prompt=args.eval_images, seed=TUNING_SEED, groups=("word",))
     base = sample_testbed(load_pipeline(model_dir), **sampling)
+    base_others = report_of(base, judge, args.concept, base=base)["concept"]["word"]["others"]
+    floor = None if args.max_others_drop < 0 else base_others - args.max_others_drop
+    rule = f"others >= {floor:.3f} (base {base_others:.3f} - {args.max_others_drop}), " if floor is not None else ""
     results: dict[str, Any] = {"concept": args.concept, "seed": args.seed, "tuning_seed": TUNING_SEED,
-                               "rule": f"erased <= {args.erase_threshold}, then lowest fid_base_kept", "methods": {}}
+                               "base_others": base_others, "others_floor": floor,
+                               "rule": rule + f"erased <= {args.erase_threshold}, then lowest fid_base_kept",
+                               "methods": {}}
     with tempfile.TemporaryDirectory(prefix="tune-testbed-") as tmp:
         # drawn as the quality benchmark draws its data (the testbed's steps and guidance); rounds 1-2
         # (configs/tune_digits*.yaml) drew at pipelines.generate's defaults, 50 steps and guidance 7.5
@@ -105,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "diversity_ratio_kept", "fid_base_kept")
                 logger.info("%s %s: %s", method, point, ", ".join(f"{k} {rows[-1][k]:.2f}" for k in shown
                                                                    if rows[-1].get(k) is not None))
-            results["methods"][method] = {"runs": rows, "chosen": choose(rows, args.erase_threshold)}
+            results["methods"][method] = {"runs": rows, "chosen": choose(rows, args.erase_threshold, floor)}
             write_text_atomic(args.out, json.dumps(results, indent=2))
     return results
 
