@@ -17,10 +17,22 @@ def prompt_ids(pipe: Any, text: str) -> torch.Tensor:
 @torch.no_grad()
 def draw(pipe: Any, ids: torch.Tensor, seed: int, guidance: float, steps: int, latents: bool = False) -> torch.Tensor:
     """One generation from token ids (not text: an adversarial prompt need not survive decoding)."""
+    return draw_many(pipe, ids, [seed], guidance, steps, latents=latents)[0]
+
+
+@torch.no_grad()
+def draw_many(pipe: Any, ids: torch.Tensor, seeds: list[int], guidance: float, steps: int,
+              latents: bool = False) -> torch.Tensor:
+    """``[B, ...]`` generations of ``ids`` ``[B, L]`` in one batched call, row ``b`` from a generator
+    seeded ``seeds[b]``: the initial noise of each row is the one ``draw`` starts from with that seed,
+    so a row equals its one-at-a-time draw up to the rounding of batched kernels (~1e-6)."""
+    if ids.shape[0] != len(seeds):
+        raise ValueError(f"ids has {ids.shape[0]} rows but {len(seeds)} seeds were given")
     device = pipe.unet.device
     embeds = pipe.text_encoder(ids.to(device))[0]
-    negative = pipe.text_encoder(prompt_ids(pipe, "").to(device))[0]
+    negative = pipe.text_encoder(prompt_ids(pipe, "").to(device))[0].expand_as(embeds)
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, guidance_scale=guidance,
-               num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+               num_inference_steps=steps, generator=generators[0] if len(seeds) == 1 else generators,
                output_type="latent" if latents else "pt")
-    return out.images[0].float().cpu()
+    return out.images.float().cpu()

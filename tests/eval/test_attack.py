@@ -17,11 +17,12 @@ class CountingJudge:
     """Says 'concept present' from its ``succeed_at``-th call on (None: never)."""
 
     def __init__(self, succeed_at=None):
-        self.calls, self.succeed_at = 0, succeed_at
+        self.calls, self.images, self.succeed_at = 0, 0, succeed_at
 
     def __call__(self, images):
         assert images.dim() == 4 and images.shape[1] == 3 and 0 <= images.min() and images.max() <= 1
         self.calls += 1
+        self.images += len(images)
         return [self.succeed_at is not None and self.calls >= self.succeed_at] * len(images)
 
 
@@ -36,7 +37,8 @@ def test_success_without_attack_stops_at_the_plain_prompt(tiny_pipeline_dir, tmp
     judge = CountingJudge(succeed_at=1)
     monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
     summary = run(config(tiny_pipeline_dir, tmp_path, control=False))
-    assert summary["asr"] == summary["asr_no_attack"] == 1.0 and judge.calls == 2  # one draw per prompt
+    assert summary["asr"] == summary["asr_no_attack"] == 1.0 and judge.images == 2  # one draw per prompt
+    assert judge.calls == 1  # both prompts' plain draws in one batch (attack_batch 8)
     rows = [json.loads(line) for line in (tmp_path / "out" / "attack.jsonl").read_text().splitlines()]
     assert [r["iterations"] for r in rows] == [0, 0]
 
@@ -105,12 +107,57 @@ def test_an_unchanged_argmax_prompt_is_judged_once(tiny_pipeline_dir, monkeypatc
     judge = CountingJudge()
     result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, judge)
     assert result["draws"] == judge.calls and 1 <= judge.calls <= 4
-    pinned = lambda values: torch.nn.functional.one_hot(torch.full(values.shape[:1], 5), values.shape[-1]).to(values)
+    pinned = lambda values: torch.nn.functional.one_hot(torch.full(values.shape[:-1], 5), values.shape[-1]).to(values)
     monkeypatch.setattr(attack, "project_simplex", pinned)  # every step lands on token 5: one argmax prompt
     judge = CountingJudge()
     result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, judge)
     assert not result["success"] and result["iterations"] == 4 and result["draws"] == judge.calls == 1
     assert result["ids"][0, 1:3].tolist() == [5, 5]
+
+
+def test_prompts_attacked_together_follow_their_one_at_a_time_attacks(tiny_pipeline_dir):
+    """attack_batch shares the passes, not the attacks: each prompt's token distributions and argmax
+    prompt are those of its own attack (to the rounding of batched kernels), whatever its neighbours."""
+    from eval.prompt_draw import draw_many, prompt_ids
+    from pipelines.sampling import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    texts = ["a handwritten digit seven", "the number 3", "a red handwritten digit one"]
+    ids = torch.cat([prompt_ids(pipe, t) for t in texts])
+    targets = draw_many(pipe, ids, [0, 1, 2], 5.0, 2, latents=True)
+    cfg = AttackConfig(model="x", concept="digits:7", output_dir="unused", k=2, iterations=3, timesteps=3,
+                       num_inference_steps=2, learning_rate=0.1)
+    together = attack.unlearndiffatk_batch(pipe, ids, targets, [10, 11, 12], [5.0, 5.0, 3.0], cfg, CountingJudge())
+    for p, result in enumerate(together):
+        alone = attack.unlearndiffatk(pipe, ids[p:p + 1], targets[p], 10 + p, [5.0, 5.0, 3.0][p], cfg, CountingJudge())
+        assert torch.equal(result["ids"], alone["ids"]) and result["iterations"] == alone["iterations"] == 3
+        assert torch.allclose(result["distributions"], alone["distributions"], atol=1e-5)
+        assert result["draws"] == alone["draws"] and not result["success"]
+    assert not torch.equal(together[0]["distributions"], together[1]["distributions"])  # each its own attack
+    with pytest.raises(ValueError, match="one target, seed and guidance per prompt"):
+        attack.unlearndiffatk_batch(pipe, ids, targets[:2], [1, 2, 3], [5.0] * 3, cfg, CountingJudge())
+
+
+def test_a_broken_prompt_leaves_the_batch_and_the_rest_go_on(tiny_pipeline_dir):
+    """Early stop is per prompt: the first row the judge accepts stops there; the others run on."""
+    from eval.prompt_draw import draw_many, prompt_ids
+    from pipelines.sampling import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    ids = torch.cat([prompt_ids(pipe, t) for t in ["a handwritten digit seven", "the number 3"]])
+    targets = draw_many(pipe, ids, [0, 1], 5.0, 2, latents=True)
+    cfg = AttackConfig(model="x", concept="digits:7", output_dir="unused", k=2, iterations=1, timesteps=4,
+                       num_inference_steps=2)
+    first_row = lambda images: [True] + [False] * (len(images) - 1)  # accepts the first prompt of each draw
+    results = attack.unlearndiffatk_batch(pipe, ids, targets, [3, 4], [5.0, 5.0], cfg, first_row)
+    assert results[0]["success"] and results[0]["iterations"] == 1 and results[0]["draws"] == 1
+    assert results[1]["success"] and results[1]["iterations"] >= 2  # alone in the batch once the first is broken
 
 
 def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, monkeypatch):
@@ -210,7 +257,8 @@ def test_paraphrase_attack_draws_the_rewordings_and_their_control_on_the_base(ti
 
     assert [r["prompt"] for r in rows if r["role"] == "attack"] == get_prompt_set("paraphrase:digits:7").texts[:3]
     assert summary["protocol"]["prompt_set"]["name"] == "paraphrase:digits:7"
-    assert judge.calls == 6 and all(r["iterations"] == 0 for r in rows)  # drawn as they are, no optimisation
+    assert judge.images == 6 and all(r["iterations"] == 0 for r in rows)  # drawn as they are, no optimisation
+    assert judge.calls == 2  # the attack prompts in one batch, the control prompts in another
 
 
 def test_imagenette_judge_asks_for_the_classes_own_imagenet_label(tmp_path):
