@@ -175,6 +175,7 @@ def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, mon
     (["--attack", "gcg"], "attack='gcg' is unknown; choose one of ['none', 'unlearndiffatk', 'relearn', 'paraphrase', 'random_prefix']"),
     (["--concept", "cats"], "concept='cats'"),
     (["--k", "0"], "k=0 must be >= 1"),
+    (["--attack_batch", "0"], "attack_batch=0 must be >= 1"),
     (["--prompts", "{empty}"], "has no prompts"),
     (["--concept", "color:red", "--judge", "{empty}"], "is a digits judge; concept='color:red' is judged by"),
 ])
