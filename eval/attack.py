@@ -60,7 +60,7 @@ from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.prompt_prefix import prefixed_embeddings, token_embeddings_replaced, with_prefix
 from prompts.base import Prompt, PromptSet
 
-from .prompt_draw import draw_many, prompt_ids
+from .prompt_draw import draw_by_guidance, prompt_ids
 from .text_attack import project_simplex, sample_one_hot
 
 logger = logging.getLogger(__name__)
@@ -278,11 +278,10 @@ def unlearndiffatk_batch(pipe: Any, start_ids: torch.Tensor, targets: torch.Tens
                 continue  # the same prompt draws the same image with the same seed: the judge said no already
             checked[p], draws[p] = ids_p, draws[p] + 1
             new.append(p)
-        for guidance in dict.fromkeys(guidances[p] for p in new):  # one batched draw per guidance scale
-            rows = [p for p in new if guidances[p] == guidance]
-            images = draw_many(pipe, torch.cat([checked[p] for p in rows]), [seeds[p] for p in rows], guidance,
-                               config.num_inference_steps)
-            for p, success in zip(rows, judge(images)):
+        if new:
+            images = draw_by_guidance(pipe, torch.cat([checked[p] for p in new]), [seeds[p] for p in new],
+                                      [guidances[p] for p in new], config.num_inference_steps)
+            for p, success in zip(new, judge(images)):
                 if success:
                     results[p] = {"success": True, "iterations": done, "ids": checked[p],
                                   "distributions": distributions.detach()[p].clone(), "draws": draws[p]}
@@ -318,17 +317,11 @@ def attack_group(role: str, jobs: Sequence[tuple[int, Prompt, Prompt]], models: 
     records = [{"role": role, "index": index, "prompt": prompt.text, "start_prompt": start.text, "seed": seed,
                 "guidance_scale": guidance} for (index, prompt, start), seed, guidance in zip(jobs, seeds, guidances)]
 
-    def judged(model: Any, ids: torch.Tensor, rows: list[int], latents: bool = False) -> dict[int, Any]:
-        """Row -> judge verdict (or latents), drawn in one batch per guidance scale."""
-        out = {}
-        for guidance in dict.fromkeys(guidances[r] for r in rows):
-            group = [r for r in rows if guidances[r] == guidance]
-            drawn = draw_many(model, ids[group], [seeds[r] for r in group], guidance, config.num_inference_steps,
-                              latents=latents)
-            out.update(zip(group, drawn if latents else judge(drawn)))
-        return out
+    def drawn(model: Any, ids: torch.Tensor, rows: list[int], latents: bool = False) -> torch.Tensor:
+        return draw_by_guidance(model, ids[rows], [seeds[r] for r in rows], [guidances[r] for r in rows],
+                                config.num_inference_steps, latents=latents)
 
-    plain = judged(pipe, start_ids, list(range(len(jobs))))
+    plain = judge(drawn(pipe, start_ids, list(range(len(jobs)))))
     results: dict[int, dict[str, Any]] = {}
     for r in range(len(jobs)):
         if plain[r]:
@@ -342,14 +335,16 @@ def attack_group(role: str, jobs: Sequence[tuple[int, Prompt, Prompt]], models: 
         for r in rest:
             ids[r:r + 1] = with_prefix(start_ids[r:r + 1], random_tokens(pipe, config.k, seeds[r]),
                                        pipe.tokenizer.pad_token_id)
-        verdict = judged(pipe, ids, rest)
+        verdict = dict(zip(rest, judge(drawn(pipe, ids, rest))))
         results = {r: {"success": verdict[r], "iterations": 1, "draws": 1, "ids": ids[r:r + 1]} for r in rest}
     elif rest:
         base = models["base"]
-        base_ids = torch.cat([prompt_ids(base, jobs[r][1].text) for r in range(len(jobs))])
-        targets = judged(base, base_ids, rest, latents=True)
-        attacked = unlearndiffatk_batch(pipe, start_ids[rest], torch.stack([targets[r] for r in rest]),
-                                        [seeds[r] for r in rest], [guidances[r] for r in rest], config, judge)
+        # the target images: the base model draws the prompts themselves (its tokenizer, its length)
+        targets = draw_by_guidance(base, torch.cat([prompt_ids(base, jobs[r][1].text) for r in rest]),
+                                   [seeds[r] for r in rest], [guidances[r] for r in rest],
+                                   config.num_inference_steps, latents=True)
+        attacked = unlearndiffatk_batch(pipe, start_ids[rest], targets, [seeds[r] for r in rest],
+                                        [guidances[r] for r in rest], config, judge)
         results = dict(zip(rest, attacked))
     special = (pipe.tokenizer.bos_token_id, pipe.tokenizer.pad_token_id, pipe.tokenizer.eos_token_id)
     for r, result in results.items():

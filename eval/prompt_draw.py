@@ -36,3 +36,15 @@ def draw_many(pipe: Any, ids: torch.Tensor, seeds: list[int], guidance: float, s
                num_inference_steps=steps, generator=generators[0] if len(seeds) == 1 else generators,
                output_type="latent" if latents else "pt")
     return out.images.float().cpu()
+
+
+def draw_by_guidance(pipe: Any, ids: torch.Tensor, seeds: list[int], guidances: list[float], steps: int,
+                     latents: bool = False) -> torch.Tensor:
+    """``draw_many`` for rows that may differ in guidance scale (prompt sets carry their own): one
+    batched call per scale; the result is in the rows' order."""
+    out: list[torch.Tensor | None] = [None] * len(seeds)
+    for guidance in dict.fromkeys(guidances):
+        rows = [r for r, g in enumerate(guidances) if g == guidance]
+        for r, image in zip(rows, draw_many(pipe, ids[rows], [seeds[r] for r in rows], guidance, steps, latents)):
+            out[r] = image
+    return torch.stack(out)

@@ -107,16 +107,15 @@ class Scissorhands(UnlearningMethod):
         if self.config.forget_loss == "substitute":
             # the original model (kept for retain_loss="distill") makes the target: the trimmed
             # model's own substitute prediction is damaged at first and moves as it trains
-            if self.config.adversarial_prefix:  # AdvUnlearn: the same target under the inner attack's prefixes too
-                relabeled, attacked = self.objective.adversarial_relabeled_loss(model, forget_batch,
-                                                                                reference=self.original)
-                attacked = self.reduce_forget(attacked, forget_batch, weighting_losses=losses.detach())
-                self.adversarial_loss = attacked.item()
-            else:
-                relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
-            relabeled = self.reduce_forget(relabeled, forget_batch, weighting_losses=losses.detach())
-            if self.config.adversarial_prefix:
-                relabeled = relabeled + self.config.adversarial_weight * attacked
+            reduce = lambda per_sample: self.reduce_forget(per_sample, forget_batch, weighting_losses=losses.detach())
+            if not self.config.adversarial_prefix:
+                relabeled = reduce(self.objective.relabeled_loss(model, forget_batch, reference=self.original))
+                return loss_forget, self.config.lam * relabeled, losses
+            # AdvUnlearn: the same target under the inner attack's prefixes too
+            plain, attacked = self.objective.adversarial_relabeled_loss(model, forget_batch, reference=self.original)
+            attacked = reduce(attacked)
+            self.adversarial_loss = attacked.item()
+            relabeled = reduce(plain) + self.config.adversarial_weight * attacked
             return loss_forget, self.config.lam * relabeled, losses
         return loss_forget, None, losses
 
