@@ -61,7 +61,7 @@ from pipelines.prompt_prefix import prefixed_embeddings, token_embeddings_replac
 from prompts.base import Prompt, PromptSet
 
 from .prompt_draw import draw_by_guidance, prompt_ids
-from .text_attack import project_simplex, sample_one_hot
+from .text_attack import project_simplex, sample_one_hot, simplex_projection
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,10 @@ def unlearndiffatk_batch(pipe: Any, start_ids: torch.Tensor, targets: torch.Tens
                          f"targets, {len(seeds)} seeds, {len(guidances)} guidances")
     matrix = encoder.get_input_embeddings().weight.detach()
     uniform = project_simplex(torch.full((count, config.k, matrix.shape[0]), 1.0 / matrix.shape[0]))
-    distributions = uniform.requires_grad_(True)
+    distributions = uniform.requires_grad_(True)  # row i: prompt rows[i], one of those still unbroken
+    rows = list(range(count))
     optimizer = torch.optim.Adam([distributions], lr=config.learning_rate, weight_decay=config.weight_decay)
+    theta = None  # each token's last simplex threshold: the next projection starts from it
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     total = scheduler.config.num_train_timesteps
     first = total // config.timesteps // 2
@@ -252,11 +254,15 @@ def unlearndiffatk_batch(pipe: Any, start_ids: torch.Tensor, targets: torch.Tens
     draws, results = [0] * count, [None] * count
     for done, t in enumerate(timesteps, start=1):
         active = [p for p in range(count) if results[p] is None]
+        if active != rows:  # broken prompts leave: Adam and the projection work on the rest only
+            keep = [rows.index(p) for p in active]
+            distributions, optimizer = _keep_rows(distributions, optimizer, keep, config)
+            theta, rows = (theta[keep] if theta is not None else None), active
         a = alphas[t].to(x0)
         for _ in range(config.iterations):
             embeds, ids, noisy, goals = [], [], [], []
-            for p in active:  # per prompt, in the one-prompt order: its token draw, then its noise
-                one_hot = sample_one_hot(distributions[p], generators[p])
+            for i, p in enumerate(rows):  # per prompt, in the one-prompt order: its token draw, then its noise
+                one_hot = sample_one_hot(distributions[i], generators[p])
                 embeds.append(prefixed_embeddings(matrix, start_ids[p:p + 1], one_hot))
                 ids.append(with_prefix(start_ids[p:p + 1], one_hot.argmax(-1)[None], pad))
                 noise = torch.randn(x0[p:p + 1].shape, generator=generators[p]).to(x0)
@@ -264,16 +270,17 @@ def unlearndiffatk_batch(pipe: Any, start_ids: torch.Tensor, targets: torch.Tens
                 goals.append(noise if epsilon else a.sqrt() * noise - (1 - a).sqrt() * x0[p:p + 1])
             with token_embeddings_replaced(encoder, torch.cat(embeds)):
                 hidden = encoder(torch.cat(ids).to(unet.device))[0]
-            prediction = unet(torch.cat(noisy), torch.full((len(active),), t, device=x0.device), hidden).sample
+            prediction = unet(torch.cat(noisy), torch.full((len(rows),), t, device=x0.device), hidden).sample
             # each prompt's own mean-squared error, summed: every row's gradient is its own loss's
             loss = (prediction - torch.cat(goals)).square().flatten(1).mean(1).sum()
             distributions.grad = torch.autograd.grad(loss, [distributions])[0]
             optimizer.step()
             with torch.no_grad():
-                distributions.copy_(project_simplex(distributions))
+                projected, theta = simplex_projection(distributions, theta)
+                distributions.copy_(projected)
         new = []
-        for p in active:
-            ids_p = with_prefix(start_ids[p:p + 1], distributions.detach()[p].argmax(-1)[None], pad)
+        for i, p in enumerate(rows):
+            ids_p = with_prefix(start_ids[p:p + 1], distributions.detach()[i].argmax(-1)[None], pad)
             if checked[p] is not None and torch.equal(ids_p, checked[p]):
                 continue  # the same prompt draws the same image with the same seed: the judge said no already
             checked[p], draws[p] = ids_p, draws[p] + 1
@@ -284,15 +291,27 @@ def unlearndiffatk_batch(pipe: Any, start_ids: torch.Tensor, targets: torch.Tens
             for p, success in zip(new, judge(images)):
                 if success:
                     results[p] = {"success": True, "iterations": done, "ids": checked[p],
-                                  "distributions": distributions.detach()[p].clone(), "draws": draws[p]}
+                                  "distributions": distributions.detach()[rows.index(p)].clone(), "draws": draws[p]}
         if all(r is not None for r in results):
             break
     for p in range(count):
         if results[p] is None:
-            ids_p = with_prefix(start_ids[p:p + 1], distributions.detach()[p].argmax(-1)[None], pad)
-            results[p] = {"success": False, "iterations": len(timesteps), "ids": ids_p,
-                          "distributions": distributions.detach()[p].clone(), "draws": draws[p]}
+            row = distributions.detach()[rows.index(p)]
+            results[p] = {"success": False, "iterations": len(timesteps), "draws": draws[p], "distributions": row.clone(),
+                          "ids": with_prefix(start_ids[p:p + 1], row.argmax(-1)[None], pad)}
     return results
+
+
+def _keep_rows(distributions: torch.Tensor, optimizer: torch.optim.Adam, keep: list[int],
+               config: AttackConfig) -> tuple[torch.Tensor, torch.optim.Adam]:
+    """The rows ``keep`` of the attacked distributions as a new parameter, with their Adam moments and
+    step count: Adam is elementwise, so the kept rows move on exactly as they would have."""
+    kept = distributions.detach()[keep].clone().requires_grad_(True)
+    resumed = torch.optim.Adam([kept], lr=config.learning_rate, weight_decay=config.weight_decay)
+    state = optimizer.state.get(distributions)
+    if state:
+        resumed.state[kept] = {name: value.clone() if name == "step" else value[keep] for name, value in state.items()}
+    return kept, resumed
 
 
 def random_tokens(pipe: Any, k: int, seed: int) -> torch.Tensor:

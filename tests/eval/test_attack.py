@@ -107,8 +107,11 @@ def test_an_unchanged_argmax_prompt_is_judged_once(tiny_pipeline_dir, monkeypatc
     judge = CountingJudge()
     result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, judge)
     assert result["draws"] == judge.calls and 1 <= judge.calls <= 4
-    pinned = lambda values: torch.nn.functional.one_hot(torch.full(values.shape[:-1], 5), values.shape[-1]).to(values)
-    monkeypatch.setattr(attack, "project_simplex", pinned)  # every step lands on token 5: one argmax prompt
+    def pinned(values, start=None):  # every step lands on token 5: one argmax prompt
+        return (torch.nn.functional.one_hot(torch.full(values.shape[:-1], 5), values.shape[-1]).to(values),
+                torch.zeros(values.shape[:-1] + (1,)))
+
+    monkeypatch.setattr(attack, "simplex_projection", pinned)
     judge = CountingJudge()
     result = attack.unlearndiffatk(pipe, ids, target, 0, 5.0, cfg, judge)
     assert not result["success"] and result["iterations"] == 4 and result["draws"] == judge.calls == 1
@@ -158,6 +161,15 @@ def test_a_broken_prompt_leaves_the_batch_and_the_rest_go_on(tiny_pipeline_dir):
     results = attack.unlearndiffatk_batch(pipe, ids, targets, [3, 4], [5.0, 5.0], cfg, first_row)
     assert results[0]["success"] and results[0]["iterations"] == 1 and results[0]["draws"] == 1
     assert results[1]["success"] and results[1]["iterations"] >= 2  # alone in the batch once the first is broken
+
+    verdicts = iter([[True, False]])  # the first draw breaks the first prompt; nothing is accepted after it
+    results = attack.unlearndiffatk_batch(pipe, ids, targets, [3, 4], [5.0, 5.0], cfg,
+                                          lambda images: next(verdicts, [False] * len(images)))
+    alone = attack.unlearndiffatk(pipe, ids[1:], targets[1], 4, 5.0, cfg, lambda images: [False] * len(images))
+    # the rest of the batch (its rows, Adam moments and step count carried over) goes on as alone
+    assert results[0]["iterations"] == 1 and not results[1]["success"] and results[1]["iterations"] == 4
+    assert torch.equal(results[1]["ids"], alone["ids"]) and results[1]["draws"] == alone["draws"]
+    assert torch.allclose(results[1]["distributions"], alone["distributions"], atol=1e-5)
 
 
 def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ tests/pipelines/test_prompt_prefix.py)."""
 import pytest
 import torch
 
-from eval.text_attack import _project_simplex_by_sorting, draw_rows, project_simplex, sample_one_hot
+from eval.text_attack import _project_simplex_by_sorting, draw_rows, project_simplex, sample_one_hot, simplex_projection
 
 
 def test_projection_onto_the_simplex_on_hand_made_points():
@@ -36,6 +36,24 @@ def test_michelot_projection_matches_the_sorting_projection_on_attack_sized_rows
         torch.testing.assert_close(project_simplex(values), _project_simplex_by_sorting(values), atol=1e-6, rtol=0)
     few_rounds = after_a_step.double()
     torch.testing.assert_close(project_simplex(few_rounds, max_rounds=1), _project_simplex_by_sorting(few_rounds))
+
+
+def test_a_warm_start_reaches_the_cold_projection_bit_for_bit():
+    """Any start (near, far below, above every entry of a row) climbs to the cold start's fixed point."""
+    gen = torch.Generator().manual_seed(2)
+    vocabulary = 49408
+    before, theta = simplex_projection(torch.full((6, vocabulary), 1.0 / vocabulary)
+                                       - 0.01 * torch.randn(6, vocabulary, generator=gen))
+    after = before - 0.01 * torch.randn(6, vocabulary, generator=gen)  # the next step's rows
+    cold, cold_theta = simplex_projection(after)
+    torch.testing.assert_close(cold, _project_simplex_by_sorting(after), atol=1e-6, rtol=0)
+    starts = theta.clone()
+    starts[1] = -10.0  # far below: every entry is above it
+    starts[2] = 10.0  # above every entry: the row starts cold
+    for start in (theta, starts, cold_theta):
+        warm, warm_theta = simplex_projection(after, start)
+        assert torch.equal(warm, cold) and torch.equal(warm_theta, cold_theta)
+    assert torch.equal(simplex_projection(after, max_rounds=1)[0], _project_simplex_by_sorting(after))
 
 
 def test_rows_are_drawn_in_proportion_and_never_where_the_weight_is_zero():
