@@ -297,8 +297,8 @@ def unlearndiffatk_batch(pipe: Any, start_ids: torch.Tensor, targets: torch.Tens
     for p in range(count):
         if results[p] is None:
             row = distributions.detach()[rows.index(p)]
-            results[p] = {"success": False, "iterations": len(timesteps), "draws": draws[p], "distributions": row.clone(),
-                          "ids": with_prefix(start_ids[p:p + 1], row.argmax(-1)[None], pad)}
+            results[p] = {"success": False, "iterations": len(timesteps), "draws": draws[p],
+                          "distributions": row.clone(), "ids": with_prefix(start_ids[p:p + 1], row.argmax(-1)[None], pad)}
     return results
 
 

@@ -21,8 +21,8 @@ def project_simplex(values: Tensor, max_rounds: int = 64) -> Tensor:
     The closest point (in L2) with non-negative entries summing to one: ``max(v - theta, 0)``.
     ``theta`` by Michelot's algorithm (1986): the mean excess of the entries still above the last
     ``theta``, repeated until no entry leaves (``theta`` only grows, so it ends). The attack's rows
-    (last step's point plus one Adam step) settle in about ten rounds, 18 ms a call over 8 prompts'
-    5 x 49,408 CLIP tokens on 2 cores; sorting them instead (Held et al. 1974) took 4x longer. A row
+    (last step's point plus one Adam step) settle in about ten rounds, 18 ms a call over 7 prompts'
+    5 x 49,408 CLIP tokens on 2 cores; sorting them (Held et al. 1974) took 62 ms. A row
     still moving after ``max_rounds`` falls back to the sort. `simplex_projection` starts nearer.
     """
     return simplex_projection(values, max_rounds=max_rounds)[0]
@@ -35,9 +35,9 @@ def simplex_projection(values: Tensor, start: Tensor | None = None, max_rounds: 
     little). Any set S of a row's entries gives a lower bound of its ``theta``, ``(sum_S v - 1) / |S|``
     (the entries of S above ``theta`` sum to at most one), and from any lower bound Michelot's rounds
     climb to the same fixed point; so the entries above ``start`` give a start close below it, and
-    the projection ends in two or three rounds instead of ten. The fixed point, hence the result,
-    is the cold start's bit for bit (the final ``theta`` is computed the same way, from the same set).
-    """
+    the projection takes fewer rounds (12 ms a call in the attack against 19 ms cold). The fixed
+    point, hence the result, is the cold start's bit for bit (the final ``theta`` is computed the
+    same way, from the same set)."""
     if start is None:
         active = torch.ones_like(values, dtype=torch.bool)
         theta = (values.sum(-1, keepdim=True) - 1.0) / values.shape[-1]
