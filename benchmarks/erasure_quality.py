@@ -127,6 +127,19 @@ def erase_tuned(method: str, model_dir: Path, data_dir: Path, out: Path, concept
     return out
 
 
+def erase_setting(method: str, erase_args: list[str]) -> tuple[Path, list[str]]:
+    """The config file an erase job of ``method`` reads (the last ``--config`` in ``erase_args``, which
+    overrides the method's tuned one, as argparse keeps the last) and the other flags of ``erase_args``."""
+    config, others, rest = method_config(method), [], list(erase_args)
+    while rest:
+        flag = rest.pop(0)
+        if flag == "--config" and rest:
+            config = Path(rest.pop(0))
+        else:
+            others.append(flag)
+    return config, others
+
+
 def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max_prompts: int, seed: int,
                   control: bool = False, relearn_learning_rate: float = 1e-3,
                   relearn_max_steps: int = 100, relearn_every: int = 1) -> dict[str, Any]:
@@ -175,6 +188,8 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
                              num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     report = report_of(samples, judge, concept, base=base)
     row = row_of(method, concept, seed, report, seconds)
+    config, flags = erase_setting(method, args.erase_args)
+    row["config"] = " ".join([config.name, *flags])  # which of a method's configurations ran
     if args.attacks:
         robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
                                attack_seed(args, seed))
@@ -289,6 +304,8 @@ def markdown(results: dict[str, Any]) -> str:
                "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
+    if any("config" in r for r in results["runs"]):  # results written before the column have none
+        columns = columns[:1] + ("config",) + columns[1:]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
              "## Base model", "", "| concept | erased | others | worst other (digit or colour) | color_kept | "
@@ -425,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer",
                 "attacks": args.attacks, "attack_prompts": args.attack_prompts if args.attacks else None}
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
-               "configs": {m: method_config(m).read_text() for m in args.methods}}
+               "configs": {m: erase_setting(m, args.erase_args)[0].read_text() for m in args.methods}}
     write_results(results, Path(args.out))
     partial.unlink(missing_ok=True)
     return results

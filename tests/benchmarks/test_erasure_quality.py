@@ -17,6 +17,14 @@ def test_every_method_has_a_tuned_testbed_config():
         assert f"method: {method}\n" in text
 
 
+def test_the_erase_setting_is_the_last_config_given_and_the_other_flags():
+    tuned = quality.method_config("scissorhands")
+    assert quality.erase_setting("scissorhands", []) == (tuned, [])
+    variant = ["--lam", "0.5", "--config", "configs/erase_digits_scissorhands_adversarial.yaml", "--seed", "3"]
+    assert quality.erase_setting("scissorhands", variant) == (
+        Path("configs/erase_digits_scissorhands_adversarial.yaml"), ["--lam", "0.5", "--seed", "3"])
+
+
 def test_pareto_front_keeps_the_undominated_points():
     points = {"a": (0.0, 10.0), "b": (0.5, 5.0), "c": (0.6, 6.0), "d": (1.0, 1.0), "e": (0.0, 12.0)}
     assert quality.pareto_front(points) == ["a", "b", "d"]
@@ -75,6 +83,9 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
                             "--erase_args", "--num_train_epochs", "1", "--train_batch_size", "4"])
     saved = json.loads(out.with_suffix(".json").read_text())
     assert [r["method"] for r in saved["runs"]] == ["scissorhands", "finetune"]
+    assert [r["config"] for r in saved["runs"]] == [  # which configuration ran, beside the method
+        f"erase_digits_{m}.yaml --num_train_epochs 1 --train_batch_size 4" for m in ("scissorhands", "finetune")]
+    assert "| method | config | concept |" in out.with_suffix(".md").read_text()
     for row in saved["runs"]:
         assert {"erased", "others", "worst_other", "diversity_ratio", "fid", "kid", "fid_base", "kid_base",
                 "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
