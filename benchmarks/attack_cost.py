@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"ASR {100 * row['asr']:.0f}% (without attack {100 * row['asr_no_attack']:.0f}%), outcomes agree with "
               f"batch {first}: {row['outcomes_agree_with_batch_' + str(first)]}")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        from erasure.output import write_text_atomic
+
+        write_text_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")  # a kill leaves no half a file
     return result
 
 

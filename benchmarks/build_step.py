@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{result['step_ratio_foreach_to_loop']}x; over {result['unet_steps']} steps: "
           f"{result['projected_unet_seconds']['loop']} s -> {result['projected_unet_seconds']['foreach']} s")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        from erasure.output import write_text_atomic
+
+        write_text_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")  # a kill leaves no half a file
     return result
 
 

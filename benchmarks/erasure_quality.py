@@ -130,14 +130,10 @@ def erase_tuned(method: str, model_dir: Path, data_dir: Path, out: Path, concept
 def erase_setting(method: str, erase_args: list[str]) -> tuple[Path, list[str]]:
     """The config file an erase job of ``method`` reads (the last ``--config`` in ``erase_args``, which
     overrides the method's tuned one, as argparse keeps the last) and the other flags of ``erase_args``."""
-    config, others, rest = method_config(method), [], list(erase_args)
-    while rest:
-        flag = rest.pop(0)
-        if flag == "--config" and rest:
-            config = Path(rest.pop(0))
-        else:
-            others.append(flag)
-    return config, others
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config", default=str(method_config(method)))
+    given, others = parser.parse_known_args(erase_args)  # "--config X" and "--config=X", the last one wins
+    return Path(given.config), others
 
 
 def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max_prompts: int, seed: int,

@@ -23,6 +23,7 @@ def test_the_erase_setting_is_the_last_config_given_and_the_other_flags():
     variant = ["--lam", "0.5", "--config", "configs/erase_digits_scissorhands_adversarial.yaml", "--seed", "3"]
     assert quality.erase_setting("scissorhands", variant) == (
         Path("configs/erase_digits_scissorhands_adversarial.yaml"), ["--lam", "0.5", "--seed", "3"])
+    assert quality.erase_setting("scissorhands", ["--config=a.yaml", "--config", "b.yaml"]) == (Path("b.yaml"), [])
 
 
 def test_pareto_front_keeps_the_undominated_points():
