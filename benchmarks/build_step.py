@@ -46,8 +46,7 @@ def measure(steps: int, seed: int = 0) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     latent_size = config.image_size // 2 ** (len(config.vae_block_out_channels) - 1)
     unet = components.build_unet(latent_size, config.unet_block_out_channels, config.text_hidden_size,
-                                 cross_attention=config.unet_cross_attention,
-                                 attention_heads=config.unet_attention_heads).train()
+                                 cross_attention=config.unet_cross_attention).train()
     scheduler, _ = components.build_schedulers(beta_schedule=config.beta_schedule, beta_start=config.beta_start,
                                                beta_end=config.beta_end)
     weights = min_snr_weights(scheduler, config.unet_snr_gamma)

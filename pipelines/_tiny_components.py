@@ -124,13 +124,11 @@ def build_vae(image_size: int, block_out_channels: tuple[int, ...], latent_chann
 
 def build_unet(
     latent_size: int, block_out_channels: tuple[int, int], cross_attention_dim: int, latent_channels: int = 4,
-    cross_attention: tuple[bool, bool] = (True, True), attention_heads: int = 2,
+    cross_attention: tuple[bool, bool] = (True, True),
 ):
     """An untrained two-level ``UNet2DConditionModel``; ``cross_attention`` says which levels (the
     latent resolution, then half of it) read the prompt, besides the mid block, which always does.
-    SD v1.x reads it at three of its four levels; here both levels do (see ``DefaultModelConfig``).
-    ``attention_heads`` is the number of heads at every level (diffusers' ``attention_head_dim``
-    of SD v1.x configs means exactly this: a head count)."""
+    SD v1.x reads it at three of its four levels; here both levels do (see ``DefaultModelConfig``)."""
     from diffusers import UNet2DConditionModel
 
     down = tuple("CrossAttnDownBlock2D" if on else "DownBlock2D" for on in cross_attention)
@@ -144,7 +142,7 @@ def build_unet(
         down_block_types=down,
         up_block_types=up,
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=attention_heads,
+        attention_head_dim=8,
         norm_num_groups=8,
     )
 

@@ -118,11 +118,6 @@ def test_config_validation_and_hash():
         DefaultModelConfig(beta_start=0.02, beta_end=0.01)
     with pytest.raises(ValueError, match="unet_cross_attention must have 2 entries"):
         DefaultModelConfig(unet_cross_attention=(True,))
-    with pytest.raises(ValueError, match=r"unet_attention_heads=3 must be >= 1 and divide every UNet level's "
-                                         r"channels \(32, 64\)"):
-        DefaultModelConfig(unet_attention_heads=3)
-    with pytest.raises(ValueError, match="unet_attention_heads=0"):
-        DefaultModelConfig(unet_attention_heads=0)
     assert DefaultModelConfig().config_hash(0) == DefaultModelConfig().config_hash(0)
     assert DefaultModelConfig().config_hash(0) != DefaultModelConfig().config_hash(1)
     assert DefaultModelConfig().config_hash(0) != DefaultModelConfig.fast().config_hash(0)
@@ -130,9 +125,9 @@ def test_config_validation_and_hash():
 
 def test_default_paths(monkeypatch, tmp_path):
     monkeypatch.setenv("SCISSORHANDS_CACHE", str(tmp_path))
-    assert default_model_path(seed=3) == tmp_path / "default-v6-seed3"
-    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v6-seed3-")
-    assert default_judge_path(seed=3) == tmp_path / "default-v6-seed3" / "judge"
+    assert default_model_path(seed=3) == tmp_path / "default-v5-seed3"
+    assert default_model_path(seed=3, config=DefaultModelConfig.fast()).name.startswith("default-v5-seed3-")
+    assert default_judge_path(seed=3) == tmp_path / "default-v5-seed3" / "judge"
 
 
 def test_epoch_batches_and_scaling_factor():
@@ -158,8 +153,7 @@ def test_fast_build_loads_and_generates_32px(fast_build):
 
 
 def test_fast_build_has_sd_schedule_and_reads_the_prompt_at_both_levels(fast_build):
-    """v5: SD v1.x's own betas in the saved scheduler, and cross-attention in both UNet levels;
-    v6: two attention heads at every level."""
+    """v5: SD v1.x's own betas in the saved scheduler, and cross-attention in both UNet levels."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     scheduler = DDIMScheduler.from_pretrained(fast_build, subfolder="scheduler")
@@ -168,9 +162,6 @@ def test_fast_build_has_sd_schedule_and_reads_the_prompt_at_both_levels(fast_bui
     unet = UNet2DConditionModel.from_pretrained(fast_build, subfolder="unet")
     assert unet.config.down_block_types == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
     assert unet.config.up_block_types == ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-    assert unet.config.attention_head_dim == DefaultModelConfig().unet_attention_heads == 2
-    heads = {module.heads for name, module in unet.named_modules() if name.endswith(("attn1", "attn2"))}
-    assert heads == {2}
 
 
 def test_cache_is_reused_without_rebuilding(fast_build, monkeypatch):
