@@ -130,9 +130,10 @@ class DefaultModelConfig:
     erasing red on v6 drew green prompts green only 75% of the time (yellow-green in the demo's
     grid; v5: 95%), FID 1.36x, and 'seven' left 'one' at 83.3% (target >= 85.2%); on tuning seeds no
     learning rate, lam, kept fraction or epoch count kept green >= 90% while erasing 'eight' to <=
-    5% (green 58-88%). Without the conditional projection (``--projection none``; one run each, 60
-    green images) green held better: red erased to 0% with green at 92% (FID 1.03x), but 'eight'
-    only to 7.1% (30 epochs: 4.8%, with 'nine' at 85.7%, under the 87.6% target). Switching would
+    5% (green 58-88%). Without the conditional projection (``--projection none``, 5 settings, 60
+    green images each) green read 68-92% and 'eight' 4.8-9.5% (the plain setting: green 92%, red 0%,
+    FID 1.03x, 'eight' 7.1%; 30 epochs: 'eight' 4.8% with 'nine' at 85.7%, under its 87.6% target):
+    no setting met both, and green moves by 20 points between neighbouring settings. Switching would
     also void every erasure figure measured on v5, so v5 stays until the method is re-tuned on a
     faster build. Also measured and not taken: a channels-last VAE or UNet (256 against 244 ms, 112
     against 113 ms a step), bf16 autocast (152 against 113 ms), diffusers' math attention (104
