@@ -31,7 +31,7 @@ from benchmarks.unets import SIZES, TEXT_LENGTH, parameter_count
 from benchmarks.workers import SD_METHOD_SETTINGS, method_cost, sampling_cost, topk_cost
 from erasure import jobconfig
 from erasure.bounds import check_finite_fields, check_positive, check_range, check_seed
-from erasure.output import check_output_dir
+from erasure.output import check_output_dir, write_text_atomic
 from erasure.methods import METHODS
 
 logger = logging.getLogger("benchmarks.erasure_cost")
@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = summarize(config, params, steps, topk, sampling)
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(report.markdown(results))
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")  # a kill leaves no half a file
+    write_text_atomic(out.with_suffix(".md"), report.markdown(results))
     logger.info("wrote %s and %s", out, out.with_suffix(".md"))
     return results
 
