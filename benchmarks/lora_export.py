@@ -103,16 +103,26 @@ def markdown(results: dict[str, Any]) -> str:
     columns = ("method", "export", "rank", "learning_rate", "erased", "others", "worst_other", "diversity_ratio",
                "fid_base", "size_ratio", "captured", "dropped")
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+    rate = lambda v: "" if v is None else f"{v:.3g}"
     lines = ["# LoRA adapters vs the full export (offline testbed)", "",
              f"Protocol: `{json.dumps(results['protocol'])}`", "", "| " + " | ".join(columns) + " |",
              "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in results["runs"]]
+    lines += ["| " + " | ".join((rate if c == "learning_rate" else fmt)(r.get(c)) for c in columns) + " |"
+              for r in results["runs"]]
     lines += ["", "Adapter size on SD v1.4's UNet (fp32, from the architecture): " + ", ".join(
         f"rank {r}: {s['bytes'] / 1e6:.1f} MB ({100 * s['ratio']:.2f}% of the UNet)"
         for r, s in results["sd14_adapter_sizes"].items()) + "."]
-    lines += ["", "## Target (issue 14)", "", "| method | status | rank | detail |", "|---|---|---|---|"]
+    lines += ["", "## Target (issue 14)", "",
+              "Within 2 points of the full export's erased and others, FID vs base within 1.10x of its, in <= 5% "
+              "of the UNet's bytes.", "", "| method | status | smallest rank that fits |", "|---|---|---|"]
+    lines += [f"| {method} | {t['status']} | {'' if t['rank'] is None else t['rank']} |"
+              for method, t in results["target"].items()]
+    lines += ["", "| method | export | rank | learning_rate | erased gap (points) | others gap (points) | FID vs base "
+              "/ full's | size / UNet | fits |", "|---|---|---|---|---|---|---|---|---|"]
     for method, t in results["target"].items():
-        lines.append(f"| {method} | {t['status']} | {t['rank']} | `{json.dumps(t['per_rank'])}` |")
+        lines += [f"| {method} | {f['export']} | {f['rank']} | {rate(f['learning_rate'])} | {100 * f['erased']:.1f} | "
+                  f"{100 * f['others']:.1f} | {f['fid_base_ratio']:.2f}x | {100 * f['size_ratio']:.1f}% | "
+                  f"{'yes' if f['ok'] else 'no'} |" for f in t["per_rank"]]
     return "\n".join(lines) + "\n"
 
 
