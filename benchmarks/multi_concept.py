@@ -41,6 +41,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "multi-concept"))
+    parser.add_argument("--tune", action="store_true",
+                        help="judge on the tuning seeds (eval.testbed.TUNING_SEED), never the reported ones; give a "
+                             "data --seed of the tuning runs too (benchmarks.tune_testbed uses 100)")
+    parser.add_argument("--joint_only", action="store_true", help="skip the single runs (no cost ratio, no cross effects)")
+    parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
+                        help="extra flags for every erase job, after the method's tuned config (must come last)")
     args = parser.parse_args(argv)
     method_config(args.method)
     from prompts.colored_digits import parse_concept
@@ -86,8 +92,10 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {run['run']} | {concept} | {fmt(f['erased'])} | {fmt(f.get('others'))} | "
                          f"{fmt(f.get('worst_other'))} | {fmt(f.get('other_colors'))} | {fmt(run['diversity_ratio'])} | "
                          f"{fmt(run['fid_base'])} | {fmt(run['seconds'])} |")
-    lines += ["", f"Cost: joint {results['cost']['joint_seconds']:.0f} s against {results['cost']['single_seconds']:.0f} s "
-              f"for the single runs together ({results['cost']['ratio']:.2f}x).", "", "## Targets", "",
+    cost = results["cost"]
+    lines += ["", f"Cost: joint {cost['joint_seconds']:.0f} s against {cost['single_seconds']:.0f} s for the single runs "
+              f"together ({cost['ratio']:.2f}x)." if cost["single_seconds"] else
+              f"Cost: joint {cost['joint_seconds']:.0f} s (no single runs: --joint_only).", "", "## Targets", "",
               "| target | status | detail |", "|---|---|---|"]
     for goal, t in results["targets"].items():
         lines.append(f"| {goal} | {t['status']} | `{json.dumps({k: v for k, v in t.items() if k != 'status'})}` |")
@@ -99,12 +107,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
-    from eval.testbed import EVAL_SEED, report_of, sample_testbed
+    from eval.testbed import EVAL_SEED, TUNING_SEED, report_of, sample_testbed
     from pipelines.default_model import build_default_model, default_judge_path
     from pipelines.sampling import load_pipeline
 
     model_dir, judge = build_default_model(), load_digits_judge(default_judge_path())
-    sample = lambda pipe: sample_testbed(pipe, images_per_prompt=args.eval_images, seed=EVAL_SEED,
+    eval_seed = TUNING_SEED if args.tune else EVAL_SEED
+    sample = lambda pipe: sample_testbed(pipe, images_per_prompt=args.eval_images, seed=eval_seed,
                                          groups=tuple(args.groups), num_inference_steps=args.num_inference_steps,
                                          guidance_scale=args.guidance_scale)
     base = sample(load_pipeline(model_dir))
@@ -113,11 +122,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="multi-concept-") as tmp:
         for name, concept, count in [("joint", joined, args.num_images * len(args.concepts)),
-                                     *[(f"single {c}", c, args.num_images) for c in args.concepts]]:
+                                     *[(f"single {c}", c, args.num_images) for c in args.concepts
+                                       if not args.joint_only]]:
             started = time.perf_counter()
             data = draw_concept_data(model_dir, concept, Path(tmp) / f"data-{len(runs)}", count, args.seed,
                                      args.num_inference_steps, args.guidance_scale)
-            out = erase_tuned(args.method, model_dir, data, Path(tmp) / f"erased-{len(runs)}", concept, args.seed)
+            out = erase_tuned(args.method, model_dir, data, Path(tmp) / f"erased-{len(runs)}", concept, args.seed,
+                              *args.erase_args)
             seconds = time.perf_counter() - started
             judged = report_of(sample(load_pipeline(out)), judge, joined, base=base)
             runs.append({"run": name, "seconds": seconds, **figures(judged, args.concepts)})
@@ -125,11 +136,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs[-1]["erased_concept"] = concept
             logger.info("%s: %s", name, {c: round(f["erased"], 3) for c, f in runs[-1]["concepts"].items()})
     single = sum(r["seconds"] for r in runs[1:])
-    results = {"protocol": {k: getattr(args, k) for k in ("concepts", "method", "seed", "num_images", "eval_images",
-                                                         "groups", "num_inference_steps", "guidance_scale")},
+    results = {"protocol": {**{k: getattr(args, k) for k in ("concepts", "method", "seed", "num_images", "eval_images",
+                                                             "groups", "num_inference_steps", "guidance_scale",
+                                                             "erase_args")}, "eval_seed": eval_seed},
                "base": base_figures, "runs": runs, "targets": targets(runs[0], base_figures),
-               "cost": {"joint_seconds": runs[0]["seconds"], "single_seconds": single,
-                        "ratio": runs[0]["seconds"] / single}}
+               "cost": {"joint_seconds": runs[0]["seconds"], "single_seconds": single or None,
+                        "ratio": runs[0]["seconds"] / single if single else None}}
     out = Path(args.out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
     write_text_atomic(out.with_suffix(".md"), markdown(results))
