@@ -45,17 +45,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The tables of what ran: UnlearnDiffAtk's columns and its control only when it was among the attacks."""
     pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
-    lines = ["# UnlearnDiffAtk on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
-             f"Control (base model, from unrelated prompts): ASR {pct(results['control'].get('control_asr'))} over "
-             f"{results['control']['num_prompts']} prompts.", "",
-             f"Paraphrase control (base model on the rewordings): {pct(results['control'].get('paraphrase_control_asr'))}.",
-             "", "| method | ASR without attack | ASR under attack | median s / prompt | relearn steps | paraphrase ASR |",
-             "|---|---|---|---|---|---|"]
-    for method, s in results["methods"].items():
-        lines.append(f"| {method} | {pct(s['asr_no_attack'])} | {pct(s['asr'])} | {s['median_seconds_per_prompt']:.1f} | "
-                     f"{s.get('relearn_steps') if s.get('relearn_steps') is not None else ('-' if s.get('relearn_cap') is None else 'never (cap ' + str(s.get('relearn_cap')) + ')')} | "
-                     f"{pct(s.get('paraphrase_asr'))} |")
+    attacks = results["protocol"]["attacks"]
+    relearned = lambda s: (str(s["relearn_steps"]) if s.get("relearn_steps") is not None
+                           else "-" if s.get("relearn_cap") is None else f"never (cap {s['relearn_cap']})")
+    columns = [("ASR without attack", lambda s: pct(s["asr_no_attack"]))]
+    lines = ["# Robustness on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", ""]
+    if "unlearndiffatk" in attacks:
+        lines += [f"Control (base model, from unrelated prompts): UnlearnDiffAtk ASR "
+                  f"{pct(results['control'].get('control_asr'))} over {results['control']['num_prompts']} prompts.", ""]
+        columns += [("ASR under UnlearnDiffAtk", lambda s: pct(s["asr"])),
+                    ("median s / prompt", lambda s: f"{s['median_seconds_per_prompt']:.1f}")]
+    if "relearn" in attacks:
+        columns.append((f"relearn steps (lr {results['protocol']['relearn_learning_rate']:g})", relearned))
+    if "paraphrase" in attacks:
+        lines += [f"Paraphrase control (base model on the rewordings): "
+                  f"{pct(results['control'].get('paraphrase_control_asr'))}.", ""]
+        columns.append(("paraphrase ASR", lambda s: pct(s.get("paraphrase_asr"))))
+    lines += ["| method | " + " | ".join(name for name, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {method} | " + " | ".join(cell(s) for _, cell in columns) + " |"
+              for method, s in results["methods"].items()]
     lines += ["", "## Targets (issue 9)", "", "| target | status | detail |", "|---|---|---|"]
     for goal, t in results["targets"].items():
         lines.append(f"| {goal} | {t['status']} | `{json.dumps({k: v for k, v in t.items() if k != 'status'})}` |")
@@ -111,9 +121,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "attack": {k: control["protocol"][k] for k in ("k", "iterations", "timesteps",
                                                                            "learning_rate", "weight_decay",
                                                                            "num_inference_steps")}},
-               "control": {"control_asr": control["control_asr"], "num_prompts": control["num_prompts"],
-                           "paraphrase_control_asr": paraphrase_control},
+               "control": {"control_asr": control["control_asr"] if "unlearndiffatk" in args.attacks else None,
+                           "num_prompts": control["num_prompts"], "paraphrase_control_asr": paraphrase_control},
                "methods": {m: {k: s.get(k) for k in keep} for m, s in summaries.items()}}
+    if "unlearndiffatk" not in args.attacks:  # the prompts were only drawn: there is no attacked ASR or time
+        for s in results["methods"].values():
+            s.update(asr=None, median_seconds_per_prompt=None)
     results["targets"] = targets(results["methods"], results["control"], args.attacks)
     out = Path(args.out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))

@@ -190,3 +190,24 @@ def test_robustness_benchmark_uses_the_same_targets_and_adds_the_time_per_prompt
                                                                           "esd": 20}
     assert result["<= 30 s per attacked prompt (median)"]["status"] == "missed"
     assert set(targets(methods, {"control_asr": None}, ["relearn"])) == {"scissorhands relearn steps above ESD's and SalUn's"}
+
+
+def test_robustness_report_shows_only_the_attacks_that_ran():
+    """Without UnlearnDiffAtk there is no control ASR or attacked column to print (the 'none' run on
+    unrelated prompts is not a control)."""
+    from benchmarks.robustness import markdown
+
+    row = {"asr_no_attack": 0.1, "asr": None, "median_seconds_per_prompt": None, "relearn_steps": 3,
+           "relearn_cap": 100, "paraphrase_asr": 0.0}
+    results = {"protocol": {"attacks": ["relearn", "paraphrase"], "relearn_learning_rate": 1e-3},
+               "control": {"control_asr": None, "num_prompts": 10, "paraphrase_control_asr": 1.0},
+               "methods": {"scissorhands": row}, "targets": {}}
+    text = markdown(results)
+    assert "UnlearnDiffAtk" not in text and "| scissorhands | 10% | 3 | 0% |" in text
+    assert "relearn steps (lr 0.001)" in text and "Paraphrase control (base model on the rewordings): 100%" in text
+    results["protocol"]["attacks"] = ["unlearndiffatk"]
+    results["control"]["control_asr"] = 1.0
+    results["methods"]["scissorhands"].update(asr=0.5, median_seconds_per_prompt=20.0)
+    text = markdown(results)
+    assert "UnlearnDiffAtk ASR 100% over 10 prompts" in text and "| scissorhands | 10% | 50% | 20.0 |" in text
+    assert "paraphrase" not in text.split("Protocol")[1].split("\n", 1)[1]
