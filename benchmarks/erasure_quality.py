@@ -137,15 +137,21 @@ def erase_setting(method: str, erase_args: list[str]) -> tuple[Path, list[str]]:
 
 
 def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max_prompts: int, seed: int,
-                  control: bool = False, relearn_learning_rate: float = 1e-3,
+                  control: bool = False, relearn_learning_rate: float | None = None,
                   relearn_max_steps: int = 100, relearn_every: int = 1) -> dict[str, Any]:
     """``eval.attack`` on ``model``: ASR without and under UnlearnDiffAtk on the concept's first
     ``max_prompts`` prompts (``control``: the same attack on this model from unrelated prompts
     instead, for the base model) and, with ``"relearn"`` in ``attacks``, the fine-tuning steps
     until the concept is back, checked after every step (a check is 8 testbed generations, about a
     second; checked every 5 steps, as the CLI's default for SD, every method had read 5, the first
-    check, and the column could not rank them). Every testbed benchmark attacks through this."""
+    check, and the column could not rank them). ``relearn_learning_rate`` None is ``eval.attack``'s own
+    default (1e-4); at 1e-3 every method relearned 'two' in 2-3 steps, a column that could not rank them
+    either (`benchmarks/results/robustness-relearn-paraphrase-v5.md`). Every testbed benchmark attacks
+    through this."""
     from eval.attack import AttackConfig, run
+
+    if relearn_learning_rate is None:
+        relearn_learning_rate = AttackConfig.relearn_learning_rate
 
     attack = "unlearndiffatk" if "unlearndiffatk" in attacks else "none"
     summary = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "attack"), attack=attack,
@@ -437,6 +443,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer",
                 "attacks": args.attacks, "attack_prompts": args.attack_prompts if args.attacks else None}
+    if "relearn" in args.attacks:
+        from eval.attack import AttackConfig
+
+        protocol["relearn_learning_rate"] = AttackConfig.relearn_learning_rate
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
                "configs": {m: erase_setting(m, args.erase_args)[0].read_text() for m in args.methods}}
     write_results(results, Path(args.out))

@@ -35,10 +35,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_prompts", type=int, default=6)
     parser.add_argument("--attacks", nargs="+", default=["unlearndiffatk", "relearn"],
                         choices=["unlearndiffatk", "relearn", "paraphrase"])
-    parser.add_argument("--relearn_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--relearn_learning_rate", type=float, default=None,
+                        help="AdamW rate of the relearning fine-tune (default: eval.attack's, 1e-4; at 1e-3 every "
+                             "method relearned 'two' in 2-3 steps)")
     parser.add_argument("--relearn_max_steps", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robustness"))
     args = parser.parse_args(argv)
+    if args.relearn_learning_rate is None:
+        from eval.attack import AttackConfig
+
+        args.relearn_learning_rate = AttackConfig.relearn_learning_rate
+    if not args.relearn_learning_rate > 0:
+        raise ValueError(f"relearn_learning_rate={args.relearn_learning_rate} must be > 0")
     for method in args.methods:
         method_config(method)
     return args

@@ -53,6 +53,8 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
                                                                                     "relearn_cap": 100})
     result = quality.robustness_of(tmp_path, "digits:two", tmp_path, ["relearn"], 2, 0)
     assert [c.attack for c in seen] == ["none", "relearn"] and seen[1].relearn_every == 1
+    # the attack CLI's own rate: at 1e-3 every method relearned in 2-3 steps
+    assert seen[1].relearn_learning_rate == eval.attack.AttackConfig.relearn_learning_rate == 1e-4
     assert result["relearn_steps"] == 3
 
 
