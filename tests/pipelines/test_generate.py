@@ -188,6 +188,11 @@ def test_several_concepts_forget_their_union_and_retain_none_of_them(tmp_path):
     assert texts and not any(" red " in f" {t} " or t.endswith((" two", " 2")) or " two " in f" {t} "
                              or " five " in f" {t} " for t in texts)
     assert not {p.text for p in forget} & set(texts)
+    # a colour-free prompt may draw red: as in red's own run it is retained by no joint run with red
+    assert all(p.extra["color"] is not None for p in retain)
+    assert {p.text for p in retain} == {p.text for p in concept_sets("color:red")[1]} - {
+        p.text for p in single["digits:two"]} - {p.text for p in single["digits:five"]}
+    assert any(p.extra["color"] is None for p in concept_sets("digits:two,digits:five")[1])  # no colour concept
     assert [p.extra["concept"] for p in forget][:3] == ["digits:two", "digits:five", "color:red"]  # interleaved
     listed = tmp_path / "concepts.txt"
     listed.write_text("digits:two  # the digit\ndigits:five\n\ncolor:red\n")
