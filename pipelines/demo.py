@@ -3,6 +3,7 @@
     python -m pipelines.demo --concept color:red --output_dir runs/demo      # an attribute (default)
     python -m pipelines.demo --concept digits:two --output_dir runs/demo-2   # an object class
     python -m pipelines.demo --digit two ...                                 # = --concept digits:two
+    python -m pipelines.demo --concept digits:two,color:red ...              # several in one run
 
 1. builds (once, cached) the tiny text-to-image pipeline that draws coloured digits and the
    judges of its generations (``pipelines/default_model.py``);
@@ -59,7 +60,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default=None,
                         help="digits:<word or 0-9> (an object class) or color:<name> (an attribute across every "
-                             "digit, the offline analogue of nudity or a style; the default, color:red)")
+                             "digit, the offline analogue of nudity or a style; the default, color:red); several "
+                             "joined by ',' are erased in one run")
     parser.add_argument("--digit", default=None, help="shorthand for --concept digits:<digit>")
     parser.add_argument("--method", default="scissorhands")
     parser.add_argument("--config", default=None,
@@ -84,11 +86,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         except ValueError as err:
             raise ValueError(f"digit={args.digit!r} is unknown; choose 0-9 or one of {list(DIGIT_WORDS)}") from err
     args.concept = args.concept or "color:red"
-    try:
-        kind, value = parse_concept(args.concept)
-    except ValueError as err:
-        raise ValueError(f"concept={args.concept!r}: {err}") from err
-    args.concept = f"{kind}:{DIGIT_WORDS[value] if kind == 'digits' else value}"
+    names = []
+    for name in (n.strip() for n in args.concept.split(",")):
+        try:
+            kind, value = parse_concept(name)
+        except ValueError as err:
+            raise ValueError(f"concept={args.concept!r}: {err}") from err
+        names.append(f"{kind}:{DIGIT_WORDS[value] if kind == 'digits' else value}")
+    args.concepts = list(dict.fromkeys(names))  # each once, in the order given
+    args.concept = ",".join(args.concepts)
     for name in ("num_images", "eval_images", "num_inference_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
@@ -103,12 +109,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def grid_rows(concept: str) -> tuple[list[str], list[list[str]]]:
     """Row labels and prompts of the before/after grid: one row per digit (colour-free prompts,
-    so the colours show too) for a digit concept, one row per colour for a colour concept."""
-    kind, _ = parse_concept(concept)
-    if kind == "digits":
-        return list(DIGIT_WORDS), [[f"a handwritten digit {w}"] * GRID_SEEDS for w in DIGIT_WORDS]
-    return list(COLOR_NAMES), [[f"a {c} handwritten digit {DIGIT_WORDS[k % 10]}" for k in range(GRID_SEEDS)]
-                               for c in COLOR_NAMES]
+    so the colours show too) for a digit concept, one row per colour for a colour concept; both
+    sets of rows when ``concept`` joins digits and colours ("digits:two,color:red")."""
+    kinds = {parse_concept(name.strip())[0] for name in concept.split(",")}
+    labels, prompts = [], []
+    if "digits" in kinds:
+        labels += list(DIGIT_WORDS)
+        prompts += [[f"a handwritten digit {w}"] * GRID_SEEDS for w in DIGIT_WORDS]
+    if "color" in kinds:
+        labels += list(COLOR_NAMES)
+        prompts += [[f"a {c} handwritten digit {DIGIT_WORDS[k % 10]}" for k in range(GRID_SEEDS)] for c in COLOR_NAMES]
+    return labels, prompts
 
 
 def grid_images(pipe, prompts: list[list[str]], args: argparse.Namespace) -> list[list[Image.Image]]:
@@ -137,11 +148,28 @@ def side(report: dict) -> dict:
     others, worst_other, ...) with their distribution-level utility (diversity, alignment, FID and
     KID against real digits; on the after side also against the base model's generations), the
     same over the prompts the erasure must leave alone (``kept``: ``eval.testbed.kept_prompts``),
-    the numeral and paraphrase groups apart, and every group's full figures."""
-    concept, word = report["concept"], report["groups"]["word"]
+    the numeral and paraphrase groups apart, and every group's full figures. With several concepts
+    the concept figures are per concept, under ``concepts`` (each one's "others" without the other
+    erased concepts), beside the utility of all word prompts."""
+    word = report["groups"]["word"]
     utility = {key: word[key] for key in UTILITY if key in word}
-    return {**concept["word"], **utility, "numeral": concept["numeral"], "paraphrase": concept["paraphrase"],
-            "groups": report["groups"]}
+    figures = lambda c: {**c["word"], "numeral": c["numeral"], "paraphrase": c["paraphrase"]}
+    if "concepts" in report:
+        return {"concepts": {name: figures(c) for name, c in report["concepts"].items()}, **utility,
+                "groups": report["groups"]}
+    return {**figures(report["concept"]), **utility, "groups": report["groups"]}
+
+
+def log_concept(name: str, b: dict, a: dict) -> None:
+    """One concept's before -> after line."""
+    logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
+                "%.0f%%, worst %s %.0f%% -> %s %.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real "
+                "digits %.2f -> %.2f, vs the base %.2f",
+                name, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
+                100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
+                100 * b["others"], 100 * a["others"], b["worst_other_name"], 100 * worst_other(b),
+                a["worst_other_name"], 100 * worst_other(a), a["kept"]["diversity_ratio"], b["kept"]["fid"],
+                a["kept"]["fid"], a["kept"]["fid_base"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -172,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "prompt_set_sha256": grammar_prompts().sha256(), "images_per_prompt": args.eval_images,
                 "seed": EVAL_SEED, "num_inference_steps": args.num_inference_steps,
                 "guidance_scale": args.guidance_scale, "grid_seeds": GRID_SEEDS}
-    metrics = {"concept": args.concept, "erased": args.concept.partition(":")[2], "method": args.method,
+    erased_names = [name.partition(":")[2] for name in args.concepts]
+    metrics = {"concept": args.concept, "erased": erased_names[0] if len(erased_names) == 1 else erased_names,
+               "method": args.method,
                "before": side(before), "after": side(after),
                "protocol": protocol,
                "seconds": time.perf_counter() - started}
@@ -182,15 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
     image_grid(rows, output.path / "grid.png", row_labels=labels,
                column_labels=["before", *[""] * (GRID_SEEDS - 1), "after"], scale=2)
     b, a = metrics["before"], metrics["after"]
-    logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
-                "%.0f%%, worst %s %.0f%% -> %s %.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real "
-                "digits %.2f -> %.2f, vs the base %.2f (%s)",
-                args.concept, 100 * b["erased"], 100 * a["erased"], 100 * b["numeral"]["erased"],
-                100 * a["numeral"]["erased"], 100 * b["paraphrase"]["erased"], 100 * a["paraphrase"]["erased"],
-                100 * b["others"], 100 * a["others"], b["worst_other_name"], 100 * worst_other(b),
-                a["worst_other_name"], 100 * worst_other(a), a["kept"]["diversity_ratio"], b["kept"]["fid"],
-                a["kept"]["fid"], a["kept"]["fid_base"],
-                output.path / "metrics.json")
+    for name in args.concepts:
+        several = "concepts" in b
+        log_concept(name, b["concepts"][name] if several else b, a["concepts"][name] if several else a)
+    logger.info("metrics: %s, grid: %s", output.path / "metrics.json", output.path / "grid.png")
     return metrics
 
 

@@ -22,6 +22,8 @@ def test_digit_and_concept_forms():
     assert parse(["--concept", "digits:7"]).concept == "digits:seven"
     assert parse(["--concept", "color:Red"]).concept == "color:red"
     assert parse([]).concept == "color:red"
+    several = parse(["--concept", "digits:2, color:Red,digits:two"])
+    assert several.concept == "digits:two,color:red" and several.concepts == ["digits:two", "color:red"]
     with pytest.raises(ValueError, match="not both"):
         parse(["--digit", "2", "--concept", "color:red"])
 
@@ -30,6 +32,7 @@ def test_digit_and_concept_forms():
     (["--concept", "color:pink"], "concept='color:pink': unknown color 'pink'; known: \\['white'"),
     (["--concept", "shape:round"], "unknown concept 'shape:round'"),
     (["--method", "nope"], "method='nope' is unknown"),
+    (["--concept", "digits:two,color:pink"], "concept='digits:two,color:pink': unknown color 'pink'"),
 ])
 def test_bad_concept_or_method_fails_before_any_work(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -41,6 +44,9 @@ def test_grid_has_eight_seeds_per_row():
     assert len(labels) == 10 and all(len(row) == 8 for row in prompts)
     labels, prompts = grid_rows("color:red")
     assert labels[1] == "red" and all("red" in p for p in prompts[1]) and len(prompts[1]) == 8
+    labels, prompts = grid_rows("digits:two,color:red")  # the digit rows, then the colour rows
+    assert labels == [*grid_rows("digits:two")[0], *grid_rows("color:red")[0]] and len(prompts) == 16
+    assert grid_rows("digits:two,digits:five") == grid_rows("digits:two")
 
 
 @pytest.mark.parametrize("argv", [["--digit", "x"], ["--concept", "color:pink"], ["--method", "nope"]])
@@ -91,3 +97,23 @@ def test_metrics_json_has_the_utility_figures_on_both_sides(tmp_path, monkeypatc
     assert {"fid", "kid", "diversity"} <= saved["before"]["kept"].keys()
     assert {"fid_base", "kid_base", "diversity_ratio"} <= saved["after"]["kept"].keys()
     assert saved["after"]["color_kept"] is not None
+
+
+def test_several_concepts_report_each_one(tmp_path, monkeypatch, fast_default_model):
+    """One joint erase; metrics.json gives every concept its own figures on both sides."""
+    fast = fast_default_model
+    monkeypatch.setattr(demo, "build_default_model", lambda: fast)
+    monkeypatch.setattr(demo, "default_judge_path", lambda: fast / "judge")
+    main(["--concept", "digits:two,color:red", "--output_dir", str(tmp_path / "demo"), "--num_images", "4",
+          "--eval_images", "2", "--num_inference_steps", "2", "--erase_args", "--num_train_epochs", "1",
+          "--train_batch_size", "4"])
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert saved["concept"] == "digits:two,color:red" and saved["erased"] == ["two", "red"]
+    for side in ("before", "after"):
+        assert set(saved[side]["concepts"]) == {"digits:two", "color:red"}
+        for figures in saved[side]["concepts"].values():
+            assert {"erased", "others", "numeral", "paraphrase", "kept"} <= set(figures)
+        assert {"fid", "kid", "diversity", "groups"} <= set(saved[side])
+    assert saved["after"]["diversity_ratio"] > 0
+    erase_config = json.loads((tmp_path / "demo" / "erased" / "erase_config.json").read_text())
+    assert erase_config["config"]["concept"] == "digits:two,color:red"
