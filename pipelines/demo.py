@@ -68,7 +68,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="erase-job YAML (default: the method's tuned configs/erase_digits_<method>.yaml)")
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--overwrite_output_dir", action="store_true")
-    parser.add_argument("--num_images", type=int, default=64, help="forget and retain images to generate")
+    parser.add_argument("--num_images", type=int, default=64,
+                        help="forget and retain images to generate per concept (as many as its single run)")
     parser.add_argument("--eval_images", type=int, default=2, help="judged generations per grammar prompt")
     parser.add_argument("--num_inference_steps", type=int, default=20)
     parser.add_argument("--guidance_scale", type=float, default=GUIDANCE_SCALE)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     judge = load_digits_judge(default_judge_path())
     data_dir, erased_dir = output.path / "data", output.path / "erased"
     generate.main(["--pretrained_model_name_or_path", str(model_dir), "--concept", args.concept,
-                   "--output_dir", str(data_dir), "--num_images", str(args.num_images),
+                   "--output_dir", str(data_dir), "--num_images", str(args.num_images * len(args.concepts)),
                    "--num_inference_steps", str(args.num_inference_steps), "--guidance_scale", str(args.guidance_scale),
                    "--seed", str(args.seed)])
     erase.main(["--config", args.config, "--pretrained_model_name_or_path", str(model_dir), "--data_dir", str(data_dir),

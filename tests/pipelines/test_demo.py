@@ -117,3 +117,4 @@ def test_several_concepts_report_each_one(tmp_path, monkeypatch, fast_default_mo
     assert saved["after"]["diversity_ratio"] > 0
     erase_config = json.loads((tmp_path / "demo" / "erased" / "erase_config.json").read_text())
     assert erase_config["config"]["concept"] == "digits:two,color:red"
+    assert erase_config["data"]["forget_images"] == 8  # --num_images per concept, as in each single run
