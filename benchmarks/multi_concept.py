@@ -85,13 +85,16 @@ def markdown(results: dict[str, Any]) -> str:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Several concepts in one run vs one run each (offline testbed)", "",
              f"Protocol: `{json.dumps(results['protocol'])}`", "",
-             "| run | concept | erased | others | worst other | other colours | diversity ratio | FID vs base | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "FID vs base (kept): over the prompts that the row's concept must leave alone (`eval.testbed.kept_prompts`); "
+             "FID vs base (all): over every word prompt, the erased ones included.", "",
+             "| run | concept | erased | others | worst other | other colours | diversity ratio | FID vs base (kept) "
+             "| FID vs base (all) | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for concept, f in run["concepts"].items():
+            kept = (f.get("kept") or {}).get("fid_base")
             lines.append(f"| {run['run']} | {concept} | {fmt(f['erased'])} | {fmt(f.get('others'))} | "
                          f"{fmt(f.get('worst_other'))} | {fmt(f.get('other_colors'))} | {fmt(run['diversity_ratio'])} | "
-                         f"{fmt(run['fid_base'])} | {fmt(run['seconds'])} |")
+                         f"{fmt(kept)} | {fmt(run['fid_base'])} | {fmt(run['seconds'])} |")
     cost = results["cost"]
     lines += ["", f"Cost: joint {cost['joint_seconds']:.0f} s against {cost['single_seconds']:.0f} s for the single runs "
               f"together ({cost['ratio']:.2f}x)." if cost["single_seconds"] else

@@ -41,4 +41,5 @@ def test_tuning_run_judges_tuning_seeds_and_passes_the_erase_flags(tmp_path, mon
     assert saved["protocol"]["eval_seed"] == TUNING_SEED and saved["protocol"]["erase_args"][0] == "--num_train_epochs"
     assert set(saved["runs"][0]["concepts"]) == {"digits:two", "color:red"}
     assert "no single runs" in out.with_suffix(".md").read_text()
+    assert "| FID vs base (kept) | FID vs base (all) |" in out.with_suffix(".md").read_text()
     assert results["targets"]["every concept <= 5% recognised"]["status"] in ("met", "missed")
