@@ -158,6 +158,8 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
                                max_prompts=max_prompts, control=control, seed=seed))
     keep = ("asr", "asr_no_attack", "control_asr", "num_prompts", "successes", "median_seconds_per_prompt", "protocol")
     result = {k: summary.get(k) for k in keep}
+    if attack == "none":  # the prompts were only drawn: no attacked ASR, no control, no time per attack
+        result.update(asr=None, control_asr=None, median_seconds_per_prompt=None)
     if "relearn" in attacks and not control:
         relearned = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "relearn"),
                                      attack="relearn", max_prompts=max_prompts, seed=seed,
@@ -196,7 +198,7 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
         robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
                                attack_seed(args, seed))
         row.update({"asr_no_attack": robust["asr_no_attack"],
-                    "asr": robust["asr"] if "unlearndiffatk" in args.attacks else None,
+                    "asr": robust["asr"],
                     "relearn_steps": robust.get("relearn_steps"), "relearn_cap": robust.get("relearn_cap")})
         if "relearn" in args.attacks:  # a lower bound where the concept never came back within the cap
             row["relearn_steps_at_least"] = row["relearn_steps"] if row["relearn_steps"] is not None else row["relearn_cap"]

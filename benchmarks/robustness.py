@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_dir = build_default_model()
     summaries = {}
     with tempfile.TemporaryDirectory(prefix="robustness-") as tmp:
-        control = robustness_of(model_dir, args.concept, Path(tmp) / "control", args.attacks, args.max_prompts,
-                                args.seed, control=True)
+        attacked = "unlearndiffatk" in args.attacks
+        control = robustness_of(model_dir, args.concept, Path(tmp) / "control", ["unlearndiffatk"], args.max_prompts,
+                                args.seed, control=True) if attacked else None
         data = draw_concept_data(model_dir, args.concept, Path(tmp) / "data", args.num_images, args.seed)
         for method in args.methods:
             erased = erase_tuned(method, model_dir, data, Path(tmp) / f"erased-{method}", args.concept, args.seed)
@@ -128,13 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "attacks": args.attacks, "relearn_learning_rate": args.relearn_learning_rate,
                             "attack": {k: control["protocol"][k] for k in ("k", "iterations", "timesteps",
                                                                            "learning_rate", "weight_decay",
-                                                                           "num_inference_steps")}},
-               "control": {"control_asr": control["control_asr"] if "unlearndiffatk" in args.attacks else None,
-                           "num_prompts": control["num_prompts"], "paraphrase_control_asr": paraphrase_control},
+                                                                           "num_inference_steps")}
+                            if attacked else None},
+               "control": {"control_asr": control["control_asr"] if attacked else None,
+                           "num_prompts": control["num_prompts"] if attacked else None,
+                           "paraphrase_control_asr": paraphrase_control},
                "methods": {m: {k: s.get(k) for k in keep} for m, s in summaries.items()}}
-    if "unlearndiffatk" not in args.attacks:  # the prompts were only drawn: there is no attacked ASR or time
-        for s in results["methods"].values():
-            s.update(asr=None, median_seconds_per_prompt=None)
     results["targets"] = targets(results["methods"], results["control"], args.attacks)
     out = Path(args.out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))

@@ -61,7 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concept", default=None,
                         help="digits:<word or 0-9> (an object class) or color:<name> (an attribute across every "
                              "digit, the offline analogue of nudity or a style; the default, color:red); several "
-                             "joined by ',' are erased in one run")
+                             "joined by ',' (or @FILE, one per line) are erased in one run")
     parser.add_argument("--digit", default=None, help="shorthand for --concept digits:<digit>")
     parser.add_argument("--method", default="scissorhands")
     parser.add_argument("--config", default=None,
@@ -88,7 +88,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             raise ValueError(f"digit={args.digit!r} is unknown; choose 0-9 or one of {list(DIGIT_WORDS)}") from err
     args.concept = args.concept or "color:red"
     names = []
-    for name in (n.strip() for n in args.concept.split(",")):
+    for name in generate.split_concepts(args.concept):
         try:
             kind, value = parse_concept(name)
         except ValueError as err:
@@ -112,7 +112,7 @@ def grid_rows(concept: str) -> tuple[list[str], list[list[str]]]:
     """Row labels and prompts of the before/after grid: one row per digit (colour-free prompts,
     so the colours show too) for a digit concept, one row per colour for a colour concept; both
     sets of rows when ``concept`` joins digits and colours ("digits:two,color:red")."""
-    kinds = {parse_concept(name.strip())[0] for name in concept.split(",")}
+    kinds = {parse_concept(name)[0] for name in generate.split_concepts(concept)}
     labels, prompts = [], []
     if "digits" in kinds:
         labels += list(DIGIT_WORDS)

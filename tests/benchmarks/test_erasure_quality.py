@@ -49,10 +49,12 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
     import eval.attack
 
     seen = []
-    monkeypatch.setattr(eval.attack, "run", lambda config: seen.append(config) or {"relearn_steps": 3,
-                                                                                    "relearn_cap": 100})
+    monkeypatch.setattr(eval.attack, "run", lambda config: seen.append(config) or {
+        "relearn_steps": 3, "relearn_cap": 100, "asr": 0.1, "asr_no_attack": 0.1, "control_asr": 0.0})
     result = quality.robustness_of(tmp_path, "digits:two", tmp_path, ["relearn"], 2, 0)
     assert [c.attack for c in seen] == ["none", "relearn"] and seen[1].relearn_every == 1
+    # no UnlearnDiffAtk ran: the 'none' pass gives the ASR without attack, and nothing to report as an attack
+    assert result["asr_no_attack"] == 0.1 and result["asr"] is None and result["control_asr"] is None
     # the attack CLI's own rate: at 1e-3 every method relearned in 2-3 steps
     assert seen[1].relearn_learning_rate == eval.attack.AttackConfig.relearn_learning_rate == 1e-4
     assert result["relearn_steps"] == 3

@@ -42,4 +42,6 @@ def test_tuning_run_judges_tuning_seeds_and_passes_the_erase_flags(tmp_path, mon
     assert set(saved["runs"][0]["concepts"]) == {"digits:two", "color:red"}
     assert "no single runs" in out.with_suffix(".md").read_text()
     assert "| FID vs base (kept) | FID vs base (all) |" in out.with_suffix(".md").read_text()
-    assert results["targets"]["every concept <= 5% recognised"]["status"] in ("met", "missed")
+    erased = {c: f["erased"] <= 0.05 for c, f in saved["runs"][0]["concepts"].items()}  # the target reads the joint run
+    assert results["targets"]["every concept <= 5% recognised"] == {
+        "status": "met" if all(erased.values()) else "missed", **erased}

@@ -17,13 +17,16 @@ def test_bad_digit_names_the_argument():
         parse(["--digit", "eleven"])
 
 
-def test_digit_and_concept_forms():
+def test_digit_and_concept_forms(tmp_path):
     assert parse(["--digit", "7"]).concept == "digits:seven"
     assert parse(["--concept", "digits:7"]).concept == "digits:seven"
     assert parse(["--concept", "color:Red"]).concept == "color:red"
     assert parse([]).concept == "color:red"
     several = parse(["--concept", "digits:2, color:Red,digits:two"])
     assert several.concept == "digits:two,color:red" and several.concepts == ["digits:two", "color:red"]
+    listed = tmp_path / "concepts.txt"  # @FILE, as generate and erase read it
+    listed.write_text("digits:2  # the digit\ncolor:red\n")
+    assert parse(["--concept", f"@{listed}"]).concepts == ["digits:two", "color:red"]
     with pytest.raises(ValueError, match="not both"):
         parse(["--digit", "2", "--concept", "color:red"])
 
