@@ -262,6 +262,11 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
             worst_other(r) >= worst_other(base[r["concept"]]) - 0.10 for r in mine]
         checks["others' mean within 5 points of base"] = [
             r["others"] >= base[r["concept"]]["others"] - 0.05 for r in mine]
+        # diversity's colour term (issue 13 section 3): the colour-free prompts of the kept digits
+        # keep their spread over the colours; a colour erasure puts them on neither side of its loss
+        spread = [r["color_spread_ratio"] >= 0.9 for r in mine if r.get("color_spread_ratio") is not None]
+        if spread:
+            checks["colour spread of colour-free prompts >= 0.9x base"] = spread
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
                                                "runs": len(passed)}
@@ -304,7 +309,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
                "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
-               "diversity_ratio_kept", "alignment",
+               "diversity_ratio_kept", "color_spread_ratio", "color_free_worst_name", "color_free_worst_ratio",
+               "color_free_erased", "alignment",
                "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
@@ -313,10 +319,11 @@ def markdown(results: dict[str, Any]) -> str:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
              "## Base model", "", "| concept | erased | others | worst other (digit or colour) | color_kept | "
-             "diversity | fid_kept | fid |", "|---|---|---|---|---|---|---|---|"]
+             "diversity | colour spread (colour-free) | fid_kept | fid |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | "
               f"{fmt(worst_other(r))} {fmt(r.get('worst_other_name'))} | "
-              f"{fmt(r.get('color_kept'))} | {fmt(r['diversity'])} | {fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
+              f"{fmt(r.get('color_kept'))} | {fmt(r['diversity'])} | {fmt(r.get('color_spread'))} | "
+              f"{fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
               for r in results["base"]]
     controls = {r["concept"]: r["control_asr"] for r in results["base"] if r.get("control_asr") is not None}
     if controls:

@@ -87,14 +87,15 @@ def markdown(results: dict[str, Any]) -> str:
              f"Protocol: `{json.dumps(results['protocol'])}`", "",
              "FID vs base (kept): over the prompts that the row's concept must leave alone (`eval.testbed.kept_prompts`); "
              "FID vs base (all): over every word prompt, the erased ones included.", "",
-             "| run | concept | erased | others | worst other | other colours | diversity ratio | FID vs base (kept) "
-             "| FID vs base (all) | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "Colour spread: the colour-free prompts' colour entropy over the base's (`eval.testbed.color_spread`).", "",
+             "| run | concept | erased | others | worst other | other colours | diversity ratio | colour spread "
+             "| FID vs base (kept) | FID vs base (all) | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for concept, f in run["concepts"].items():
             kept = (f.get("kept") or {}).get("fid_base")
             lines.append(f"| {run['run']} | {concept} | {fmt(f['erased'])} | {fmt(f.get('others'))} | "
                          f"{fmt(f.get('worst_other'))} | {fmt(f.get('other_colors'))} | {fmt(run['diversity_ratio'])} | "
-                         f"{fmt(kept)} | {fmt(run['fid_base'])} | {fmt(run['seconds'])} |")
+                         f"{fmt(f.get('color_spread_ratio'))} | {fmt(kept)} | {fmt(run['fid_base'])} | {fmt(run['seconds'])} |")
     cost = results["cost"]
     lines += ["", f"Cost: joint {cost['joint_seconds']:.0f} s against {cost['single_seconds']:.0f} s for the single runs "
               f"together ({cost['ratio']:.2f}x)." if cost["single_seconds"] else

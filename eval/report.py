@@ -203,10 +203,20 @@ def _testbed_lines(testbed: Mapping[str, Any]) -> list[str]:
                      f"{percent(f['color_accuracy'])} | {entropy} | "
                      f"{'-' if f['pixel_diversity'] is None else round(f['pixel_diversity'], 3)} |")
     if testbed.get("concept"):
+        def figure(key: str, value: Any, summary: Mapping[str, Any]) -> str:
+            if key in ("color_spread_ratio", "color_free_worst_ratio"):  # ratios to the base
+                shown = "-" if value is None else f"{value:.2f}x"
+            elif key == "color_spread":  # an entropy, as a fraction of the uniform one
+                shown = "-" if value is None else f"{value:.2f}"
+            else:
+                shown = percent(value)
+            named = {"worst_other": "worst_other_name", "worst_other_color": "worst_other_name",
+                     "color_free_worst_ratio": "color_free_worst_name"}.get(key)
+            return f"{key} {shown}" + (f" ({summary[named]})" if named and summary.get(named) else "")
+
+        hidden = ("kept", "worst_other_name", "color_free_worst_name", "color_free_shares")
         lines += ["", f"Concept `{testbed['concept']}` per group: " + "; ".join(
-            f"{group}: " + ", ".join(f"{k} {percent(v)}" + (f" ({summary['worst_other_name']})" if k in (
-                "worst_other", "worst_other_color") and summary.get("worst_other_name") else "")
-                                     for k, v in summary.items() if k not in ("kept", "worst_other_name"))
+            f"{group}: " + ", ".join(figure(k, v, summary) for k, v in summary.items() if k not in hidden)
             for group, summary in testbed["summary"].items())]
         kept = {group: s["kept"] for group, s in testbed["summary"].items() if "kept" in s}
         if kept:

@@ -164,12 +164,7 @@ def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, 
                  for c, name in enumerate(COLOR_NAMES) if (colors == c).any()}
     # Entropy of one colour-free prompt's colours across its seeds, averaged over the prompts and
     # compared with the training data's at the same sample size (the reference below).
-    entropies, sizes = [], []
-    prompt_ids = samples.prompt_ids[mask]
-    for prompt in prompt_ids[~named].unique().tolist():
-        judged = judged_colors[prompt_ids == prompt]
-        entropies.append(color_entropy(judged, len(COLOR_NAMES)))
-        sizes.append(len(judged))
+    entropies, sizes = _prompt_entropies(samples.prompt_ids[mask][~named], judged_colors[~named])
     report = {
         "images": int(mask.sum()), "recognition_per_digit": recognition,
         "recognition_mean": sum(present) / len(present), "recognition_worst": min(present),
@@ -183,6 +178,55 @@ def _group_report(samples: TestbedSamples, mask: Tensor, judged_digits: Tensor, 
         report.update(color_entropy=sum(entropies) / len(entropies), color_entropy_worst=min(entropies),
                       color_entropy_reference=expected_entropy(uniform, min(sizes)))
     return report
+
+
+def _prompt_entropies(prompt_ids: Tensor, judged_colors: Tensor) -> tuple[list[float], list[int]]:
+    """Per prompt: the ``color_entropy`` of its generations' judged colours, and how many there were."""
+    entropies, sizes = [], []
+    for prompt in prompt_ids.unique().tolist():
+        judged = judged_colors[prompt_ids == prompt]
+        entropies.append(color_entropy(judged, len(COLOR_NAMES)))
+        sizes.append(len(judged))
+    return entropies, sizes
+
+
+def color_spread(samples: TestbedSamples, mask: Tensor, judged_colors: Tensor, base_colors: Tensor | None = None,
+                 erased_colors: tuple[int, ...] = (), min_base_share: float = 0.05) -> dict[str, Any]:
+    """How the colour-free prompts in ``mask`` spread over the colours, after an erasure.
+
+    ``color_spread``: the mean over prompts of the entropy of one prompt's judged colours across
+    its seeds (prompts with one generation are skipped). ``color_free_shares``: each colour's share
+    of the generations. With ``base_colors`` (the base model's judged colours of the same prompts
+    and seeds): ``color_spread_ratio`` = this spread over the base's, and the colour, among those not
+    erased that the base drew at least ``min_base_share`` of the time, whose share fell most
+    (``color_free_worst_name``, ``color_free_worst_ratio`` = its share over the base's): a colour
+    erasure that turns every colour-free digit pink passes recognition, not these. With
+    ``erased_colors``: ``color_free_erased``, the share drawn in an erased colour by prompts that
+    do not name it (its base share is what a perfect "not that colour" would remove).
+    """
+    def spread(colors: Tensor) -> float | None:
+        entropies, sizes = _prompt_entropies(samples.prompt_ids[mask], colors[mask])
+        kept = [e for e, n in zip(entropies, sizes) if n >= 2]
+        return sum(kept) / len(kept) if kept else None
+
+    def shares(colors: Tensor) -> Tensor:
+        judged = colors[mask]
+        return torch.stack([(judged == c).float().mean() for c in range(len(COLOR_NAMES))])
+
+    mine = shares(judged_colors)
+    result: dict[str, Any] = {"color_spread": spread(judged_colors),
+                              "color_free_shares": {n: float(v) for n, v in zip(COLOR_NAMES, mine)}}
+    if erased_colors:
+        result["color_free_erased"] = float(mine[list(erased_colors)].sum())
+    if base_colors is not None:
+        base_spread, theirs = spread(base_colors), shares(base_colors)
+        result["color_spread_ratio"] = (result["color_spread"] / base_spread
+                                        if base_spread and result["color_spread"] is not None else None)
+        ratios = {n: float(mine[c] / theirs[c]) for c, n in enumerate(COLOR_NAMES)
+                  if c not in erased_colors and theirs[c] >= min_base_share}
+        worst = min(ratios, key=ratios.get, default=None)
+        result.update(color_free_worst_name=worst, color_free_worst_ratio=None if worst is None else ratios[worst])
+    return result
 
 
 def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge | None = None,
@@ -207,7 +251,8 @@ def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge |
         groups[group] = _group_report(samples, mask, judged_digits, judged_colors)
         groups[group].update(_distribution_report(samples, mask, judge, features, base_features))
     return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors,
-            "features": features, "base_features": base_features}
+            "features": features, "base_features": base_features,
+            "base_colors": None if base is None else color_judge.predict(base.images)}
 
 
 def _check_base(samples: TestbedSamples, base: TestbedSamples | None) -> None:
@@ -269,6 +314,9 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     ``others`` = digits recognised on prompts naming other colours.
     ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
     (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).
+    Both kinds, over the colour-free prompts of the kept digits: ``color_spread`` and, with ``base``,
+    ``color_spread_ratio`` and the colour that lost most of its share (``color_spread``); for a
+    colour, ``color_free_erased``, the share those prompts still draw in it.
     With ``judge``: ``kept`` holds the distribution-level utility (FID/KID against real digits and,
     with ``base``, against the base model; diversity) over the kept prompts alone
     (``kept_prompts``). The group's own FID also counts the erased concept's prompts, whose
@@ -287,6 +335,16 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
         if base is not None and base_features is None:
             _check_base(samples, base)
             base_features = _judge_features(judge, base.images)
+    base_colors = report.get("base_colors")
+    if base is not None and base_colors is None:
+        _check_base(samples, base)
+        base_colors = ColorJudge().predict(base.images)
+    # colour-free prompts whose digit is kept: their colours must keep their spread (a colour
+    # erasure puts them on neither side, so nothing in its loss holds their other colours)
+    free = samples.colors < 0
+    for digit in erased_digits | ({value} if kind == "digits" else set()):
+        free &= samples.digits != digit
+    erased_hues = tuple(sorted(erased_colors | ({COLOR_NAMES.index(value)} if kind == "color" else set())))
     right = lambda m: float((judged_digits[m] == samples.digits[m]).float().mean()) if m.any() else None
     summary = {}
     for group, figures in report["groups"].items():
@@ -312,6 +370,8 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
                               "other_colors": _mean(list(other_colors.values())),
                               "worst_other_color": None if worst is None else other_colors[worst],
                               "worst_other_name": worst}
+        if (mask & free).any():
+            summary[group].update(color_spread(samples, mask & free, judged_colors, base_colors, erased_hues))
         if judge is not None and (mask & kept).sum() >= 2:
             summary[group]["kept"] = _distribution_report(samples, mask & kept, judge, features, base_features)
     return summary

@@ -95,6 +95,7 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
         assert {"erased", "others", "worst_other", "diversity_ratio", "fid", "kid", "fid_base", "kid_base",
                 "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
         assert row["numeral_erased"] is None  # --groups word: the numeral group was not drawn
+        assert {"color_spread", "color_spread_ratio", "color_free_worst_ratio"} <= set(row)  # None where the base drew one colour
     assert set(saved["summary"]["per_method"]) == {"scissorhands", "finetune"}
     assert any(goal.startswith("scissorhands: erased") for goal in saved["summary"]["targets"])
     assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")
@@ -135,6 +136,12 @@ def test_targets_read_digit_and_colour_runs_each_by_their_own_figures():
     assert result["scissorhands: FID vs real <= 1.2x base"]["runs_met"] == 2
     # scissorhands alone is on its own front: not a result
     assert result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"]["status"] == "unmeasured"
+    # runs written before the colour term have no spread: no verdict rather than a pass
+    assert not any("colour spread" in goal for goal in result)
+    spread = quality.targets([{**rows[0], "color_spread_ratio": 1.02}, {**rows[1], "color_spread_ratio": 0.81}],
+                             base, front=["scissorhands"])
+    assert spread["scissorhands: colour spread of colour-free prompts >= 0.9x base"] == {
+        "status": "missed", "runs_met": 1, "runs": 2}
     other = {**run, "method": "esd", "concept": "digits:two", "others": 0.98, "worst_other": 0.90}
     compared = quality.targets([*rows, other], base, front=["scissorhands"])
     assert compared["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"]["status"] == "met"

@@ -89,8 +89,44 @@ def test_judge_and_summaries_on_hand_made_samples():
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
     assert base["fid_base"] == pytest.approx(0.0, abs=1e-3) and base["diversity_ratio"] == pytest.approx(1.0)
     # the other digit's one colour prompt (blue, drawn blue) keeps its colour
+    two_colors = torch.log(torch.tensor(2.0)).item() / torch.log(torch.tensor(6.0)).item()
     assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3),
-                             "worst_other_name": "three", "color_kept": 1.0}
+                             "worst_other_name": "three", "color_kept": 1.0,
+                             # the colour-free prompt of 3 drew red and blue
+                             "color_spread": pytest.approx(two_colors),
+                             "color_free_shares": {**dict.fromkeys(COLOR_NAMES, 0.0), "red": 0.5, "blue": 0.5}}
+
+
+def test_color_spread_of_colour_free_prompts_against_the_base():
+    white, red, green, blue, yellow, magenta = (COLOR_NAMES.index(c) for c in
+                                                ("white", "red", "green", "blue", "yellow", "magenta"))
+    # three colour-free prompts of digit 3, two seeds each, and one of digit 2 (prompt 3)
+    ids, digits = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), torch.tensor([3] * 6 + [2] * 2)
+    base_drawn = [green, blue, red, yellow, green, white, red, green]
+    after_drawn = [magenta, magenta, magenta, yellow, magenta, white, red, red]
+    make = lambda drawn: TestbedSamples(images=painted(drawn), digits=digits, colors=torch.full((8,), -1),
+                                        prompt_ids=ids, groups=["word"] * 8)
+    base, after = make(base_drawn), make(after_drawn)
+    judge = FixedJudge(digits.repeat(2))
+    report = judge_testbed(after, judge, ColorJudge(), base=base)
+    two_colors = torch.log(torch.tensor(2.0)).item() / torch.log(torch.tensor(6.0)).item()
+    red_summary = concept_summary(report, after, "color:red")["word"]
+    # every prompt drew two colours on the base; after, prompt 0 and prompt 3 draw one
+    assert red_summary["color_spread"] == pytest.approx(2 / 4 * two_colors)
+    assert red_summary["color_spread_ratio"] == pytest.approx(0.5)
+    # green (3 of 8 on the base) and blue are gone; the worst is the first of the two in grammar order
+    assert red_summary["color_free_worst_name"] == "green" and red_summary["color_free_worst_ratio"] == 0.0
+    assert red_summary["color_free_erased"] == pytest.approx(2 / 8)  # prompt 3 still draws red
+    # erasing the digit two leaves prompt 3 out: the three prompts of 3 alone
+    two_summary = concept_summary(report, after, "digits:two")["word"]
+    assert two_summary["color_spread_ratio"] == pytest.approx(2 / 3)
+    assert "color_free_erased" not in two_summary
+    assert two_summary["color_free_shares"]["magenta"] == pytest.approx(4 / 6)
+    # red is not erased there: its lost share (1 of 6 -> 0) counts, and it comes first in grammar order
+    assert two_summary["color_free_worst_name"] == "red" and two_summary["color_free_worst_ratio"] == 0.0
+    # the same model against itself keeps every figure
+    same = concept_summary(judge_testbed(base, judge, ColorJudge(), base=base), base, "color:red")["word"]
+    assert same["color_spread_ratio"] == pytest.approx(1.0) and same["color_free_worst_ratio"] == pytest.approx(1.0)
 
 
 def test_kept_prompts_and_utility_over_them_alone():
