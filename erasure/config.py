@@ -62,6 +62,10 @@ class MethodConfig:
     # model's output on D_r at the same noise and step (a frozen copy is kept): it asks the
     # repaired model to be the original on retain prompts, not to refit the few retain samples
     retain_loss: str = "data"
+    # retain_loss="distill": weight of the neutral prompts' term (retain rows whose metadata names a neutral
+    # prompt, the wording on neither side: the testbed's colour-free prompt under a colour concept). The neutral
+    # prompt's prediction is pulled to the original's under the row's own prompt; 0: off
+    neutral_weight: float = 1.0
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
     # LoReUn plug-in (paper 004)
@@ -75,7 +79,8 @@ class MethodConfig:
         self.trim_include, self.trim_exclude = tuple(self.trim_include), tuple(self.trim_exclude)
         if not 0.0 < self.kept_fraction < 1.0 or math.isnan(self.kept_fraction):
             raise ValueError(f"kept_fraction={self.kept_fraction} must be in (0, 1): 0.995 keeps 99.5% and trims 0.5%")
-        for name in ("lam", "alpha", "ascent_lr", "l1_gamma", "eta_forget", "eta_retain", "init_value"):
+        for name in ("lam", "alpha", "ascent_lr", "l1_gamma", "eta_forget", "eta_retain", "init_value",
+                     "neutral_weight"):
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")

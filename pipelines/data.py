@@ -5,6 +5,9 @@ final latents [C, h, w], scaled by the VAE's scaling factor), so nothing is re-e
 user's own folder (png/jpg files, optionally `metadata.jsonl` rows with "file_name" (or the older
 "file") and "prompt"; names must stay inside the folder, see `pipelines.image_folder.resolve_inside`)
 is encoded once with the VAE (`latent_dist.mean * scaling_factor`) and cached the same way.
+A retain row may carry `"extra": {"neutral": "<prompt>"}`: the wording on neither side of the
+erasure that should draw what this retain prompt draws (the testbed's colour-free prompt beside a
+colour prompt; `pipelines.erase.neutral_prompts`, the method config's `neutral_weight`).
 """
 
 from __future__ import annotations

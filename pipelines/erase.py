@@ -166,7 +166,11 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     from diffusers import DDPMScheduler
 
     substitute = config.substitute_prompt
-    prompts = sorted(set(forget.prompts) | set(retain.prompts) | {""} | ({substitute} if substitute else set()))
+    holds_neutral = (method_config is not None and method_config.retain_loss == "distill"
+                     and method_config.neutral_weight > 0)
+    neutral_of = neutral_prompts(retain, forget) if holds_neutral else {}
+    prompts = sorted(set(forget.prompts) | set(retain.prompts) | {""} | ({substitute} if substitute else set())
+                     | set(neutral_of.values()))
     ids = {p: i for i, p in enumerate(prompts)}
     forget_prompts = sorted(set(forget.prompts))
     # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording
@@ -179,13 +183,42 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     table = encode_prompt_table(pipe, prompts, device)
     # SDXL: the time ids of the training images' size, as the pipeline sets them when it drew them
     size = [side * pipe.vae_scale_factor for side in forget.latents.shape[-2:]]
+    neutral = None
+    if neutral_of:
+        neutral = torch.full((len(prompts),), -1)
+        for prompt, held in neutral_of.items():
+            neutral[ids[prompt]] = ids[held]
     objective = DiffusionObjective(scheduler, table.hidden, relabel, ids[""], config.relabel_target,
                                    config.negative_guidance, config.seed, pooled=table.pooled,
-                                   time_ids=time_ids(*size) if table.pooled is not None else None)
+                                   time_ids=time_ids(*size) if table.pooled is not None else None,
+                                   neutral_ids=neutral,
+                                   neutral_weight=method_config.neutral_weight if method_config is not None else 0.0)
     if method_config is not None and method_config.adversarial_prefix:
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])
     return objective, label(forget), label(retain)
+
+
+def neutral_prompts(retain: ConceptImageSet, forget: ConceptImageSet) -> dict[str, str]:
+    """Retain prompt -> its neutral prompt, from the retain rows' ``extra["neutral"]``
+    (`pipelines.generate` writes it for the testbed's colour concepts: the colour-free wording).
+
+    Raises:
+        ValueError: one retain prompt given two neutral prompts, or a neutral prompt that the
+            forget set holds (holding it would train the concept back).
+    """
+    pairs: dict[str, str] = {}
+    forgotten = set(forget.prompts)
+    for prompt, row in zip(retain.prompts, retain.metadata):
+        held = (row.get("extra") or {}).get("neutral")
+        if not held:
+            continue
+        if pairs.setdefault(prompt, held) != held:
+            raise ValueError(f"retain prompt {prompt!r} has two neutral prompts in its metadata: {pairs[prompt]!r} and "
+                             f"{held!r}")
+        if held in forgotten:
+            raise ValueError(f"the neutral prompt {held!r} of retain prompt {prompt!r} is a forget prompt")
+    return pairs
 
 
 def build_adversary(pipe, prompts: list[str], method_config: MethodConfig, device) -> AdversarialPrefixes:

@@ -40,7 +40,7 @@ import torch
 from erasure import jobconfig
 from erasure.output import check_output_dir
 from erasure.bounds import MAX_IMAGES, check_finite_fields, check_image_budget, check_mixed_precision, check_range, check_seed
-from prompts.base import PromptSet
+from prompts.base import Prompt, PromptSet
 from prompts.colored_digits import FORMS, GROUPS, concept_prompts, grammar_prompts
 from prompts.sets import imagenette_prompts, load_concept, load_prompt_file
 
@@ -146,7 +146,12 @@ def concept_sets(concept: str, forms: tuple[str, ...] = ("word",), phrasings: tu
         per_concept.append(mine)
     # interleaved, so that the first N images (num_images < the prompts) cover every concept alike
     tagged = [p for row in itertools.zip_longest(*per_concept) for p in row if p is not None]
-    kept = list({p.text: p for retain in retains for p in retain if p.text not in seen | neither}.values())
+    held: dict[str, Prompt] = {}
+    for prompt in (p for retain in retains for p in retain if p.text not in seen | neither):
+        # a prompt two concepts retain keeps what either says of it (a colour concept's "neutral")
+        extra = {**held[prompt.text].extra, **prompt.extra} if prompt.text in held else prompt.extra
+        held[prompt.text] = dataclasses.replace(prompt, extra=extra)
+    kept = list(held.values())
     if not kept:
         raise ValueError(f"concept={concept!r}: every retain prompt is forgotten by one of {names}; nothing to retain")
     joined = "+".join(names)

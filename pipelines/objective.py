@@ -42,19 +42,28 @@ class DiffusionObjective(Objective):
             ``text_embeds``); None for SD 1.x / 2.x.
         time_ids: SDXL's six added time ids of the training images (`pipelines.conditioning.time_ids`);
             given exactly when ``pooled`` is.
+        neutral_ids: for each prompt id, the id of its neutral prompt (-1: none): the wording that
+            names neither side of the erasure (the testbed's colour-free prompt beside a retained
+            colour prompt); ``distilled_loss`` also pulls eps(z_t | neutral) to the original's
+            eps(z_t | prompt), weighted by ``neutral_weight``.
     """
 
     measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
 
     def __init__(self, scheduler: Any, embeddings: Tensor, relabel_ids: Tensor, uncond_id: int,
                  relabel_target: str = "prediction", negative_guidance: float = 1.0, seed: int = 0,
-                 pooled: Tensor | None = None, time_ids: Tensor | None = None) -> None:
+                 pooled: Tensor | None = None, time_ids: Tensor | None = None, neutral_ids: Tensor | None = None,
+                 neutral_weight: float = 1.0) -> None:
         if relabel_target not in RELABEL_TARGETS:
             raise ValueError(f"relabel_target='{relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
         if (pooled is None) != (time_ids is None):
             raise ValueError("an SDXL objective needs both pooled embeddings and time ids (or neither)")
         if pooled is not None and len(pooled) != len(embeddings):
             raise ValueError(f"pooled embeddings for {len(pooled)} prompts, text embeddings for {len(embeddings)}")
+        if neutral_ids is not None and len(neutral_ids) != len(embeddings):
+            raise ValueError(f"neutral ids for {len(neutral_ids)} prompts, text embeddings for {len(embeddings)}")
+        self.neutral_ids = neutral_ids
+        self.neutral_weight = neutral_weight
         self.pooled = pooled
         self.time_ids = time_ids
         self.scheduler = scheduler
@@ -181,12 +190,24 @@ class DiffusionObjective(Objective):
 
     def distilled_loss(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> Tensor:
         """MSE between ``unet``'s prediction and the frozen original's at the same noisy latent,
-        step and prompt: the retain term of ``retain_loss="distill"``."""
+        step and prompt: the retain term of ``retain_loss="distill"``. Samples whose prompt has a
+        neutral prompt (``neutral_ids``) add ``neutral_weight`` times the MSE between ``unet``'s
+        prediction under the neutral prompt and the same target: the neutral prompt learns the
+        original's retained distribution (over the retain images, the original's score of their
+        mixture), not the erased concept's share of it."""
         batch = self._with_noise(batch)
         noisy, _ = self._noisy_and_target(batch)
         with torch.no_grad():
             target = self._predict(frozen, noisy, batch["timesteps"], batch["y"])
-        return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
+        losses = self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
+        if self.neutral_ids is None or not self.neutral_weight:
+            return losses
+        neutral = self.neutral_ids.to(batch["y"].device)[batch["y"]]
+        has = neutral >= 0
+        if not has.any():
+            return losses
+        held = self._mse(self._predict(unet, noisy[has], batch["timesteps"][has], neutral[has]), target[has])
+        return losses.index_add(0, has.nonzero().squeeze(1), self.neutral_weight * held)
 
     @torch.no_grad()
     def fit_reference(self, unet: nn.Module, batches: Iterable[Any], num_batches: int | None = None,

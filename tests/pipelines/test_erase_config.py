@@ -61,3 +61,32 @@ def test_revision_and_folder_prompts_reach_the_loaders(dirs, tiny_pipeline_dir, 
                     "--forget_dir", str(dirs / "forget"), "--retain_dir", str(dirs / "retain"),
                     "--forget_prompt", "a cat", "--output_dir", str(tmp_path / "out")])
     assert seen == {"revision": "v2", "prompts": ["a cat"]}
+
+
+def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
+    """A retain row's ``extra["neutral"]`` (pipelines.generate writes it for a colour concept) maps its
+    prompt to the neutral one in the objective; method configs with neutral_weight 0 map nothing."""
+    import types
+
+    from erasure.config import MethodConfig
+    from pipelines.erase import build_objective, neutral_prompts
+    from pipelines.tiny import build_tiny_pipeline
+
+    rows = lambda *neutrals: [{"extra": {"neutral": n}} if n else {} for n in neutrals]
+    data = lambda prompts, metadata: types.SimpleNamespace(prompts=prompts, metadata=metadata,
+                                                           latents=torch.zeros(len(prompts), 4, 16, 16))
+    forget = data(["a red handwritten digit two"], [{}])
+    retain = data(["a blue handwritten digit two", "a green handwritten digit one", "a blue handwritten digit two"],
+                  rows("a handwritten digit two", None, "a handwritten digit two"))
+    assert neutral_prompts(retain, forget) == {"a blue handwritten digit two": "a handwritten digit two"}
+    config = types.SimpleNamespace(substitute_prompt=None, relabel_target="prediction", negative_guidance=1.0, seed=0)
+    pipe = build_tiny_pipeline(seed=0)
+    objective, _, retain_ids = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill"))
+    neutral = objective.neutral_ids[retain_ids]
+    assert neutral[1] == -1 and neutral[0] == neutral[2] and neutral[0] not in retain_ids.tolist()
+    off, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", neutral_weight=0))
+    assert off.neutral_ids is None
+    with pytest.raises(ValueError, match="two neutral prompts"):
+        neutral_prompts(data(retain.prompts, rows("a handwritten digit two", None, "the number two")), forget)
+    with pytest.raises(ValueError, match="is a forget prompt"):
+        neutral_prompts(retain, data(["a handwritten digit two"], [{}]))

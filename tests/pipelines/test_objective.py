@@ -91,6 +91,26 @@ def mse(a, b):
 EMBEDDINGS = torch.stack([torch.full((5, 8), v) for v in (1.0, -2.0, 0.0)])  # forget, substitute, empty
 
 
+def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain_prompt():
+    """Prompt 1 names prompt 2 as its neutral: sample 1 adds w * MSE(student | prompt 2, original | prompt 1);
+    the constant UNets differ only by the prompt embedding's mean (-2 against 0): MSE 4."""
+    batch, scheduler = hand_batch(), DDPMScheduler()
+    student, original = ConstantUNet(), ConstantUNet().requires_grad_(False)
+    neutral = torch.tensor([-1, 2, -1])
+    for weight, expected in ((1.0, [0.0, 4.0]), (0.5, [0.0, 2.0]), (0.0, [0.0, 0.0])):
+        objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=neutral,
+                                       neutral_weight=weight)
+        losses = objective.distilled_loss(student, original, batch)
+        torch.testing.assert_close(losses, torch.tensor(expected))
+    losses.sum().backward()  # weight 0: nothing but the plain distillation, which is 0 here
+    assert student.scale.grad == 0
+    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=neutral)
+    objective.distilled_loss(student, original, batch).sum().backward()
+    assert student.scale.grad != 0 and original.scale.grad is None
+    with pytest.raises(ValueError, match="neutral ids for 2 prompts"):
+        DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([-1, 2]))
+
+
 def test_epsilon_and_v_prediction_targets_by_hand():
     batch, unet = hand_batch(), ConstantUNet()
     for kind in ("epsilon", "v_prediction"):
