@@ -170,7 +170,7 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                      and method_config.neutral_weight > 0)
     neutral_of = neutral_prompts(retain, forget) if holds_neutral else {}
     prompts = sorted(set(forget.prompts) | set(retain.prompts) | {""} | ({substitute} if substitute else set())
-                     | set(neutral_of.values()))
+                     | {n for held in neutral_of.values() for n in held})
     ids = {p: i for i, p in enumerate(prompts)}
     forget_prompts = sorted(set(forget.prompts))
     # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording
@@ -185,9 +185,9 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     size = [side * pipe.vae_scale_factor for side in forget.latents.shape[-2:]]
     neutral = None
     if neutral_of:
-        neutral = torch.full((len(prompts),), -1)
+        neutral = torch.full((len(prompts), max(map(len, neutral_of.values()))), -1)
         for prompt, held in neutral_of.items():
-            neutral[ids[prompt]] = ids[held]
+            neutral[ids[prompt], :len(held)] = torch.tensor([ids[n] for n in held])
     objective = DiffusionObjective(scheduler, table.hidden, relabel, ids[""], config.relabel_target,
                                    config.negative_guidance, config.seed, pooled=table.pooled,
                                    time_ids=time_ids(*size) if table.pooled is not None else None,
@@ -199,25 +199,28 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     return objective, label(forget), label(retain)
 
 
-def neutral_prompts(retain: ConceptImageSet, forget: ConceptImageSet) -> dict[str, str]:
-    """Retain prompt -> its neutral prompt, from the retain rows' ``extra["neutral"]``
-    (`pipelines.generate` writes it for the testbed's colour concepts: the colour-free wording).
+def neutral_prompts(retain: ConceptImageSet, forget: ConceptImageSet) -> dict[str, tuple[str, ...]]:
+    """Retain prompt -> its neutral prompts, from the retain rows' ``extra["neutral"]`` (one prompt
+    or a list; `pipelines.generate` writes the testbed colour concepts': the colour-free wordings
+    of the same digit).
 
     Raises:
-        ValueError: one retain prompt given two neutral prompts, or a neutral prompt that the
-            forget set holds (holding it would train the concept back).
+        ValueError: one retain prompt given different neutral prompts by two rows, or a neutral
+            prompt that the forget set holds (holding it would train the concept back).
     """
-    pairs: dict[str, str] = {}
+    pairs: dict[str, tuple[str, ...]] = {}
     forgotten = set(forget.prompts)
     for prompt, row in zip(retain.prompts, retain.metadata):
         held = (row.get("extra") or {}).get("neutral")
         if not held:
             continue
+        held = (held,) if isinstance(held, str) else tuple(held)
         if pairs.setdefault(prompt, held) != held:
-            raise ValueError(f"retain prompt {prompt!r} has two neutral prompts in its metadata: {pairs[prompt]!r} and "
-                             f"{held!r}")
-        if held in forgotten:
-            raise ValueError(f"the neutral prompt {held!r} of retain prompt {prompt!r} is a forget prompt")
+            raise ValueError(f"retain prompt {prompt!r} has two sets of neutral prompts in its metadata: "
+                             f"{list(pairs[prompt])} and {list(held)}")
+        for neutral in held:
+            if neutral in forgotten:
+                raise ValueError(f"the neutral prompt {neutral!r} of retain prompt {prompt!r} is a forget prompt")
     return pairs
 
 

@@ -42,10 +42,12 @@ class DiffusionObjective(Objective):
             ``text_embeds``); None for SD 1.x / 2.x.
         time_ids: SDXL's six added time ids of the training images (`pipelines.conditioning.time_ids`);
             given exactly when ``pooled`` is.
-        neutral_ids: for each prompt id, the id of its neutral prompt (-1: none): the wording that
-            names neither side of the erasure (the testbed's colour-free prompt beside a retained
-            colour prompt); ``distilled_loss`` also pulls eps(z_t | neutral) to the original's
-            eps(z_t | prompt), weighted by ``neutral_weight``.
+        neutral_ids: ``[P]`` or ``[P, K]``: for each prompt id, the ids of its neutral prompts, first,
+            then -1 (none): the wordings on neither side of the erasure (the testbed's colour-free
+            prompts beside a retained colour prompt); ``distilled_loss`` also pulls eps(z_t | neutral)
+            to the original's eps(z_t | prompt), weighted by ``neutral_weight``, for one of them per
+            sample (the sample's timestep modulo their count: a fresh one as the steps are drawn, the
+            same on a resumed run).
     """
 
     measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
@@ -62,6 +64,10 @@ class DiffusionObjective(Objective):
             raise ValueError(f"pooled embeddings for {len(pooled)} prompts, text embeddings for {len(embeddings)}")
         if neutral_ids is not None and len(neutral_ids) != len(embeddings):
             raise ValueError(f"neutral ids for {len(neutral_ids)} prompts, text embeddings for {len(embeddings)}")
+        if neutral_ids is not None and neutral_ids.ndim == 1:
+            neutral_ids = neutral_ids[:, None]
+        if neutral_ids is not None and bool(((neutral_ids[:, 1:] >= 0) & (neutral_ids[:, :-1] < 0)).any()):
+            raise ValueError("neutral_ids must list each prompt's neutral ids first and pad with -1 after them")
         self.neutral_ids = neutral_ids
         self.neutral_weight = neutral_weight
         self.pooled = pooled
@@ -202,11 +208,14 @@ class DiffusionObjective(Objective):
         losses = self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
         if self.neutral_ids is None or not self.neutral_weight:
             return losses
-        neutral = self.neutral_ids.to(batch["y"].device)[batch["y"]]
-        has = neutral >= 0
+        neutral = self.neutral_ids.to(batch["y"].device)[batch["y"]]  # [N, K]
+        count = (neutral >= 0).sum(1)
+        has = count > 0
         if not has.any():
             return losses
-        held = self._mse(self._predict(unet, noisy[has], batch["timesteps"][has], neutral[has]), target[has])
+        pick = (batch["timesteps"][has] % count[has]).long()
+        chosen = neutral[has].gather(1, pick[:, None]).squeeze(1)
+        held = self._mse(self._predict(unet, noisy[has], batch["timesteps"][has], chosen), target[has])
         return losses.index_add(0, has.nonzero().squeeze(1), self.neutral_weight * held)
 
     @torch.no_grad()

@@ -231,30 +231,23 @@ def _concept_sets(kind: str, value: Any, forms: tuple, groups: tuple, concept: s
 
 
 def with_neutral(retain: PromptSet, plain: PromptSet) -> PromptSet:
-    """``retain``'s prompts with ``extra["neutral"]``: a colour-free prompt of the same digit, name
-    form and phrasing group (the k-th coloured prompt of a digit takes the k-th colour-free one,
-    cycling, so that every colour-free prompt is someone's neutral).
+    """``retain``'s prompts with ``extra["neutral"]``: the colour-free prompts of the same digit,
+    name form and phrasing group.
 
     A colour concept leaves the colour-free prompts on neither side (they may draw the colour),
     and nothing in its loss held them: an erasure of red or blue narrowed their colours (per-prompt
     colour entropy 0.73-0.81x the base's on the evaluation seeds, most of them drawn green or red).
-    The erase job's ``neutral_weight`` term pulls the neutral prompt's prediction to the original
-    model's under the retain prompt, on the retain image: the colour-free prompt then draws what
-    the other colours' prompts draw, neither the erased colour nor one colour alone.
+    The erase job's ``neutral_weight`` term pulls a neutral prompt's prediction to the original
+    model's under the retain prompt, on the retain image: the colour-free prompts then draw what
+    the other colours' prompts draw, neither the erased colour nor one colour alone. Each retain
+    prompt names all of its digit's colour-free wordings (the job takes one per sample), so that each
+    of them meets every retained colour, not the one or two of a single retain prompt's images.
     """
     plain_of: dict[tuple, list[str]] = {}
     for prompt in plain:
         plain_of.setdefault(_slot(prompt), []).append(prompt.text)
-    seen: dict[tuple, int] = {}
-    prompts = []
-    for prompt in retain:
-        choices = plain_of.get(_slot(prompt))
-        if not choices:
-            prompts.append(prompt)
-            continue
-        key = (*_slot(prompt), prompt.extra["color"])
-        k = seen[key] = seen.get(key, -1) + 1
-        prompts.append(dataclasses.replace(prompt, extra={**prompt.extra, "neutral": choices[k % len(choices)]}))
+    prompts = [dataclasses.replace(prompt, extra={**prompt.extra, "neutral": plain_of[_slot(prompt)]})
+               if _slot(prompt) in plain_of else prompt for prompt in retain]
     return PromptSet(retain.name, prompts, version=retain.version, source=retain.source)
 
 

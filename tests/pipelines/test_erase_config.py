@@ -78,15 +78,20 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     forget = data(["a red handwritten digit two"], [{}])
     retain = data(["a blue handwritten digit two", "a green handwritten digit one", "a blue handwritten digit two"],
                   rows("a handwritten digit two", None, "a handwritten digit two"))
-    assert neutral_prompts(retain, forget) == {"a blue handwritten digit two": "a handwritten digit two"}
+    assert neutral_prompts(retain, forget) == {"a blue handwritten digit two": ("a handwritten digit two",)}
     config = types.SimpleNamespace(substitute_prompt=None, relabel_target="prediction", negative_guidance=1.0, seed=0)
     pipe = build_tiny_pipeline(seed=0)
     objective, _, retain_ids = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill"))
-    neutral = objective.neutral_ids[retain_ids]
+    neutral = objective.neutral_ids[retain_ids, 0]
     assert neutral[1] == -1 and neutral[0] == neutral[2] and neutral[0] not in retain_ids.tolist()
+    listed = data(retain.prompts, [{"extra": {"neutral": ["a handwritten digit two", "the number two"]}}, {},
+                                   {"extra": {"neutral": ["a handwritten digit two", "the number two"]}}])
+    several, _, ids = build_objective(pipe, config, forget, listed, "cpu", MethodConfig(retain_loss="distill"))
+    assert several.neutral_ids.shape[1] == 2 and (several.neutral_ids[ids[0]] >= 0).all()
+    assert (several.neutral_ids[ids[1]] == -1).all()
     off, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", neutral_weight=0))
     assert off.neutral_ids is None
-    with pytest.raises(ValueError, match="two neutral prompts"):
+    with pytest.raises(ValueError, match="two sets of neutral prompts"):
         neutral_prompts(data(retain.prompts, rows("a handwritten digit two", None, "the number two")), forget)
     with pytest.raises(ValueError, match="is a forget prompt"):
         neutral_prompts(retain, data(["a handwritten digit two"], [{}]))

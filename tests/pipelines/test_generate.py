@@ -175,6 +175,14 @@ def test_color_concept_folders_hold_only_that_colour_on_the_forget_side(tiny_pip
     assert {w for row in forget for w in row["prompt"].split() if w in words} == set(words)
     info = json.loads((out / "forget" / "info.json").read_text())
     assert info["concept"] == "color:red" and info["prompt_set"]["num_prompts"] == 30
+    # the retain rows name their colour-free neutral prompts, which the erase job reads back
+    from pipelines.data import ConceptImageSet
+    from pipelines.erase import neutral_prompts
+
+    assert all(row["extra"]["neutral"] and not any("red" in n.split() for n in row["extra"]["neutral"])
+               for row in retain)
+    pairs = neutral_prompts(ConceptImageSet.load(out / "retain"), ConceptImageSet.load(out / "forget"))
+    assert len(pairs) == len({row["prompt"] for row in retain}) and all(len(held) == 3 for held in pairs.values())
 
 
 def test_several_concepts_forget_their_union_and_retain_none_of_them(tmp_path):

@@ -107,6 +107,14 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
     objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=neutral)
     objective.distilled_loss(student, original, batch).sum().backward()
     assert student.scale.grad != 0 and original.scale.grad is None
+    # several neutral prompts per prompt: one per sample, by its timestep (10 and 900: both even -> the first)
+    two = torch.tensor([[-1, -1], [2, 0], [-1, -1]])
+    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=two)
+    torch.testing.assert_close(objective.distilled_loss(student, original, batch), torch.tensor([0.0, 4.0]))
+    odd = {**batch, "timesteps": torch.tensor([10, 901])}  # prompt 0's embedding (1.0) against -2: MSE 9
+    torch.testing.assert_close(objective.distilled_loss(student, original, odd)[1], torch.tensor(9.0))
+    with pytest.raises(ValueError, match="first and pad with -1"):
+        DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([[-1, 2]] * 3))
     with pytest.raises(ValueError, match="neutral ids for 2 prompts"):
         DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([-1, 2]))
 

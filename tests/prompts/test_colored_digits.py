@@ -61,20 +61,19 @@ def test_color_concept_forget_names_only_that_colour_and_retain_none_of_it():
     assert {p.extra["label"] for p in forget} == set(range(10))
 
 
-def test_color_concept_retain_prompts_name_their_colour_free_neutral():
-    """Each retained colour prompt names a colour-free prompt of its own digit, form and phrasing
-    group (the erase job holds that one to the retain prompt's prediction); every colour-free prompt
-    of the set's phrasings is someone's neutral; a digit concept retains its colour-free prompts as
-    they are and names none."""
+def test_color_concept_retain_prompts_name_their_colour_free_neutrals():
+    """Each retained colour prompt names the colour-free prompts of its own digit, form and phrasing
+    group (the erase job holds one of them per sample to the retain prompt's prediction); a digit
+    concept retains its colour-free prompts as they are and names none."""
     _, retain = concept_prompts("color:red", forms=("word", "numeral"), groups=("erase", "paraphrase"))
     plain = {p.text: p for p in grammar_prompts(colors=[None], forms=("word", "numeral"), groups=("erase", "paraphrase"))}
     for prompt in retain:
-        neutral = plain[prompt.extra["neutral"]]
-        assert {k: neutral.extra[k] for k in ("label", "form", "group")} == {
-            k: prompt.extra[k] for k in ("label", "form", "group")}
-    assert {p.extra["neutral"] for p in retain} == set(plain)
-    assert plain["a handwritten digit two"].text in {p.extra["neutral"] for p in retain if p.text ==
-                                                     "a blue handwritten digit two"}
+        slot = {k: prompt.extra[k] for k in ("label", "form", "group")}
+        assert prompt.extra["neutral"] == [t for t, p in plain.items()
+                                           if {k: p.extra[k] for k in ("label", "form", "group")} == slot]
+    blue_two = next(p for p in retain if p.text == "a blue handwritten digit two")
+    assert blue_two.extra["neutral"] == ["a handwritten digit two", "the number two", "a drawing of the number two"]
+    assert {n for p in retain for n in p.extra["neutral"]} == set(plain)
     assert not any("neutral" in p.extra for side in concept_prompts("digits:two") for p in side)
 
 
