@@ -65,7 +65,7 @@ class MethodConfig:
     # retain_loss="distill": weight of the neutral prompts' term (retain rows whose metadata names a neutral
     # prompt, the wording on neither side: the testbed's colour-free prompt under a colour concept). The neutral
     # prompt's prediction is pulled to the original's under the row's own prompt; 0: off
-    neutral_weight: float = 1.0
+    neutral_weight: float = 0.5  # tuned on the testbed's colour concepts (configs/erase_digits_scissorhands.yaml)
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
     # LoReUn plug-in (paper 004)
