@@ -110,8 +110,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def grid_rows(concept: str) -> tuple[list[str], list[list[str]]]:
     """Row labels and prompts of the before/after grid: one row per digit (colour-free prompts,
-    so the colours show too) for a digit concept, one row per colour for a colour concept; both
-    sets of rows when ``concept`` joins digits and colours ("digits:two,color:red")."""
+    so the colours show too) for a digit concept; for a colour concept one row per colour and a
+    last row of colour-free prompts of digits 0-7 ("colour-free": the prompts a colour erasure
+    leaves on neither side, whose spread over the colours it can narrow); the digit rows and the
+    colour rows when ``concept`` joins digits and colours ("digits:two,color:red"), the digit rows
+    being colour-free already."""
     kinds = {parse_concept(name)[0] for name in generate.split_concepts(concept)}
     labels, prompts = [], []
     if "digits" in kinds:
@@ -120,6 +123,9 @@ def grid_rows(concept: str) -> tuple[list[str], list[list[str]]]:
     if "color" in kinds:
         labels += list(COLOR_NAMES)
         prompts += [[f"a {c} handwritten digit {DIGIT_WORDS[k % 10]}" for k in range(GRID_SEEDS)] for c in COLOR_NAMES]
+        if "digits" not in kinds:
+            labels.append("colour-free")
+            prompts.append([f"a handwritten digit {DIGIT_WORDS[k % 10]}" for k in range(GRID_SEEDS)])
     return labels, prompts
 
 

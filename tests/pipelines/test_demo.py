@@ -47,8 +47,10 @@ def test_grid_has_eight_seeds_per_row():
     assert len(labels) == 10 and all(len(row) == 8 for row in prompts)
     labels, prompts = grid_rows("color:red")
     assert labels[1] == "red" and all("red" in p for p in prompts[1]) and len(prompts[1]) == 8
-    labels, prompts = grid_rows("digits:two,color:red")  # the digit rows, then the colour rows
-    assert labels == [*grid_rows("digits:two")[0], *grid_rows("color:red")[0]] and len(prompts) == 16
+    # the colour-free prompts, on neither side of a colour erasure, get a row of their own
+    assert labels[-1] == "colour-free" and prompts[-1][2] == "a handwritten digit two" and len(labels) == 7
+    labels, prompts = grid_rows("digits:two,color:red")  # the digit rows (colour-free), then the colour rows
+    assert labels == [*grid_rows("digits:two")[0], *grid_rows("color:red")[0][:-1]] and len(prompts) == 16
     assert grid_rows("digits:two,digits:five") == grid_rows("digits:two")
 
 
