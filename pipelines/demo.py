@@ -178,9 +178,10 @@ def log_concept(name: str, b: dict, a: dict) -> None:
                 a["worst_other_name"], 100 * worst_other(a), a["kept"]["diversity_ratio"], b["kept"]["fid"],
                 a["kept"]["fid"], a["kept"]["fid_base"])
     if a.get("color_spread_ratio") is not None:
-        logger.info("'%s': colour-free prompts' colour spread x%.2f of the base's (the colour that lost most: %s, "
-                    "x%.2f of its share)%s", name, a["color_spread_ratio"], a.get("color_free_worst_name"),
-                    a.get("color_free_worst_ratio") or 0.0,
+        worst = a.get("color_free_worst_ratio")
+        logger.info("'%s': colour-free prompts' colour spread x%.2f of the base's (the colour that lost most: %s)%s",
+                    name, a["color_spread_ratio"],
+                    "-" if worst is None else f"{a.get('color_free_worst_name')}, x{worst:.2f} of its share",
                     "" if "color_free_erased" not in a else
                     f"; drawn {name.partition(':')[2]} {100 * b['color_free_erased']:.0f}% -> "
                     f"{100 * a['color_free_erased']:.0f}% of the time")

@@ -211,12 +211,13 @@ class DiffusionObjective(Objective):
         neutral = self.neutral_ids.to(batch["y"].device)[batch["y"]]  # [N, K]
         count = (neutral >= 0).sum(1)
         has = count > 0
-        if not has.any():
-            return losses
-        pick = (batch["timesteps"][has] % count[has]).long()
-        chosen = neutral[has].gather(1, pick[:, None]).squeeze(1)
-        held = self._mse(self._predict(unet, noisy[has], batch["timesteps"][has], chosen), target[has])
-        return losses.index_add(0, has.nonzero().squeeze(1), self.neutral_weight * held)
+        # the whole batch goes through the second forward whether or not its samples have a neutral
+        # prompt (those without one take their own prompt and weight 0): under FSDP2 every rank must
+        # run the same forwards, and a rank whose batch held none would otherwise skip one and hang
+        pick = (batch["timesteps"] % count.clamp_min(1)).long()
+        chosen = torch.where(has, neutral.gather(1, pick[:, None]).squeeze(1), batch["y"])
+        held = self._mse(self._predict(unet, noisy, batch["timesteps"], chosen), target)
+        return losses + self.neutral_weight * held * has.to(held.dtype)
 
     @torch.no_grad()
     def fit_reference(self, unet: nn.Module, batches: Iterable[Any], num_batches: int | None = None,

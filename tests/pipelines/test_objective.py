@@ -113,6 +113,13 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
     torch.testing.assert_close(objective.distilled_loss(student, original, batch), torch.tensor([0.0, 4.0]))
     odd = {**batch, "timesteps": torch.tensor([10, 901])}  # prompt 0's embedding (1.0) against -2: MSE 9
     torch.testing.assert_close(objective.distilled_loss(student, original, odd)[1], torch.tensor(9.0))
+    # a sample without a neutral prompt runs the second forward too (FSDP2 needs the same forwards on every
+    # rank) but adds nothing: its loss is the plain distillation's
+    moved = ConstantUNet(scale=0.7)
+    plain = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2).distilled_loss(moved, original, batch)
+    with_neutral = objective.distilled_loss(moved, original, batch)
+    torch.testing.assert_close(with_neutral[0], plain[0])
+    assert with_neutral[1] > plain[1]
     with pytest.raises(ValueError, match="first and pad with -1"):
         DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([[-1, 2]] * 3))
     with pytest.raises(ValueError, match="neutral ids for 2 prompts"):
