@@ -169,7 +169,7 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     holds_neutral = (method_config is not None and method_config.retain_loss == "distill"
                      and method_config.neutral_weight > 0)
     neutral_of = neutral_prompts(retain, forget) if holds_neutral else {}
-    listed = any((row.get("extra") or {}).get("neutral") for row in retain.metadata)
+    listed = method_config is not None and any((row.get("extra") or {}).get("neutral") for row in retain.metadata)
     if listed and not holds_neutral:
         logger.warning("the retain rows name neutral prompts, which only retain_loss='distill' with neutral_weight > 0 "
                        "uses; this run ignores them")
