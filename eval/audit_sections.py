@@ -120,10 +120,17 @@ def testbed_section(run: AuditRun) -> dict[str, Any]:
     from .testbed import report_of, samples_from_rows
 
     judge = run.checked["judge"]
-    result = report_of(samples_from_rows(run.rows["model"]), judge, run.config.concept)
-    section = {"concept": run.config.concept, "groups": result["groups"], "summary": result.get("concept")}
-    if "baseline" in run.rows:
-        baseline = report_of(samples_from_rows(run.rows["baseline"]), judge, run.config.concept)
+    base_samples = samples_from_rows(run.rows["baseline"]) if "baseline" in run.rows else None
+    # the model against the baseline (FID/KID vs base, diversity and colour-spread ratios) where both
+    # drew the same prompts with the same seeds, row for row
+    key = lambda rows: [(r.get("prompt"), r.get("seed")) for r in rows]
+    paired = base_samples is not None and key(run.rows["model"]) == key(run.rows["baseline"])
+    result = report_of(samples_from_rows(run.rows["model"]), judge, run.config.concept,
+                       base=base_samples if paired else None)
+    section = {"concept": run.config.concept, "groups": result["groups"], "summary": result.get("concept"),
+               "against_baseline": paired}
+    if base_samples is not None:
+        baseline = report_of(base_samples, judge, run.config.concept)
         section["baseline"] = {"groups": baseline["groups"], "summary": baseline.get("concept")}
     return {"testbed": section}
 

@@ -201,9 +201,9 @@ def judge_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_testbed_folder(folder: Path, groups: str) -> Path:
-    """Images of the testbed prompt set drawn as bars in the named colour (white when none), two per
-    prompt, with the metadata rows eval.sample writes (file_name, prompt, extra)."""
+def make_testbed_folder(folder: Path, groups: str, free: tuple[str, str] = ("white", "white")) -> Path:
+    """Images of the testbed prompt set drawn as bars in the named colour (``free[k]`` for image k when
+    none), two per prompt, with the metadata rows eval.sample writes (file_name, prompt, extra)."""
     from prompts.colored_digits import COLOR_NAMES
     from prompts.sets import get_prompt_set
 
@@ -215,7 +215,7 @@ def make_testbed_folder(folder: Path, groups: str) -> Path:
         for prompt in get_prompt_set(f"testbed:{groups}"):
             name = f"{len(rows):06d}.png"
             image = np.zeros((32, 32, 3), dtype=np.uint8)
-            image[8:24, 12 + 2 * k:18 + 2 * k] = palette[prompt.extra["color"] or "white"]
+            image[8:24, 12 + 2 * k:18 + 2 * k] = palette[prompt.extra["color"] or free[k]]
             images[name] = image
             rows.append({"file_name": name, "index": len(rows), "prompt": prompt.text, "extra": prompt.extra})
     write_images(folder, images)
@@ -240,6 +240,17 @@ def test_testbed_metric_reports_every_group_and_the_concept(judge_dir, tmp_path)
     assert "## Testbed (coloured digits)" in markdown
     # the kept prompts' utility is a table of its own, not a percentage of a dict
     assert "Utility over the prompts the erasure keeps" in markdown and "| numeral |" in markdown.split("keeps")[1]
+    assert testbed["against_baseline"] is False and "color_spread_ratio" not in testbed["summary"]["numeral"]
+    # against a baseline folder of the same prompts whose colour-free bars took two colours: the model's
+    # (white, white) lost all of that spread, and its kept prompts get FID against the baseline
+    baseline = make_testbed_folder(tmp_path / "baseline", "numeral,paraphrase", free=("green", "blue"))
+    paired = main(["--images", str(folder), "--baseline", str(baseline), "--prompts", "testbed:numeral,paraphrase",
+                   "--out", str(tmp_path / "paired"), "--metrics", "testbed", "--judge", str(judge_dir),
+                   "--concept", "color:red"])["testbed"]
+    assert paired["against_baseline"] is True
+    assert paired["summary"]["numeral"]["color_spread_ratio"] == 0.0
+    assert paired["summary"]["numeral"]["kept"]["fid_base"] == pytest.approx(0.0, abs=1e-3)  # named bars: the same
+    assert "color_spread_ratio 0.00x" in (tmp_path / "paired" / "report.md").read_text()
 
 
 def test_testbed_metric_needs_testbed_images_and_a_judge(tiny_pipeline_dir, judge_dir, tmp_path):
