@@ -166,17 +166,13 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     from diffusers import DDPMScheduler
 
     substitute = config.substitute_prompt
-    holds_neutral = (method_config is not None and method_config.retain_loss == "distill"
-                     and method_config.neutral_weight > 0)
-    neutral_of = neutral_prompts(retain, forget) if holds_neutral else {}
-    listed = method_config is not None and any((row.get("extra") or {}).get("neutral") for row in retain.metadata)
+    # the retain rows' neutral prompts, held by the distilled retain term only
+    listed = neutral_prompts(retain, forget) if method_config is not None else {}
+    holds_neutral = listed and method_config.retain_loss == "distill" and method_config.neutral_weight > 0
+    neutral_of = listed if holds_neutral else {}
     if listed and not holds_neutral:
         logger.warning("the retain rows name neutral prompts, which only retain_loss='distill' with neutral_weight > 0 "
                        "uses; this run ignores them")
-    elif holds_neutral and not listed and str(getattr(config, "concept", None) or "").startswith("color:"):
-        logger.warning("concept %s: the retain rows name no neutral prompts (data generated before they were "
-                       "written?), so the colour-free prompts are not held; regenerate the data with "
-                       "pipelines.generate", config.concept)
     prompts = sorted(set(forget.prompts) | set(retain.prompts) | {""} | ({substitute} if substitute else set())
                      | {n for held in neutral_of.values() for n in held})
     ids = {p: i for i, p in enumerate(prompts)}

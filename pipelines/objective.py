@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from erasure.config import MethodConfig
 from erasure.loreun import fit_exponential
 from erasure.objective import Objective
 from erasure.replicas import sum_across_processes
@@ -42,7 +43,7 @@ class DiffusionObjective(Objective):
             ``text_embeds``); None for SD 1.x / 2.x.
         time_ids: SDXL's six added time ids of the training images (`pipelines.conditioning.time_ids`);
             given exactly when ``pooled`` is.
-        neutral_ids: ``[P]`` or ``[P, K]``: for each prompt id, the ids of its neutral prompts, first,
+        neutral_ids: ``[P, K]``: for each prompt id, the ids of its neutral prompts, first,
             then -1 (none): the wordings on neither side of the erasure (the testbed's colour-free
             prompts beside a retained colour prompt); ``distilled_loss`` also pulls eps(z_t | neutral)
             to the original's eps(z_t | prompt), weighted by ``neutral_weight``, for one of them per
@@ -55,17 +56,16 @@ class DiffusionObjective(Objective):
     def __init__(self, scheduler: Any, embeddings: Tensor, relabel_ids: Tensor, uncond_id: int,
                  relabel_target: str = "prediction", negative_guidance: float = 1.0, seed: int = 0,
                  pooled: Tensor | None = None, time_ids: Tensor | None = None, neutral_ids: Tensor | None = None,
-                 neutral_weight: float = 1.0) -> None:
+                 neutral_weight: float = MethodConfig.neutral_weight) -> None:
         if relabel_target not in RELABEL_TARGETS:
             raise ValueError(f"relabel_target='{relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
         if (pooled is None) != (time_ids is None):
             raise ValueError("an SDXL objective needs both pooled embeddings and time ids (or neither)")
         if pooled is not None and len(pooled) != len(embeddings):
             raise ValueError(f"pooled embeddings for {len(pooled)} prompts, text embeddings for {len(embeddings)}")
-        if neutral_ids is not None and len(neutral_ids) != len(embeddings):
-            raise ValueError(f"neutral ids for {len(neutral_ids)} prompts, text embeddings for {len(embeddings)}")
-        if neutral_ids is not None and neutral_ids.ndim == 1:
-            neutral_ids = neutral_ids[:, None]
+        if neutral_ids is not None and (neutral_ids.ndim != 2 or len(neutral_ids) != len(embeddings)):
+            raise ValueError(f"neutral ids must be [prompts, K] for {len(embeddings)} prompts, got "
+                             f"{tuple(neutral_ids.shape)}")
         if neutral_ids is not None and bool(((neutral_ids[:, 1:] >= 0) & (neutral_ids[:, :-1] < 0)).any()):
             raise ValueError("neutral_ids must list each prompt's neutral ids first and pad with -1 after them")
         self.neutral_ids = neutral_ids

@@ -96,7 +96,7 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
     the constant UNets differ only by the prompt embedding's mean (-2 against 0): MSE 4."""
     batch, scheduler = hand_batch(), DDPMScheduler()
     student, original = ConstantUNet(), ConstantUNet().requires_grad_(False)
-    neutral = torch.tensor([-1, 2, -1])
+    neutral = torch.tensor([[-1], [2], [-1]])
     for weight, expected in ((1.0, [0.0, 4.0]), (0.5, [0.0, 2.0]), (0.0, [0.0, 0.0])):
         objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=neutral,
                                        neutral_weight=weight)
@@ -104,12 +104,12 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
         torch.testing.assert_close(losses, torch.tensor(expected))
     losses.sum().backward()  # weight 0: nothing but the plain distillation, which is 0 here
     assert student.scale.grad == 0
-    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=neutral)
+    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=neutral, neutral_weight=1.0)
     objective.distilled_loss(student, original, batch).sum().backward()
     assert student.scale.grad != 0 and original.scale.grad is None
     # several neutral prompts per prompt: one per sample, by its timestep (10 and 900: both even -> the first)
     two = torch.tensor([[-1, -1], [2, 0], [-1, -1]])
-    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=two)
+    objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=two, neutral_weight=1.0)
     torch.testing.assert_close(objective.distilled_loss(student, original, batch), torch.tensor([0.0, 4.0]))
     odd = {**batch, "timesteps": torch.tensor([10, 901])}  # prompt 0's embedding (1.0) against -2: MSE 9
     torch.testing.assert_close(objective.distilled_loss(student, original, odd)[1], torch.tensor(9.0))
@@ -122,8 +122,9 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
     assert with_neutral[1] > plain[1]
     with pytest.raises(ValueError, match="first and pad with -1"):
         DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([[-1, 2]] * 3))
-    with pytest.raises(ValueError, match="neutral ids for 2 prompts"):
-        DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([-1, 2]))
+    for wrong in (torch.tensor([[-1], [2]]), torch.tensor([-1, 2, -1])):  # too few prompts; not [P, K]
+        with pytest.raises(ValueError, match=r"neutral ids must be \[prompts, K\] for 3 prompts"):
+            DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=wrong)
 
 
 def test_epsilon_and_v_prediction_targets_by_hand():
