@@ -190,3 +190,21 @@ def test_every_generation_has_its_own_seed_and_keeps_it_whichever_groups_are_dra
     eights = [seed for text, group, seed in calls[0] if group == "word" and "eight" in text]
     assert len(set(eights)) == len(eights) > 3
     assert min(seed for _, _, seed in calls[0]) == 100 and max(seed for _, _, seed in calls[0]) < 100 + 3 * 700
+
+
+def test_shares_are_exact_fractions_so_a_share_at_a_target_meets_it():
+    """3 of 60 images is 5%: a float32 mean read it as 0.0500000007 and the quality benchmark's '<= 5%' called
+    a red erasure that left 3 of 60 red prompts red a miss (round 11, seed 0)."""
+    import benchmarks.erasure_quality as quality
+    from eval.testbed import share
+
+    at_limit = torch.tensor([True] * 3 + [False] * 57)
+    assert float(at_limit.float().mean()) > 0.05  # the old reading
+    assert share(at_limit) == 0.05 and share(torch.tensor([True] * 12 + [False] * 48)) == 0.2
+    base = [{"concept": "color:red", "erased": 1.0, "others": 0.99, "other_colors": 1.0, "worst_other_color": 1.0,
+             "fid_kept": 10.0}]
+    run = {"method": "scissorhands", "concept": "color:red", "diversity_ratio_kept": 1.0, "fid_kept": 10.0,
+           "others": 0.99, "other_colors": 1.0, "worst_other_color": 1.0}
+    for mask, status in ((at_limit, "met"), (torch.tensor([True] * 4 + [False] * 56), "missed")):
+        result = quality.targets([{**run, "erased": share(mask)}], base, front=["scissorhands"])
+        assert result["scissorhands: erased <= 5%"]["status"] == status
