@@ -66,6 +66,9 @@ class MethodConfig:
     # prompt, the wording on neither side: the testbed's colour-free prompt under a colour concept). The neutral
     # prompt's prediction is pulled to the original's under the row's own prompt; 0: off
     neutral_weight: float = 0.5  # tuned on the testbed's colour concepts (configs/erase_digits_scissorhands.yaml)
+    # retain_loss="distill": weight of the unconditional term, eps(z_t | "") pulled to the original's on the retain
+    # samples' noisy latents. Classifier-free guidance reads every prompt against it; 0: off
+    uncond_weight: float = 1.0  # tuned on the testbed (configs/erase_digits_scissorhands.yaml, round 11)
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
     # LoReUn plug-in (paper 004)
@@ -80,7 +83,7 @@ class MethodConfig:
         if not 0.0 < self.kept_fraction < 1.0 or math.isnan(self.kept_fraction):
             raise ValueError(f"kept_fraction={self.kept_fraction} must be in (0, 1): 0.995 keeps 99.5% and trims 0.5%")
         for name in ("lam", "alpha", "ascent_lr", "l1_gamma", "eta_forget", "eta_retain", "init_value",
-                     "neutral_weight"):
+                     "neutral_weight", "uncond_weight"):
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")

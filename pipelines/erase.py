@@ -196,7 +196,8 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                                    config.negative_guidance, config.seed, pooled=table.pooled,
                                    time_ids=time_ids(*size) if table.pooled is not None else None,
                                    neutral_ids=neutral,
-                                   neutral_weight=method_config.neutral_weight if method_config is not None else 0.0)
+                                   neutral_weight=method_config.neutral_weight if method_config is not None else 0.0,
+                                   uncond_weight=method_config.uncond_weight if method_config is not None else 0.0)
     if method_config is not None and method_config.adversarial_prefix:
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])

@@ -90,7 +90,9 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     assert several.neutral_ids.shape[1] == 2 and (several.neutral_ids[ids[0]] >= 0).all()
     assert (several.neutral_ids[ids[1]] == -1).all()
     off, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", neutral_weight=0))
-    assert off.neutral_ids is None
+    assert off.neutral_ids is None and off.uncond_weight == MethodConfig.uncond_weight
+    held, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", uncond_weight=2))
+    assert held.uncond_weight == 2 and held.uncond_id == objective.uncond_id
     with pytest.raises(ValueError, match="two sets of neutral prompts"):
         neutral_prompts(data(retain.prompts, rows("a handwritten digit two", None, "the number two")), forget)
     with pytest.raises(ValueError, match="is a forget prompt"):

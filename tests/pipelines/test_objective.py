@@ -11,6 +11,7 @@ pytest.importorskip("diffusers")
 
 from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: E402
 
+from erasure.config import MethodConfig  # noqa: E402
 from pipelines.erase import EraseConfig  # noqa: E402
 from pipelines.objective import DiffusionObjective  # noqa: E402
 
@@ -125,6 +126,42 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
     for wrong in (torch.tensor([[-1], [2]]), torch.tensor([-1, 2, -1])):  # too few prompts; not [P, K]
         with pytest.raises(ValueError, match=r"neutral ids must be \[prompts, K\] for 3 prompts"):
             DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=wrong)
+
+
+class AffineUNet(torch.nn.Module):
+    """Predicts ``a * noisy + b * the prompt embedding's mean``."""
+
+    def __init__(self, a=0.5, b=1.0):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.tensor(a)), torch.nn.Parameter(torch.tensor(b))
+
+    def forward(self, noisy, t, embeddings):
+        return types.SimpleNamespace(sample=self.a * noisy + self.b * embeddings.mean((1, 2)).view(-1, 1, 1, 1))
+
+
+def test_the_unconditional_term_holds_the_empty_prompts_prediction():
+    """uncond_weight w adds w * MSE(student | empty, original | empty) to every sample, whatever its prompt."""
+    batch, scheduler = hand_batch(), DDPMScheduler()
+    noisy, _ = hand_noisy(scheduler, batch)
+    original = AffineUNet().requires_grad_(False)
+    # b moved: the prompts' predictions differ by (2 - 1) * their embedding's mean (1 and -2: MSE 1 and 4); the
+    # empty prompt's mean is 0, so its term adds nothing, and taking prompt 0 as "empty" adds w * 1
+    moved_b = AffineUNet(b=2.0)
+    for weight in (0.0, 1.0, 3.0):
+        on_empty = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, uncond_weight=weight)
+        torch.testing.assert_close(on_empty.distilled_loss(moved_b, original, batch), torch.tensor([1.0, 4.0]))
+        on_zero = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 0, uncond_weight=weight)
+        torch.testing.assert_close(on_zero.distilled_loss(moved_b, original, batch), torch.tensor([1.0, 4.0]) + weight)
+    # a moved: every prompt's prediction, the empty one's too, is off by 0.2 * noisy
+    moved_a = AffineUNet(a=0.7)
+    plain = mse(0.7 * noisy, 0.5 * noisy)
+    held = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, uncond_weight=0.5)
+    losses = held.distilled_loss(moved_a, original, batch)
+    torch.testing.assert_close(losses, 1.5 * plain)
+    losses.sum().backward()
+    assert moved_a.a.grad > 0 and original.a.grad is None
+    with pytest.raises(ValueError, match="uncond_weight=-1.0 must be a finite number >= 0"):
+        MethodConfig(uncond_weight=-1.0)
 
 
 def test_epsilon_and_v_prediction_targets_by_hand():
