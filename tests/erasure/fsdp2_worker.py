@@ -89,13 +89,14 @@ def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> Non
     unet = build_tiny_pipeline(seed=0).unet
     gen = torch.Generator().manual_seed(1)
     embeddings = torch.randn(4, 16, unet.config.cross_attention_dim, generator=gen)  # 0 empty, 1 forget, 2-3 retain
+    config = MethodConfig(method=case["method"], **case.get("config", {}))
     objective = DiffusionObjective(DDPMScheduler(num_train_timesteps=1000), embeddings,
-                                   relabel_ids=torch.tensor([0, 2, 2, 3]), uncond_id=0, seed=0)
+                                   relabel_ids=torch.tensor([0, 2, 2, 3]), uncond_id=0, seed=0,
+                                   uncond_weight=config.uncond_weight)  # as pipelines.erase.build_objective
     latents = torch.randn(16, 4, 16, 16, generator=gen)
     forget = _batches(latents[:8], torch.full((8,), 1), rank, world, False, 2)
     forget_steps = _batches(latents[:8], torch.full((8,), 1), rank, world, True, 3)
     retain = _batches(latents[8:], torch.tensor([2, 3] * 4), rank, world, True, 4)
-    config = MethodConfig(method=case["method"], **case.get("config", {}))
     method = build_method(config, objective)
     method.snapshot(unet)  # the frozen original (retain_loss="distill") is taken before sharding, as in the job
     if world > 1:

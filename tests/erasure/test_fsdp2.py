@@ -26,7 +26,15 @@ CASES = [
     {"name": "paper", "method": "scissorhands", "config": {"kept_fraction": 0.97, "lam": 0.1}},
     # the testbed's form: substitute forget term, distilled retain term, the conditional guard
     {"name": "testbed", "method": "scissorhands", "config": {"kept_fraction": 0.97, "lam": 1.0, "forget_loss": "substitute",
-                                                             "retain_loss": "distill", "projection": "conditional"}},
+                                                             "retain_loss": "distill", "projection": "conditional",
+                                                             "uncond_weight": 0.0}},
+    # with round 11's unconditional term (one more forward of each model per retain batch): the weights match
+    # as closely as every case's; the projection's v, an inner product of two whole-model gradients summed in
+    # another order across the shards, differed by 1.07e-5 relative on its first step (measured), so it is
+    # compared at 5e-5 here and at 1e-5 without the term
+    {"name": "testbed_uncond", "method": "scissorhands", "v_rel": 5e-5,
+     "config": {"kept_fraction": 0.97, "lam": 1.0, "forget_loss": "substitute", "retain_loss": "distill",
+                "projection": "conditional", "uncond_weight": 1.0}},
     # LoReUn's reference fit runs forwards without backward first (FSDP2 then leaves the root unsharded).
     # Its weights are a softmax over each rank's batch (as under DDP), so the repair is not the one-process
     # one: only the trimming is compared exactly
@@ -97,7 +105,8 @@ def test_fsdp2_matches_one_process(runs, case):
     if CASES[[c["name"] for c in CASES].index(case)]["method"] == "scissorhands":
         v_single, v_sharded = ([step["v"] for step in log["steps"]] for log in logs)
         assert any(v > 0 for v in v_single)  # the projection acted
-        assert v_sharded == pytest.approx(v_single, rel=5e-2 if per_rank else 1e-5)
+        case_spec = CASES[[c["name"] for c in CASES].index(case)]
+        assert v_sharded == pytest.approx(v_single, rel=5e-2 if per_rank else case_spec.get("v_rel", 1e-5))
 
 
 def test_sharded_topk_breaks_ties_as_one_process(runs):

@@ -48,7 +48,8 @@ def test_the_erase_job_defaults_to_prediction(tmp_path):
 
 def test_distilled_loss_is_zero_for_the_original_and_trains_only_the_student():
     embeddings = torch.randn(2, 5, 8)
-    objective = DiffusionObjective(DDPMScheduler(), embeddings, relabel_ids=torch.tensor([1, 1]), uncond_id=1)
+    objective = DiffusionObjective(DDPMScheduler(), embeddings, relabel_ids=torch.tensor([1, 1]), uncond_id=1,
+                                   uncond_weight=0.0)
     batch = {"x": torch.randn(3, 4, 8, 8), "y": torch.tensor([0, 0, 1]), "index": torch.arange(3)}
     student, original = tiny_unet(), tiny_unet().requires_grad_(False)
     assert torch.allclose(objective.distilled_loss(student, original, batch), torch.zeros(3), atol=1e-10)
@@ -56,6 +57,10 @@ def test_distilled_loss_is_zero_for_the_original_and_trains_only_the_student():
         student.conv_out.bias.add_(0.5)  # every prediction moves by 0.5: MSE 0.25 per sample
     losses = objective.distilled_loss(student, original, batch)
     assert torch.allclose(losses, torch.full((3,), 0.25), atol=1e-5)
+    # the default also holds the empty prompt's prediction, which moved by 0.5 too
+    default = DiffusionObjective(DDPMScheduler(), embeddings, relabel_ids=torch.tensor([1, 1]), uncond_id=1)
+    assert default.uncond_weight == 1.0
+    assert torch.allclose(default.distilled_loss(student, original, batch), torch.full((3,), 0.5), atol=1e-5)
     losses.sum().backward()
     assert student.conv_out.bias.grad.abs().sum() > 0
     assert all(p.grad is None for p in original.parameters())
