@@ -92,7 +92,12 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     off, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", neutral_weight=0))
     assert off.neutral_ids is None and off.uncond_weight == MethodConfig.uncond_weight
     held, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", uncond_weight=2))
-    assert held.uncond_weight == 2 and held.uncond_id == objective.uncond_id
+    assert held.uncond_weight == 2
+    # the term's id is the empty prompt's row of the table (what classifier-free guidance samples with)
+    from pipelines.conditioning import encode_prompt_table
+    empty = encode_prompt_table(pipe, [""], "cpu").hidden[0]
+    torch.testing.assert_close(held.embeddings[held.uncond_id], empty)
+    assert not torch.allclose(held.embeddings[held.uncond_id], held.embeddings[retain_ids[0]])
     with pytest.raises(ValueError, match="two sets of neutral prompts"):
         neutral_prompts(data(retain.prompts, rows("a handwritten digit two", None, "the number two")), forget)
     with pytest.raises(ValueError, match="is a forget prompt"):

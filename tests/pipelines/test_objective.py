@@ -59,8 +59,9 @@ def test_distilled_loss_is_zero_for_the_original_and_trains_only_the_student():
     assert torch.allclose(losses, torch.full((3,), 0.25), atol=1e-5)
     # the default also holds the empty prompt's prediction, which moved by 0.5 too
     default = DiffusionObjective(DDPMScheduler(), embeddings, relabel_ids=torch.tensor([1, 1]), uncond_id=1)
-    assert default.uncond_weight == 1.0
-    assert torch.allclose(default.distilled_loss(student, original, batch), torch.full((3,), 0.5), atol=1e-5)
+    assert default.uncond_weight == MethodConfig.uncond_weight > 0
+    expected = 0.25 * (1 + MethodConfig.uncond_weight)
+    assert torch.allclose(default.distilled_loss(student, original, batch), torch.full((3,), expected), atol=1e-5)
     losses.sum().backward()
     assert student.conv_out.bias.grad.abs().sum() > 0
     assert all(p.grad is None for p in original.parameters())
