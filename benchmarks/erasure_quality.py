@@ -45,6 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one seed (the first of --seeds)")
     parser.add_argument("--num_images", type=int, default=64, help="forget and retain images per concept and seed")
     parser.add_argument("--eval_images", type=int, default=2, help="judged generations per grammar prompt (>= 2)")
+    parser.add_argument("--spread_images", type=int, default=8,
+                        help="generations per colour-free word prompt in a sample of their own for the colour spread "
+                             "(eval.testbed.spread_report; 2 a prompt is noise of about +-15%%); 0: none")
     parser.add_argument("--groups", nargs="+", default=["word", "numeral", "paraphrase"],
                         help="prompt groups to judge (eval.testbed); fewer for a quicker look")
     parser.add_argument("--num_inference_steps", type=int, default=20)
@@ -90,6 +93,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         raise ValueError(f"groups={args.groups} must include 'word' and come from {list(EVAL_GROUPS)}")
     if args.eval_images < 2:
         raise ValueError(f"eval_images={args.eval_images} must be >= 2 (diversity compares seeds of one prompt)")
+    if args.spread_images and not 2 <= args.spread_images <= 14:  # 14: EVAL_SEED's seeds stay below TUNING_SEED's
+        raise ValueError(f"spread_images={args.spread_images} must be 0 (none) or from 2 to 14")
     for name in ("num_images", "num_inference_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name}={getattr(args, name)} must be >= 1")
@@ -177,21 +182,41 @@ def attack_seed(args: argparse.Namespace, seed: int) -> int:
     return TUNING_SEED + seed if args.tune else seed
 
 
+def sample_spread(pipe, args: argparse.Namespace):
+    """The colour-free word prompts at ``--spread_images`` a prompt (``eval.testbed.spread_report``'s sample)."""
+    from eval.testbed import sample_testbed
+
+    return sample_testbed(pipe, images_per_prompt=args.spread_images, seed=args.eval_seed, groups=("word",),
+                          num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                          color_free_only=True)
+
+
+def spread_columns(spread: dict[str, Any]) -> dict[str, Any]:
+    """``spread_report``'s figures as row columns (``spread_*``)."""
+    names = {"images_per_prompt": "spread_images", "color_spread": "spread", "color_spread_ratio": "spread_ratio",
+             "color_free_shares": "spread_shares", "color_free_worst_name": "spread_worst_name",
+             "color_free_worst_ratio": "spread_worst_ratio", "color_free_erased": "spread_erased"}
+    return {column: spread[key] for key, column in names.items() if key in spread}
+
+
 def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, model_dir: Path, base, judge,
-            args: argparse.Namespace) -> dict[str, Any]:
-    """Erase ``concept`` with ``method``, judge it against the base samples and, with
-    ``--attacks``, attack it."""
-    from eval.testbed import report_of, sample_testbed
+            args: argparse.Namespace, base_spread=None) -> dict[str, Any]:
+    """Erase ``concept`` with ``method``, judge it against the base samples (and, with
+    ``base_spread``, its colour spread against the base's) and, with ``--attacks``, attack it."""
+    from eval.testbed import report_of, sample_testbed, spread_report
     from pipelines.sampling import load_pipeline
 
     started = time.perf_counter()
     erased = erase_tuned(method, model_dir, data_dir, work / f"erased-{method}", concept, seed, *args.erase_args)
     seconds = time.perf_counter() - started
-    samples = sample_testbed(load_pipeline(erased), images_per_prompt=args.eval_images, seed=args.eval_seed,
+    pipe = load_pipeline(erased)
+    samples = sample_testbed(pipe, images_per_prompt=args.eval_images, seed=args.eval_seed,
                              groups=tuple(args.groups),
                              num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     report = report_of(samples, judge, concept, base=base)
     row = row_of(method, concept, seed, report, seconds)
+    if base_spread is not None:
+        row.update(spread_columns(spread_report(sample_spread(pipe, args), concept, base=base_spread)))
     config, flags = erase_setting(method, args.erase_args)
     row["config"] = " ".join([config.name, *flags])  # which of a method's configurations ran
     if args.attacks:
@@ -264,12 +289,18 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
             r["others"] >= base[r["concept"]]["others"] - 0.05 for r in mine]
         # diversity's colour term (issue 13 section 3): the colour-free prompts of the kept digits
         # keep their spread over the colours; a colour erasure puts them on neither side of its loss
-        spread = [r["color_spread_ratio"] >= 0.9 for r in mine if r.get("color_spread_ratio") is not None]
+        # read on the spread sample where the run has one (eval.testbed.spread_report: 2 images a prompt
+        # put an unchanged model under 0.9x a quarter of the time)
+        ratio = lambda r: r["spread_ratio"] if r.get("spread_ratio") is not None else r.get("color_spread_ratio")
+        spread = [ratio(r) >= 0.9 for r in mine if ratio(r) is not None]
         if spread:
+            images = sorted({r.get("spread_images", 2) for r in mine if ratio(r) is not None})
             checks["colour spread of colour-free prompts >= 0.9x base"] = spread
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
                                                "runs": len(passed)}
+        if spread:
+            result["scissorhands: colour spread of colour-free prompts >= 0.9x base"]["images_per_prompt"] = images
         # alone in a run it is always on the front: that says nothing, so it is not judged
         compared = len({r["method"] for r in rows}) > 1
         result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"] = {
@@ -310,7 +341,8 @@ def markdown(results: dict[str, Any]) -> str:
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
                "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
                "diversity_ratio_kept", "color_spread_ratio", "color_free_worst_name", "color_free_worst_ratio",
-               "color_free_erased", "alignment",
+               "color_free_erased", "spread_images", "spread_ratio", "spread_worst_name", "spread_worst_ratio",
+               "spread_erased", "alignment",
                "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
@@ -319,11 +351,12 @@ def markdown(results: dict[str, Any]) -> str:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
     lines = ["# Erasure quality on the offline testbed", "", f"Protocol: `{json.dumps(results['protocol'])}`", "",
              "## Base model", "", "| concept | erased | others | worst other (digit or colour) | color_kept | "
-             "diversity | colour spread (colour-free) | fid_kept | fid |", "|---|---|---|---|---|---|---|---|---|"]
+             "diversity | colour spread (colour-free) | spread sample | fid_kept | fid |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['concept']} | {fmt(r['erased'])} | {fmt(r.get('others'))} | "
               f"{fmt(worst_other(r))} {fmt(r.get('worst_other_name'))} | "
               f"{fmt(r.get('color_kept'))} | {fmt(r['diversity'])} | {fmt(r.get('color_spread'))} | "
-              f"{fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
+              f"{fmt(r.get('spread'))} | {fmt(r.get('fid_kept'))} | {fmt(r['fid'])} |"
               for r in results["base"]]
     controls = {r["concept"]: r["control_asr"] for r in results["base"] if r.get("control_asr") is not None}
     if controls:
@@ -430,6 +463,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           groups=tuple(args.groups),
                           num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     base_rows = [row_of("base", c, -1, report_of(base, judge, c), None) for c in args.concepts]
+    base_spread = sample_spread(load_pipeline(model_dir), args) if args.spread_images else None
+    if base_spread is not None:
+        from eval.testbed import spread_report
+
+        for row in base_rows:
+            row.update(spread_columns(spread_report(base_spread, row["concept"])))
     rows = []
     partial = Path(args.out).with_suffix(".partial.json")
     with tempfile.TemporaryDirectory(prefix="erasure-quality-") as tmp:
@@ -444,11 +483,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 data_dir = draw_concept_data(model_dir, concept, Path(tmp) / f"data-{concept.replace(':', '-')}-{seed}",
                                              args.num_images, seed, args.num_inference_steps, args.guidance_scale)
                 for method in args.methods:
-                    rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args))
+                    rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args,
+                                        base_spread))
                     logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})
                     # what a long run has measured survives a crash or a kill: <out>.partial.json
                     write_text_atomic(partial, json.dumps({"base": base_rows, "runs": rows}, indent=1))
     protocol = {"eval_seed": args.eval_seed, "groups": args.groups, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
+                "spread_images": args.spread_images,
                 "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer",
                 "attacks": args.attacks, "attack_prompts": args.attack_prompts if args.attacks else None}

@@ -66,7 +66,7 @@ class TestbedSamples:
 
 def sample_testbed(pipe: Any, images_per_prompt: int = 2, seed: int = EVAL_SEED,
                    num_inference_steps: int = SAMPLING_STEPS, guidance_scale: float = GUIDANCE_SCALE, batch_size: int = 64, groups: Sequence[str] = tuple(EVAL_GROUPS),
-                   digits: Sequence[int] | None = None) -> TestbedSamples:
+                   digits: Sequence[int] | None = None, color_free_only: bool = False) -> TestbedSamples:
     """Draw ``images_per_prompt`` seeded generations of every prompt of ``groups``.
 
     Image k of the i-th prompt of the whole evaluation set (every group) has seed
@@ -76,6 +76,7 @@ def sample_testbed(pipe: Any, images_per_prompt: int = 2, seed: int = EVAL_SEED,
     ``images_per_prompt`` initial noises shared by all its prompts, and one erased model's 'eight'
     read 45% on seeds 10000-10001 and 93% on 20000-20001.) The evaluation set has 700 prompts:
     up to 14 images per prompt keep ``EVAL_SEED``'s seeds below ``TUNING_SEED``'s.
+    ``color_free_only`` draws only the prompts that name no colour (``spread_report``'s sample).
     """
     from pipelines.sampling import SampleItem, generate
 
@@ -84,7 +85,8 @@ def sample_testbed(pipe: Any, images_per_prompt: int = 2, seed: int = EVAL_SEED,
     wanted = None if digits is None else set(digits)
     everything = eval_prompts()
     position = {(p.text, p.extra["eval_group"]): i for i, p in enumerate(everything)}
-    prompts = [p for p in eval_prompts(groups) if wanted is None or p.extra["label"] in wanted]
+    prompts = [p for p in eval_prompts(groups) if (wanted is None or p.extra["label"] in wanted)
+               and not (color_free_only and p.extra["color"])]
     prompt_groups = [p.extra["eval_group"] for p in prompts]
     items = [SampleItem(index=k * len(prompts) + i, prompt=p, guidance_scale=guidance_scale,
                         seed=seed + k * len(everything) + position[p.text, p.extra["eval_group"]])
@@ -308,6 +310,62 @@ def kept_prompts(samples: TestbedSamples, concept: str, also_erased: tuple[str, 
     return kept
 
 
+def color_free_prompts(samples: TestbedSamples, concept: str,
+                       also_erased: tuple[str, ...] = ()) -> tuple[Tensor, tuple[int, ...]]:
+    """``[N]`` mask of the colour-free prompts whose digit an erasure of ``concept`` (and
+    ``also_erased``) keeps, and the colours it erases (indices into ``COLOR_NAMES``): what
+    ``color_spread`` reads. A colour erasure puts these prompts on neither side of its loss, so
+    nothing in it holds their spread over the colours."""
+    free = samples.colors < 0
+    erased_colors = set()
+    for name in (concept, *also_erased):
+        kind, value = parse_concept(name)
+        if kind == "digits":
+            free &= samples.digits != value
+        else:
+            erased_colors.add(COLOR_NAMES.index(value))
+    return free, tuple(sorted(erased_colors))
+
+
+def spread_report(samples: TestbedSamples, concept: str, base: TestbedSamples | None = None,
+                  also_erased: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``color_spread`` over the colour-free prompts an erasure of ``concept`` keeps, on a sample
+    of its own (``sample_testbed(..., color_free_only=True)`` with more images per prompt than the
+    evaluation's 2), against ``base`` drawn the same way.
+
+    Why a sample of its own: with 2 images a prompt, a prompt's entropy is either 0 or log 2 and
+    the ratio of two draws of the *same* model is noise of about +-15%. Measured on the default
+    model (30 colour-free word prompts, 7 disjoint draws of 2 images a prompt on evaluation seeds,
+    2026-12-05): the base against itself read 0.85-1.17x, 10 of 42 ordered pairs under 0.9x; with
+    4 images a prompt 0.90-1.11x (1 of 6 under), with 7 0.93-1.08x (0 of 2). An unchanged model
+    would miss a 0.9x target a quarter of the time at 2 images a prompt; against the draw the
+    evaluation uses (seeds 0 and 1 of each prompt, tied highest of the seven) the other six read
+    0.85-1.00x, median 0.93x (``python -m benchmarks.spread_noise``,
+    ``benchmarks/results/spread-noise.*``).
+
+    Returns:
+        ``images_per_prompt``, ``num_prompts`` and ``color_spread``'s figures (with ``base``:
+        ``color_spread_ratio``, ``color_free_worst_name`` / ``_ratio``; for a colour concept
+        ``color_free_erased``).
+
+    Raises:
+        ValueError: ``samples`` holds no colour-free prompt the concept keeps.
+    """
+    free, erased_colors = color_free_prompts(samples, concept, also_erased)
+    if not free.any():
+        raise ValueError(f"spread_report: no colour-free prompt of a kept digit among the samples for {concept!r}; "
+                         "draw them with sample_testbed(..., color_free_only=True)")
+    judge = ColorJudge()
+    base_colors = None
+    if base is not None:
+        _check_base(samples, base)
+        base_colors = judge.predict(base.images)
+    counts = torch.bincount(samples.prompt_ids[free])
+    result = {"images_per_prompt": int(counts[counts > 0].min()), "num_prompts": int((counts > 0).sum())}
+    result.update(color_spread(samples, free, judge.predict(samples.images), base_colors, erased_colors))
+    return result
+
+
 def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: str,
                     also_erased: tuple[str, ...] = (), judge: Any = None,
                     base: TestbedSamples | None = None) -> dict[str, Any]:
@@ -345,12 +403,8 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     if base is not None and base_colors is None:
         _check_base(samples, base)
         base_colors = ColorJudge().predict(base.images)
-    # colour-free prompts whose digit is kept: their colours must keep their spread (a colour
-    # erasure puts them on neither side, so nothing in its loss holds their other colours)
-    free = samples.colors < 0
-    for digit in erased_digits | ({value} if kind == "digits" else set()):
-        free &= samples.digits != digit
-    erased_hues = tuple(sorted(erased_colors | ({COLOR_NAMES.index(value)} if kind == "color" else set())))
+    # colour-free prompts whose digit is kept: their colours must keep their spread
+    free, erased_hues = color_free_prompts(samples, concept, also_erased)
     right = lambda m: share(judged_digits[m] == samples.digits[m]) if m.any() else None
     summary = {}
     for group, figures in report["groups"].items():

@@ -38,6 +38,8 @@ def test_pareto_front_keeps_the_undominated_points():
     (["--tune", "--eval_seed", "5"], "give --tune or --eval_seed"),
     (["--out", "/no/such/folder/x"], "does not exist"),
     (["--groups", "numeral"], "must include 'word'"),
+    (["--spread_images", "1"], "spread_images=1 must be 0 .none. or from 2 to 14"),
+    (["--spread_images", "15"], "spread_images=15 must be 0"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -96,6 +98,10 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
                 "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
         assert row["numeral_erased"] is None  # --groups word: the numeral group was not drawn
         assert {"color_spread", "color_spread_ratio", "color_free_worst_ratio"} <= set(row)  # None where the base drew one colour
+        # the spread sample: the colour-free word prompts of the nine kept digits, 8 images each (the default)
+        assert row["spread_images"] == 8 and {"spread", "spread_ratio", "spread_worst_ratio"} <= set(row)
+    assert saved["protocol"]["spread_images"] == 8 and saved["base"][0]["spread_images"] == 8
+    assert "spread_ratio" not in saved["base"][0]  # the base is not compared with itself
     assert set(saved["summary"]["per_method"]) == {"scissorhands", "finetune"}
     assert any(goal.startswith("scissorhands: erased") for goal in saved["summary"]["targets"])
     assert out.with_suffix(".md").read_text().startswith("# Erasure quality on the offline testbed")
@@ -141,7 +147,16 @@ def test_targets_read_digit_and_colour_runs_each_by_their_own_figures():
     spread = quality.targets([{**rows[0], "color_spread_ratio": 1.02}, {**rows[1], "color_spread_ratio": 0.81}],
                              base, front=["scissorhands"])
     assert spread["scissorhands: colour spread of colour-free prompts >= 0.9x base"] == {
-        "status": "missed", "runs_met": 1, "runs": 2}
+        "status": "missed", "runs_met": 1, "runs": 2, "images_per_prompt": [2]}
+    # a run with a spread sample is judged on it, not on the 2 images a prompt of the evaluation
+    sampled = quality.targets([{**rows[0], "color_spread_ratio": 1.02},
+                               {**rows[1], "color_spread_ratio": 0.81, "spread_ratio": 0.93, "spread_images": 8}],
+                              base, front=["scissorhands"])
+    assert sampled["scissorhands: colour spread of colour-free prompts >= 0.9x base"] == {
+        "status": "met", "runs_met": 2, "runs": 2, "images_per_prompt": [2, 8]}
+    worse = quality.targets([{**rows[1], "color_spread_ratio": 0.95, "spread_ratio": 0.85, "spread_images": 8}],
+                            base, front=["scissorhands"])
+    assert worse["scissorhands: colour spread of colour-free prompts >= 0.9x base"]["status"] == "missed"
     other = {**run, "method": "esd", "concept": "digits:two", "others": 0.98, "worst_other": 0.90}
     compared = quality.targets([*rows, other], base, front=["scissorhands"])
     assert compared["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"]["status"] == "met"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from eval.colors import ColorJudge
-from eval.testbed import TestbedSamples, concept_summary, kept_prompts, expected_entropy, judge_testbed, pixel_diversity
+from eval.testbed import (TestbedSamples, concept_summary, expected_entropy, judge_testbed, kept_prompts, pixel_diversity,
+                          spread_report)
 from pipelines.testbed_data import color_table
 from prompts.colored_digits import COLOR_NAMES
 
@@ -170,6 +171,38 @@ def test_several_concepts_each_get_figures_without_counting_the_others_as_kept()
     assert nothing_left["others"] is None and nothing_left["other_colors"] is None  # every other prompt erased
 
 
+def test_spread_report_reads_the_kept_colour_free_prompts_of_its_own_sample():
+    """The spread sample (more images a prompt) gives the same figures ``concept_summary`` gives the
+    same images, per concept: the erased digit's prompts left out, an erased colour counted apart."""
+    red, green, blue, yellow = (COLOR_NAMES.index(c) for c in ("red", "green", "blue", "yellow"))
+    # two colour-free prompts of digit 3 (ids 0, 1) and one of digit 2 (id 2), four seeds each
+    ids, digits = torch.tensor([0, 1, 2] * 4), torch.tensor([3, 3, 2] * 4)
+    make = lambda drawn: TestbedSamples(images=painted(drawn), digits=digits, colors=torch.full((12,), -1),
+                                        prompt_ids=ids, groups=["word"] * 12)
+    base = make([red, green, red, green, blue, green, blue, red, red, yellow, yellow, green])
+    after = make([green, green, red, green, blue, red, blue, green, green, green, yellow, red])
+    quarter = lambda *counts: -sum(c / 4 * torch.log(torch.tensor(c / 4)).item() for c in counts) / torch.log(
+        torch.tensor(6.0)).item()
+    two = spread_report(after, "digits:two", base=base)
+    # prompt 0: green x3, blue (base: red, green, blue, yellow); prompt 1: green, blue, green, yellow (base:
+    # green, red, blue, yellow); prompt 2 (digit 2) is left out
+    assert two["images_per_prompt"] == 4 and two["num_prompts"] == 2
+    assert two["color_spread"] == pytest.approx((quarter(3, 1) + quarter(2, 1, 1)) / 2)
+    assert two["color_spread_ratio"] == pytest.approx((quarter(3, 1) + quarter(2, 1, 1)) / (2 * quarter(1, 1, 1, 1)))
+    assert two["color_free_worst_name"] == "red" and two["color_free_worst_ratio"] == 0.0
+    report = judge_testbed(after, FixedJudge(digits.repeat(2)), ColorJudge(), base=base)
+    summary = concept_summary(report, after, "digits:two", base=base)["word"]
+    assert {k: summary[k] for k in two if k in summary} == {k: v for k, v in two.items() if k in summary}
+    # a colour concept keeps every digit and counts what its colour still draws
+    colour = spread_report(after, "color:red")
+    assert colour["num_prompts"] == 3 and colour["color_free_erased"] == pytest.approx(3 / 12)
+    assert "color_spread_ratio" not in colour  # no base given
+    only_twos = TestbedSamples(images=painted([red] * 4), digits=torch.tensor([2] * 4), colors=torch.full((4,), -1),
+                               prompt_ids=torch.tensor([0, 0, 1, 1]), groups=["word"] * 4)
+    with pytest.raises(ValueError, match="no colour-free prompt of a kept digit"):
+        spread_report(only_twos, "digits:two")
+
+
 def test_every_generation_has_its_own_seed_and_keeps_it_whichever_groups_are_drawn(monkeypatch):
     """Seeds shared by every prompt made each digit's figures rest on ``images_per_prompt`` noises."""
     import pipelines.sampling as sampling
@@ -190,6 +223,10 @@ def test_every_generation_has_its_own_seed_and_keeps_it_whichever_groups_are_dra
     eights = [seed for text, group, seed in calls[0] if group == "word" and "eight" in text]
     assert len(set(eights)) == len(eights) > 3
     assert min(seed for _, _, seed in calls[0]) == 100 and max(seed for _, _, seed in calls[0]) < 100 + 3 * 700
+    # the spread sample: the colour-free prompts alone, each with the seeds the whole set gives it
+    free = sample_testbed(None, images_per_prompt=3, seed=100, groups=("word",), color_free_only=True)
+    assert (free.colors == -1).all() and len(calls[2]) == free.images.shape[0] > 0
+    assert set(calls[2]) <= set(calls[0]) and len({text for text, _, _ in calls[2]}) == len(calls[2]) // 3
 
 
 def test_shares_are_exact_fractions_so_a_share_at_a_target_meets_it():

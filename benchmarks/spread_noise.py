@@ -1,0 +1,108 @@
+"""How much the colour-spread ratio moves when nothing changed: the base model against itself.
+
+    python -m benchmarks.spread_noise --num_threads 2
+
+Issue 13's colour term of diversity (``eval.testbed.color_spread``) is the mean over colour-free
+prompts of the entropy of one prompt's judged colours across its seeds, and the erasure-quality
+benchmark asks an erased model for >= 0.9x the base's. This draws the base model's colour-free
+word prompts at ``--max_images`` seeds a prompt (the evaluation seeds, ``sample_testbed``'s), splits
+the seeds into disjoint draws of n images a prompt for each n in ``--sizes``, and compares every
+draw with every other: the spread of those ratios is the metric's noise at n images a prompt, the
+range inside which a "miss" or a "pass" says nothing. Writes JSON and markdown (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max_images", type=int, default=14, help="seeds drawn per colour-free prompt (<= 14)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 7], help="images a prompt in one draw")
+    parser.add_argument("--num_threads", type=int, default=None)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spread-noise"),
+                        help="results path without suffix (.json and .md are written)")
+    args = parser.parse_args(argv)
+    if not 2 <= args.max_images <= 14:  # 14: EVAL_SEED's seeds stay below TUNING_SEED's
+        raise ValueError(f"max_images={args.max_images} must be from 2 to 14")
+    for size in args.sizes:
+        if not 2 <= size <= args.max_images // 2:
+            raise ValueError(f"sizes: {size} must be from 2 to max_images // 2 = {args.max_images // 2} "
+                             "(two disjoint draws at least)")
+    if not Path(args.out).parent.is_dir():
+        raise ValueError(f"out={args.out!r}: folder {Path(args.out).parent} does not exist")
+    return args
+
+
+def noise(colors, prompt_ids, sizes: list[int]) -> dict[int, dict[str, Any]]:
+    """Per draw size n: the spread of each disjoint draw (seeds [0, n), [n, 2n), ...) and the ratios
+    of every ordered pair of draws.
+
+    Args:
+        colors: judged colours ``[K * P]``, image k of prompt p at ``k * P + p`` (``sample_testbed``'s order).
+        prompt_ids: ``[K * P]``, the prompt of each image.
+    """
+    from eval.colors import color_entropy
+    from prompts.colored_digits import COLOR_NAMES
+
+    num_prompts = int(prompt_ids.max()) + 1
+    per_seed = colors.view(-1, num_prompts)  # [K, P]
+    result = {}
+    for n in sizes:
+        draws = [per_seed[start:start + n] for start in range(0, per_seed.shape[0] - n + 1, n)]
+        spreads = [sum(color_entropy(draw[:, p], len(COLOR_NAMES)) for p in range(num_prompts)) / num_prompts
+                   for draw in draws]
+        ratios = [a / b for a, b in itertools.permutations(spreads, 2) if b > 0]  # a draw of one colour a prompt
+        result[n] = {"draws": len(draws), "spreads": spreads, "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     "ratio_median": statistics.median(ratios), "pairs": len(ratios),
+                     "pairs_under_0.9": sum(r < 0.9 for r in ratios)}
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# Colour-spread noise: the base model against itself", "",
+             f"Protocol: `{json.dumps(results['protocol'])}`", "",
+             "| images a prompt | draws | ratio min | median | max | ordered pairs under 0.9x |", "|---|---|---|---|---|---|"]
+    for n, r in results["noise"].items():
+        lines.append(f"| {n} | {r['draws']} | {r['ratio_min']:.3f} | {r['ratio_median']:.3f} | {r['ratio_max']:.3f} | "
+                     f"{r['pairs_under_0.9']} of {r['pairs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    import torch
+
+    from erasure.output import write_text_atomic
+    from eval.colors import ColorJudge
+    from eval.testbed import EVAL_SEED, sample_testbed
+    from pipelines.default_model import build_default_model
+    from pipelines.sampling import load_pipeline
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    samples = sample_testbed(load_pipeline(build_default_model()), images_per_prompt=args.max_images, seed=EVAL_SEED,
+                             groups=("word",), color_free_only=True)
+    colors = ColorJudge().predict(samples.images)
+    results = {"protocol": {"model": "default", "group": "word, colour-free prompts", "eval_seed": EVAL_SEED,
+                            "max_images": args.max_images, "prompts": int(samples.prompt_ids.max()) + 1},
+               "noise": {str(n): r for n, r in noise(colors, samples.prompt_ids, args.sizes).items()}}
+    out = Path(args.out)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    from erasure.jobconfig import run_cli
+
+    run_cli(main)
