@@ -352,6 +352,13 @@ def _train_pipeline(seed: int, config: DefaultModelConfig, tokenizer_dir: Path):
     )
 
 
+def weight_hashes(folder: str | Path) -> dict[str, str]:
+    """sha256 of every ``*.safetensors`` file under ``folder`` (pipeline components and judge), by relative path."""
+    folder = Path(folder)
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*.safetensors"))}
+
+
 def _build_into(folder: Path, seed: int, config: DefaultModelConfig, config_hash: str) -> None:
     """Build pipeline and judge into ``folder``; the marker file goes last."""
     started = time.perf_counter()
@@ -368,6 +375,9 @@ def _build_into(folder: Path, seed: int, config: DefaultModelConfig, config_hash
         "color_rule_accuracy": judge_record["color_rule_accuracy"],
         "grammar_sha256": grammar_prompts().sha256(),
         "vae_scaling_factor": pipeline.vae.config.scaling_factor,
+        # which weights this machine built: two builds compare by these (same seed, CPU and thread
+        # count give the same bytes; other CPUs round differently)
+        "weights_sha256": weight_hashes(folder),
     }
     (folder / BUILD_MARKER).write_text(json.dumps(record, indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 
@@ -208,6 +209,11 @@ def test_force_rebuild_is_reproducible(fast_build, tmp_path):
     assert all(torch.equal(first[name], second[name]) for name in first)
     record = json.loads((target / BUILD_MARKER).read_text())
     assert record["config_hash"] == DefaultModelConfig.fast().config_hash(0)
+    # the record names the bytes it built: the same for both builds, and those of the files
+    assert record["weights_sha256"] == json.loads((fast_build / BUILD_MARKER).read_text())["weights_sha256"]
+    assert set(record["weights_sha256"]) == {"judge/model.safetensors", UNET_WEIGHTS, "text_encoder/model.safetensors",
+                                             "vae/diffusion_pytorch_model.safetensors"}
+    assert record["weights_sha256"][UNET_WEIGHTS] == hashlib.sha256((target / UNET_WEIGHTS).read_bytes()).hexdigest()
 
 
 def test_min_snr_weights_by_hand():
