@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from erasure.output import write_text_atomic
     from eval.digits_classifier import load_digits_judge
     from eval.testbed import report_of, sample_testbed
-    from pipelines.default_model import build_default_model, default_judge_path
+    from pipelines.default_model import UNET_WEIGHTS_FILE, build_default_model, default_judge_path, weight_hashes
     from pipelines.sampling import load_pipeline
 
     if args.num_threads:
@@ -490,6 +490,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     write_text_atomic(partial, json.dumps({"base": base_rows, "runs": rows}, indent=1))
     protocol = {"eval_seed": args.eval_seed, "groups": args.groups, "tuning": args.tune, "erase_args": args.erase_args, "images_per_prompt": args.eval_images, "num_images": args.num_images,
                 "spread_images": args.spread_images,
+                # which build the figures are of: the same recipe builds other weights on other CPUs
+                "unet_sha256": weight_hashes(model_dir)[UNET_WEIGHTS_FILE],
                 "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
                 "seeds": args.seeds, "features": "DigitsJudge penultimate layer",
                 "attacks": args.attacks, "attack_prompts": args.attack_prompts if args.attacks else None}

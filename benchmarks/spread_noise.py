@@ -84,15 +84,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from erasure.output import write_text_atomic
     from eval.colors import ColorJudge
     from eval.testbed import EVAL_SEED, sample_testbed
-    from pipelines.default_model import build_default_model
+    from pipelines.default_model import UNET_WEIGHTS_FILE, build_default_model, weight_hashes
     from pipelines.sampling import load_pipeline
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    samples = sample_testbed(load_pipeline(build_default_model()), images_per_prompt=args.max_images, seed=EVAL_SEED,
+    model = build_default_model()
+    samples = sample_testbed(load_pipeline(model), images_per_prompt=args.max_images, seed=EVAL_SEED,
                              groups=("word",), color_free_only=True)
     colors = ColorJudge().predict(samples.images)
-    results = {"protocol": {"model": "default", "group": "word, colour-free prompts", "eval_seed": EVAL_SEED,
+    results = {"protocol": {"model": "default", "unet_sha256": weight_hashes(model)[UNET_WEIGHTS_FILE],
+                            "group": "word, colour-free prompts", "eval_seed": EVAL_SEED,
                             "max_images": args.max_images, "prompts": int(samples.prompt_ids.max()) + 1},
                "noise": {str(n): r for n, r in noise(colors, samples.prompt_ids, args.sizes).items()}}
     out = Path(args.out)

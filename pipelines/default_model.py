@@ -352,6 +352,9 @@ def _train_pipeline(seed: int, config: DefaultModelConfig, tokenizer_dir: Path):
     )
 
 
+UNET_WEIGHTS_FILE = "unet/diffusion_pytorch_model.safetensors"  # its key in ``weight_hashes``: which build a figure is of
+
+
 def weight_hashes(folder: str | Path) -> dict[str, str]:
     """sha256 of every ``*.safetensors`` file under ``folder`` (pipeline components and judge), by relative path."""
     folder = Path(folder)

@@ -1,6 +1,7 @@
 """The erasure-quality harness on the fast (noise-drawing) build: every figure, file and target is
 written; the numbers themselves are what the real run measures."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
         # the spread sample: the colour-free word prompts of the nine kept digits, 8 images each (the default)
         assert row["spread_images"] == 8 and {"spread", "spread_ratio", "spread_worst_ratio"} <= set(row)
     assert saved["protocol"]["spread_images"] == 8 and saved["base"][0]["spread_images"] == 8
+    # which build: the fast model's UNet file, byte for byte
+    assert saved["protocol"]["unet_sha256"] == hashlib.sha256((fast / "unet/diffusion_pytorch_model.safetensors")
+                                                              .read_bytes()).hexdigest()
     assert "spread_ratio" not in saved["base"][0]  # the base is not compared with itself
     assert set(saved["summary"]["per_method"]) == {"scissorhands", "finetune"}
     assert any(goal.startswith("scissorhands: erased") for goal in saved["summary"]["targets"])
