@@ -195,7 +195,8 @@ def spread_columns(spread: dict[str, Any]) -> dict[str, Any]:
     """``spread_report``'s figures as row columns (``spread_*``)."""
     names = {"images_per_prompt": "spread_images", "color_spread": "spread", "color_spread_ratio": "spread_ratio",
              "color_free_shares": "spread_shares", "color_free_worst_name": "spread_worst_name",
-             "color_free_worst_ratio": "spread_worst_ratio", "color_free_erased": "spread_erased"}
+             "color_free_worst_ratio": "spread_worst_ratio", "color_free_erased": "spread_erased",
+             "color_spread_ideal_ratio": "spread_ideal_ratio"}
     return {column: spread[key] for key, column in names.items() if key in spread}
 
 
@@ -341,8 +342,8 @@ def markdown(results: dict[str, Any]) -> str:
     columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
                "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
                "diversity_ratio_kept", "color_spread_ratio", "color_free_worst_name", "color_free_worst_ratio",
-               "color_free_erased", "spread_images", "spread_ratio", "spread_worst_name", "spread_worst_ratio",
-               "spread_erased", "alignment",
+               "color_free_erased", "spread_images", "spread_ratio", "spread_ideal_ratio", "spread_worst_name",
+               "spread_worst_ratio", "spread_erased", "alignment",
                "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")

@@ -193,10 +193,17 @@ def test_spread_report_reads_the_kept_colour_free_prompts_of_its_own_sample():
     report = judge_testbed(after, FixedJudge(digits.repeat(2)), ColorJudge(), base=base)
     summary = concept_summary(report, after, "digits:two", base=base)["word"]
     assert {k: summary[k] for k in two if k in summary} == {k: v for k, v in two.items() if k in summary}
+    assert "color_spread_ideal_ratio" not in two  # a digit concept takes no colour from the colour-free prompts
     # a colour concept keeps every digit and counts what its colour still draws
     colour = spread_report(after, "color:red")
     assert colour["num_prompts"] == 3 and colour["color_free_erased"] == pytest.approx(3 / 12)
-    assert "color_spread_ratio" not in colour  # no base given
+    assert "color_spread_ratio" not in colour and "color_spread_ideal_ratio" not in colour  # no base given
+    # a perfect erasure of red: the base's draws without red -- prompt 0: green, blue, yellow; prompt 1:
+    # green, blue, yellow; prompt 2: green, green (base: 4, 4 and 2 colours)
+    against = spread_report(after, "color:red", base=base)
+    base_spread = (2 * quarter(1, 1, 1, 1) + quarter(2, 2)) / 3
+    three = torch.log(torch.tensor(3.0)).item() / torch.log(torch.tensor(6.0)).item()
+    assert against["color_spread_ideal_ratio"] == pytest.approx((2 * three + 0.0) / 3 / base_spread)
     only_twos = TestbedSamples(images=painted([red] * 4), digits=torch.tensor([2] * 4), colors=torch.full((4,), -1),
                                prompt_ids=torch.tensor([0, 0, 1, 1]), groups=["word"] * 4)
     with pytest.raises(ValueError, match="no colour-free prompt of a kept digit"):
