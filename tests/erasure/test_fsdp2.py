@@ -21,6 +21,12 @@ import torch
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
+# The projection's v (scissorhands cases) is an inner product of two whole-model float32 gradients, summed in
+# another order across the shards: its relative difference to the one-process run depends on the CPU's kernels.
+# Measured: 1.07e-5 (testbed_uncond, the earlier EPYC) and 1.38e-5 (testbed, a Zen 1 EPYC without AVX-512, where
+# 1e-5 failed); a sharded reduction that dropped or doubled a shard moves v by tens of percent. The weights are
+# compared at 1e-6 in every case.
+V_REL = 5e-5
 CASES = [
     # paper 000: ascent on L_f, data retain term, the plain guard
     {"name": "paper", "method": "scissorhands", "config": {"kept_fraction": 0.97, "lam": 0.1}},
@@ -28,11 +34,8 @@ CASES = [
     {"name": "testbed", "method": "scissorhands", "config": {"kept_fraction": 0.97, "lam": 1.0, "forget_loss": "substitute",
                                                              "retain_loss": "distill", "projection": "conditional",
                                                              "uncond_weight": 0.0}},
-    # with round 11's unconditional term (one more forward of each model per retain batch): the weights match
-    # as closely as every case's; the projection's v, an inner product of two whole-model gradients summed in
-    # another order across the shards, differed by 1.07e-5 relative on its first step (measured), so it is
-    # compared at 5e-5 here and at 1e-5 without the term
-    {"name": "testbed_uncond", "method": "scissorhands", "v_rel": 5e-5,
+    # with round 11's unconditional term (one more forward of each model per retain batch)
+    {"name": "testbed_uncond", "method": "scissorhands",
      "config": {"kept_fraction": 0.97, "lam": 1.0, "forget_loss": "substitute", "retain_loss": "distill",
                 "projection": "conditional", "uncond_weight": 1.0}},
     # LoReUn's reference fit runs forwards without backward first (FSDP2 then leaves the root unsharded).
@@ -105,8 +108,7 @@ def test_fsdp2_matches_one_process(runs, case):
     if CASES[[c["name"] for c in CASES].index(case)]["method"] == "scissorhands":
         v_single, v_sharded = ([step["v"] for step in log["steps"]] for log in logs)
         assert any(v > 0 for v in v_single)  # the projection acted
-        case_spec = CASES[[c["name"] for c in CASES].index(case)]
-        assert v_sharded == pytest.approx(v_single, rel=5e-2 if per_rank else case_spec.get("v_rel", 1e-5))
+        assert v_sharded == pytest.approx(v_single, rel=5e-2 if per_rank else V_REL)
 
 
 def test_sharded_topk_breaks_ties_as_one_process(runs):
