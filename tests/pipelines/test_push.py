@@ -5,7 +5,6 @@ loading snippet; the export keeps the base's safety checker."""
 import json
 import shutil
 import types
-from pathlib import Path
 
 import pytest
 import torch
