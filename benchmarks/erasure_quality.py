@@ -182,7 +182,7 @@ def attack_seed(args: argparse.Namespace, seed: int) -> int:
     return TUNING_SEED + seed if args.tune else seed
 
 
-def sample_spread(pipe, args: argparse.Namespace):
+def sample_spread(pipe: Any, args: argparse.Namespace) -> Any:
     """The colour-free word prompts at ``--spread_images`` a prompt (``eval.testbed.spread_report``'s sample)."""
     from eval.testbed import sample_testbed
 
@@ -197,7 +197,8 @@ def spread_columns(spread: dict[str, Any]) -> dict[str, Any]:
              "color_free_shares": "spread_shares", "color_free_worst_name": "spread_worst_name",
              "color_free_worst_ratio": "spread_worst_ratio", "color_free_erased": "spread_erased",
              "color_spread_ideal_ratio": "spread_ideal_ratio"}
-    return {column: spread[key] for key, column in names.items() if key in spread}
+    return {"spread_prompts": spread["num_prompts"],
+            **{column: spread[key] for key, column in names.items() if key in spread}}
 
 
 def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, model_dir: Path, base, judge,
@@ -292,10 +293,13 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
         # keep their spread over the colours; a colour erasure puts them on neither side of its loss
         # read on the spread sample where the run has one (eval.testbed.spread_report: 2 images a prompt
         # put an unchanged model under 0.9x a quarter of the time)
-        ratio = lambda r: r["spread_ratio"] if r.get("spread_ratio") is not None else r.get("color_spread_ratio")
+        # images: "8" (a spread sample of 8 a prompt) or "evaluation" (a row without one: the evaluation's own
+        # images, 2 a prompt unless --eval_images said otherwise); a spread sample that read nothing is no verdict
+        ratio = lambda r: r.get("spread_ratio") if r.get("spread_images") else r.get("color_spread_ratio")
+        sample = lambda r: str(r["spread_images"]) if r.get("spread_images") else "evaluation"
         spread = [ratio(r) >= 0.9 for r in mine if ratio(r) is not None]
         if spread:
-            images = sorted({r.get("spread_images", 2) for r in mine if ratio(r) is not None})
+            images = sorted({sample(r) for r in mine if ratio(r) is not None})
             checks["colour spread of colour-free prompts >= 0.9x base"] = spread
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
@@ -460,11 +464,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     model_dir, judge = build_default_model(), load_digits_judge(default_judge_path())
-    base = sample_testbed(load_pipeline(model_dir), images_per_prompt=args.eval_images, seed=args.eval_seed,
+    base_pipe = load_pipeline(model_dir)
+    base = sample_testbed(base_pipe, images_per_prompt=args.eval_images, seed=args.eval_seed,
                           groups=tuple(args.groups),
                           num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     base_rows = [row_of("base", c, -1, report_of(base, judge, c), None) for c in args.concepts]
-    base_spread = sample_spread(load_pipeline(model_dir), args) if args.spread_images else None
+    base_spread = sample_spread(base_pipe, args) if args.spread_images else None
+    del base_pipe
     if base_spread is not None:
         from eval.testbed import spread_report
 

@@ -50,10 +50,15 @@ def noise(colors, prompt_ids, sizes: list[int]) -> dict[int, dict[str, Any]]:
         colors: judged colours ``[K * P]``, image k of prompt p at ``k * P + p`` (``sample_testbed``'s order).
         prompt_ids: ``[K * P]``, the prompt of each image.
     """
+    import torch
+
     from eval.colors import color_entropy
     from prompts.colored_digits import COLOR_NAMES
 
     num_prompts = int(prompt_ids.max()) + 1
+    if len(prompt_ids) % num_prompts or not torch.equal(prompt_ids, torch.arange(len(prompt_ids)) % num_prompts):
+        raise ValueError("noise: prompt_ids must run 0..P-1 once per seed (sample_testbed's order), "
+                         f"got {prompt_ids[:12].tolist()}...")
     per_seed = colors.view(-1, num_prompts)  # [K, P]
     result = {}
     for n in sizes:
@@ -61,6 +66,8 @@ def noise(colors, prompt_ids, sizes: list[int]) -> dict[int, dict[str, Any]]:
         spreads = [sum(color_entropy(draw[:, p], len(COLOR_NAMES)) for p in range(num_prompts)) / num_prompts
                    for draw in draws]
         ratios = [a / b for a, b in itertools.permutations(spreads, 2) if b > 0]  # a draw of one colour a prompt
+        if not ratios:
+            raise ValueError(f"noise: at {n} images a prompt no draw has any colour spread; nothing to compare")
         result[n] = {"draws": len(draws), "spreads": spreads, "ratio_min": min(ratios), "ratio_max": max(ratios),
                      "ratio_median": statistics.median(ratios), "pairs": len(ratios),
                      "pairs_under_0.9": sum(r < 0.9 for r in ratios)}
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from erasure.output import write_text_atomic
     from eval.colors import ColorJudge
-    from eval.testbed import EVAL_SEED, sample_testbed
+    from eval.testbed import EVAL_SEED, GUIDANCE_SCALE, SAMPLING_STEPS, sample_testbed
     from pipelines.default_model import UNET_WEIGHTS_FILE, build_default_model, weight_hashes
     from pipelines.sampling import load_pipeline
 
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     colors = ColorJudge().predict(samples.images)
     results = {"protocol": {"model": "default", "unet_sha256": weight_hashes(model)[UNET_WEIGHTS_FILE],
                             "group": "word, colour-free prompts", "eval_seed": EVAL_SEED,
+                            "num_inference_steps": SAMPLING_STEPS, "guidance_scale": GUIDANCE_SCALE,
                             "max_images": args.max_images, "prompts": int(samples.prompt_ids.max()) + 1},
                "noise": {str(n): r for n, r in noise(colors, samples.prompt_ids, args.sizes).items()}}
     out = Path(args.out)

@@ -346,8 +346,10 @@ def spread_report(samples: TestbedSamples, concept: str, base: TestbedSamples | 
     A colour erasure must lower the spread: the colour-free prompts stop drawing that colour. With
     ``base`` and a colour concept, ``color_spread_ideal_ratio`` is what a perfect erasure would
     read, the base's draws of each prompt with the erased colour's left out, over the base's
-    spread (fewer draws a prompt: slightly low, so the reference errs in the erasure's favour).
-    On the same draws with enough seeds to keep 8 a prompt it is 0.90-0.93x for red, blue and green.
+    spread (fewer draws a prompt: slightly low, so the reference errs in the erasure's favour). On
+    the default model as built on a Zen 1 EPYC (UNet sha256 20137a20...), 8 draws a prompt, this
+    reads 0.88-0.90x for red, blue and green; with 8 non-erased draws kept a prompt (from 14 seeds)
+    0.90-0.93x.
 
     Returns:
         ``images_per_prompt``, ``num_prompts`` and ``color_spread``'s figures (with ``base``:
@@ -369,15 +371,21 @@ def spread_report(samples: TestbedSamples, concept: str, base: TestbedSamples | 
     counts = torch.bincount(samples.prompt_ids[free])
     result = {"images_per_prompt": int(counts[counts > 0].min()), "num_prompts": int((counts > 0).sum())}
     result.update(color_spread(samples, free, judge.predict(samples.images), base_colors, erased_colors))
-    if base_colors is not None and erased_colors and result.get("color_spread") is not None:
+    if base_colors is not None and erased_colors:
         # what a perfect erasure of the colour would read: the base's own draws of each prompt with
-        # the erased colour's left out (it must lose that colour's share of the entropy)
-        kept = free & ~torch.isin(base_colors, torch.tensor(erased_colors))
-        entropies, sizes = _prompt_entropies(samples.prompt_ids[kept], base_colors[kept])
-        ideal = [e for e, n in zip(entropies, sizes) if n >= 2]
-        base_spread = result["color_spread"] / result["color_spread_ratio"] if result["color_spread_ratio"] else None
-        if ideal and base_spread:
-            result["color_spread_ideal_ratio"] = sum(ideal) / len(ideal) / base_spread
+        # the erased colour's left out (it must lose that colour's share of the entropy); a prompt
+        # left with one draw or none reads 0, over the same prompts as the base's spread
+        ids, colors = samples.prompt_ids[free], base_colors[free]
+        erased = torch.isin(colors, torch.tensor(erased_colors))
+        full, ideal = [], []
+        for prompt in ids.unique().tolist():
+            mine = ids == prompt
+            if mine.sum() >= 2:
+                left = colors[mine & ~erased]
+                full.append(color_entropy(colors[mine], len(COLOR_NAMES)))
+                ideal.append(color_entropy(left, len(COLOR_NAMES)) if len(left) else 0.0)
+        if sum(full) > 0:
+            result["color_spread_ideal_ratio"] = sum(ideal) / sum(full)
     return result
 
 

@@ -167,8 +167,8 @@ def side(report: dict) -> dict:
     return {**figures(report["concept"]), **utility, "groups": report["groups"]}
 
 
-def log_concept(name: str, b: dict, a: dict) -> None:
-    """One concept's before -> after line."""
+def log_concept(name: str, b: dict, a: dict, eval_images: int = 2) -> None:
+    """One concept's before -> after line (``eval_images``: generations a prompt, for the spread's noise)."""
     logger.info("'%s' %.0f%% -> %.0f%% (numeral %.0f%% -> %.0f%%, paraphrase %.0f%% -> %.0f%%); others %.0f%% -> "
                 "%.0f%%, worst %s %.0f%% -> %s %.0f%%; on the kept prompts: diversity x%.2f of the base, FID vs real "
                 "digits %.2f -> %.2f, vs the base %.2f",
@@ -179,14 +179,15 @@ def log_concept(name: str, b: dict, a: dict) -> None:
                 a["kept"]["fid"], a["kept"]["fid_base"])
     if a.get("color_spread_ratio") is not None:
         worst = a.get("color_free_worst_ratio")
-        logger.info("'%s': colour-free prompts' colour spread x%.2f of the base's (the colour that lost most: %s)%s; "
-                    "at 2 images a prompt (the default --eval_images) an unchanged model reads 0.85-1.17x "
-                    "(python -m benchmarks.erasure_quality measures it on 8, eval.testbed.spread_report)",
+        noise = ("; at 2 images a prompt an unchanged model reads 0.85-1.17x (python -m benchmarks.erasure_quality "
+                 "measures it on 8, eval.testbed.spread_report)" if eval_images == 2 else
+                 f"; {eval_images} images a prompt (python -m benchmarks.spread_noise measures the noise)")
+        logger.info("'%s': colour-free prompts' colour spread x%.2f of the base's (the colour that lost most: %s)%s%s",
                     name, a["color_spread_ratio"],
                     "-" if worst is None else f"{a.get('color_free_worst_name')}, x{worst:.2f} of its share",
                     "" if "color_free_erased" not in a else
                     f"; drawn {name.partition(':')[2]} {100 * b['color_free_erased']:.0f}% -> "
-                    f"{100 * a['color_free_erased']:.0f}% of the time")
+                    f"{100 * a['color_free_erased']:.0f}% of the time", noise)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     b, a = metrics["before"], metrics["after"]
     for name in args.concepts:
         several = "concepts" in b
-        log_concept(name, b["concepts"][name] if several else b, a["concepts"][name] if several else a)
+        log_concept(name, b["concepts"][name] if several else b, a["concepts"][name] if several else a,
+                    args.eval_images)
     logger.info("metrics: %s, grid: %s", output.path / "metrics.json", output.path / "grid.png")
     return metrics
 

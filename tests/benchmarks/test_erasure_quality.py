@@ -88,6 +88,7 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     results = quality.main(["--methods", "scissorhands", "finetune", "--concepts", "digits:two", "--quick",
                             "--groups", "word", "--attacks", "unlearndiffatk", "relearn", "--attack_prompts", "1",
                             "--num_images", "4", "--eval_images", "2", "--num_inference_steps", "2", "--out", str(out),
+                            "--spread_images", "3",
                             "--erase_args", "--num_train_epochs", "1", "--train_batch_size", "4"])
     saved = json.loads(out.with_suffix(".json").read_text())
     assert [r["method"] for r in saved["runs"]] == ["scissorhands", "finetune"]
@@ -99,9 +100,11 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
                 "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
         assert row["numeral_erased"] is None  # --groups word: the numeral group was not drawn
         assert {"color_spread", "color_spread_ratio", "color_free_worst_ratio"} <= set(row)  # None where the base drew one colour
-        # the spread sample: the colour-free word prompts of the nine kept digits, 8 images each (the default)
-        assert row["spread_images"] == 8 and {"spread", "spread_ratio", "spread_worst_ratio"} <= set(row)
-    assert saved["protocol"]["spread_images"] == 8 and saved["base"][0]["spread_images"] == 8
+        # the spread sample: the colour-free word prompts of the nine kept digits, 3 images each
+        assert row["spread_images"] == 3 and {"spread", "spread_ratio", "spread_worst_ratio"} <= set(row)
+        assert row["spread_prompts"] == 27
+    assert saved["protocol"]["spread_images"] == 3 and saved["base"][0]["spread_images"] == 3
+    assert quality.parse([]).spread_images == 8  # the default
     # which build: the fast model's UNet file, byte for byte
     assert saved["protocol"]["unet_sha256"] == hashlib.sha256((fast / "unet/diffusion_pytorch_model.safetensors")
                                                               .read_bytes()).hexdigest()
@@ -151,16 +154,20 @@ def test_targets_read_digit_and_colour_runs_each_by_their_own_figures():
     spread = quality.targets([{**rows[0], "color_spread_ratio": 1.02}, {**rows[1], "color_spread_ratio": 0.81}],
                              base, front=["scissorhands"])
     assert spread["scissorhands: colour spread of colour-free prompts >= 0.9x base"] == {
-        "status": "missed", "runs_met": 1, "runs": 2, "images_per_prompt": [2]}
+        "status": "missed", "runs_met": 1, "runs": 2, "images_per_prompt": ["evaluation"]}
     # a run with a spread sample is judged on it, not on the 2 images a prompt of the evaluation
     sampled = quality.targets([{**rows[0], "color_spread_ratio": 1.02},
                                {**rows[1], "color_spread_ratio": 0.81, "spread_ratio": 0.93, "spread_images": 8}],
                               base, front=["scissorhands"])
     assert sampled["scissorhands: colour spread of colour-free prompts >= 0.9x base"] == {
-        "status": "met", "runs_met": 2, "runs": 2, "images_per_prompt": [2, 8]}
+        "status": "met", "runs_met": 2, "runs": 2, "images_per_prompt": ["8", "evaluation"]}
     worse = quality.targets([{**rows[1], "color_spread_ratio": 0.95, "spread_ratio": 0.85, "spread_images": 8}],
                             base, front=["scissorhands"])
     assert worse["scissorhands: colour spread of colour-free prompts >= 0.9x base"]["status"] == "missed"
+    # a spread sample that read nothing (the base drew one colour a prompt) gives no verdict, not the noisy one
+    unread = quality.targets([{**rows[1], "color_spread_ratio": 0.95, "spread_ratio": None, "spread_images": 8}],
+                             base, front=["scissorhands"])
+    assert not any("colour spread" in goal for goal in unread)
     other = {**run, "method": "esd", "concept": "digits:two", "others": 0.98, "worst_other": 0.90}
     compared = quality.targets([*rows, other], base, front=["scissorhands"])
     assert compared["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"]["status"] == "met"

@@ -26,6 +26,10 @@ def test_disjoint_draws_and_their_ratios_on_known_colours():
     # a draw with no spread at all divides nothing: it is a numerator only
     flat = spread_noise.noise(torch.tensor([0, 1, 1, 2, 3, 4, 3, 4]), prompt_ids, [2])[2]
     assert flat["spreads"] == pytest.approx([two, 0.0]) and flat["pairs"] == 1 and flat["ratio_min"] == 0.0
+    with pytest.raises(ValueError, match="no draw has any colour spread"):
+        spread_noise.noise(torch.zeros(8, dtype=torch.long), prompt_ids, [2])
+    with pytest.raises(ValueError, match="sample_testbed's order"):
+        spread_noise.noise(colors, torch.tensor([0, 0, 1, 1] * 2), [2])
 
 
 @pytest.mark.parametrize("argv, message", [

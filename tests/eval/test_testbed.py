@@ -204,6 +204,10 @@ def test_spread_report_reads_the_kept_colour_free_prompts_of_its_own_sample():
     base_spread = (2 * quarter(1, 1, 1, 1) + quarter(2, 2)) / 3
     three = torch.log(torch.tensor(3.0)).item() / torch.log(torch.tensor(6.0)).item()
     assert against["color_spread_ideal_ratio"] == pytest.approx((2 * three + 0.0) / 3 / base_spread)
+    # a collapsed erasure (one colour everywhere) reads 0 and still gets its reference
+    collapsed = spread_report(make([green] * 12), "color:red", base=base)
+    assert collapsed["color_spread_ratio"] == 0.0
+    assert collapsed["color_spread_ideal_ratio"] == against["color_spread_ideal_ratio"]
     only_twos = TestbedSamples(images=painted([red] * 4), digits=torch.tensor([2] * 4), colors=torch.full((4,), -1),
                                prompt_ids=torch.tensor([0, 0, 1, 1]), groups=["word"] * 4)
     with pytest.raises(ValueError, match="no colour-free prompt of a kept digit"):
