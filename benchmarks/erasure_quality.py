@@ -297,15 +297,15 @@ def targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], front: 
         # images, 2 a prompt unless --eval_images said otherwise); a spread sample that read nothing is no verdict
         ratio = lambda r: r.get("spread_ratio") if r.get("spread_images") else r.get("color_spread_ratio")
         sample = lambda r: str(r["spread_images"]) if r.get("spread_images") else "evaluation"
-        spread = [ratio(r) >= 0.9 for r in mine if ratio(r) is not None]
-        if spread:
-            images = sorted({sample(r) for r in mine if ratio(r) is not None})
-            checks["colour spread of colour-free prompts >= 0.9x base"] = spread
+        read = [r for r in mine if ratio(r) is not None]
+        if read:
+            checks["colour spread of colour-free prompts >= 0.9x base"] = [ratio(r) >= 0.9 for r in read]
         for goal, passed in checks.items():
             result[f"scissorhands: {goal}"] = {"status": _status(all(passed)), "runs_met": sum(passed),
                                                "runs": len(passed)}
-        if spread:
-            result["scissorhands: colour spread of colour-free prompts >= 0.9x base"]["images_per_prompt"] = images
+        if read:
+            result["scissorhands: colour spread of colour-free prompts >= 0.9x base"]["images_per_prompt"] = sorted(
+                {sample(r) for r in read})
         # alone in a run it is always on the front: that says nothing, so it is not judged
         compared = len({r["method"] for r in rows}) > 1
         result["scissorhands on the erased-vs-FID(base, kept prompts) Pareto front"] = {

@@ -42,33 +42,34 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def noise(colors, prompt_ids, sizes: list[int]) -> dict[int, dict[str, Any]]:
-    """Per draw size n: the spread of each disjoint draw (seeds [0, n), [n, 2n), ...) and the ratios
-    of every ordered pair of draws.
+def noise(samples, colors, sizes: list[int]) -> dict[int, dict[str, Any]]:
+    """Per draw size n: the spread (``eval.testbed.color_spread``, what the benchmark's target reads)
+    of each disjoint draw (seeds [0, n), [n, 2n), ...) and the ratios of every ordered pair of draws.
 
     Args:
-        colors: judged colours ``[K * P]``, image k of prompt p at ``k * P + p`` (``sample_testbed``'s order).
-        prompt_ids: ``[K * P]``, the prompt of each image.
+        samples: ``TestbedSamples``, image k of prompt p at ``k * P + p`` (``sample_testbed``'s order).
+        colors: their judged colours ``[K * P]``.
     """
     import torch
 
-    from eval.colors import color_entropy
-    from prompts.colored_digits import COLOR_NAMES
+    from eval.testbed import color_spread
 
+    prompt_ids = samples.prompt_ids
     num_prompts = int(prompt_ids.max()) + 1
     if len(prompt_ids) % num_prompts or not torch.equal(prompt_ids, torch.arange(len(prompt_ids)) % num_prompts):
         raise ValueError("noise: prompt_ids must run 0..P-1 once per seed (sample_testbed's order), "
                          f"got {prompt_ids[:12].tolist()}...")
-    per_seed = colors.view(-1, num_prompts)  # [K, P]
+    seed_of = torch.arange(len(prompt_ids)) // num_prompts  # k of each image
+    num_seeds = len(prompt_ids) // num_prompts
     result = {}
     for n in sizes:
-        draws = [per_seed[start:start + n] for start in range(0, per_seed.shape[0] - n + 1, n)]
-        spreads = [sum(color_entropy(draw[:, p], len(COLOR_NAMES)) for p in range(num_prompts)) / num_prompts
-                   for draw in draws]
+        starts = range(0, num_seeds - n + 1, n)
+        spreads = [color_spread(samples, (seed_of >= start) & (seed_of < start + n), colors)["color_spread"]
+                   for start in starts]
         ratios = [a / b for a, b in itertools.permutations(spreads, 2) if b > 0]  # a draw of one colour a prompt
         if not ratios:
             raise ValueError(f"noise: at {n} images a prompt no draw has any colour spread; nothing to compare")
-        result[n] = {"draws": len(draws), "spreads": spreads, "ratio_min": min(ratios), "ratio_max": max(ratios),
+        result[n] = {"draws": len(spreads), "spreads": spreads, "ratio_min": min(ratios), "ratio_max": max(ratios),
                      "ratio_median": statistics.median(ratios), "pairs": len(ratios),
                      "pairs_under_0.9": sum(r < 0.9 for r in ratios)}
     return result
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "group": "word, colour-free prompts", "eval_seed": EVAL_SEED,
                             "num_inference_steps": SAMPLING_STEPS, "guidance_scale": GUIDANCE_SCALE,
                             "max_images": args.max_images, "prompts": int(samples.prompt_ids.max()) + 1},
-               "noise": {str(n): r for n, r in noise(colors, samples.prompt_ids, args.sizes).items()}}
+               "noise": {str(n): r for n, r in noise(samples, colors, args.sizes).items()}}
     out = Path(args.out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
     write_text_atomic(out.with_suffix(".md"), markdown(results))

@@ -376,16 +376,12 @@ def spread_report(samples: TestbedSamples, concept: str, base: TestbedSamples | 
         # the erased colour's left out (it must lose that colour's share of the entropy); a prompt
         # left with one draw or none reads 0, over the same prompts as the base's spread
         ids, colors = samples.prompt_ids[free], base_colors[free]
-        erased = torch.isin(colors, torch.tensor(erased_colors))
-        full, ideal = [], []
-        for prompt in ids.unique().tolist():
-            mine = ids == prompt
-            if mine.sum() >= 2:
-                left = colors[mine & ~erased]
-                full.append(color_entropy(colors[mine], len(COLOR_NAMES)))
-                ideal.append(color_entropy(left, len(COLOR_NAMES)) if len(left) else 0.0)
-        if sum(full) > 0:
-            result["color_spread_ideal_ratio"] = sum(ideal) / sum(full)
+        left = ~torch.isin(colors, torch.tensor(erased_colors))
+        full, sizes = _prompt_entropies(ids, colors)
+        ideal = dict(zip(ids[left].unique().tolist(), _prompt_entropies(ids[left], colors[left])[0]))
+        pairs = [(e, ideal.get(p, 0.0)) for p, e, n in zip(ids.unique().tolist(), full, sizes) if n >= 2]
+        if sum(e for e, _ in pairs) > 0:
+            result["color_spread_ideal_ratio"] = sum(i for _, i in pairs) / sum(e for e, _ in pairs)
     return result
 
 
