@@ -65,7 +65,7 @@ class MethodConfig:
     # retain_loss="distill": weight of the neutral prompts' term (retain rows whose metadata names a neutral
     # prompt, the wording on neither side: the testbed's colour-free prompt under a colour concept). The neutral
     # prompt's prediction is pulled to the original's under the row's own prompt; 0: off
-    neutral_weight: float = 0.5  # tuned on the testbed's colour concepts (configs/erase_digits_scissorhands.yaml)
+    neutral_weight: float = 3.0  # tuned on the testbed's colour concepts (configs/erase_digits_scissorhands.yaml, round 12)
     # retain_loss="distill": weight of the unconditional term, eps(z_t | "") pulled to the original's on the retain
     # samples' noisy latents. Classifier-free guidance reads every prompt against it; 0: off
     uncond_weight: float = 1.0  # tuned on the testbed (configs/erase_digits_scissorhands.yaml, round 11)
