@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from tests.launch import free_port
+from tests.launch import main_process_port
 
 FAST = ["--dataset", "digits", "--model", "digits_cnn", "--pretrain_epochs", "3", "--num_train_epochs", "2",
         "--train_batch_size", "128", "--relearn_max_epochs", "0", "--kept_fraction", "0.9"]
@@ -18,7 +18,7 @@ FAST = ["--dataset", "digits", "--model", "digits_cnn", "--pretrain_epochs", "3"
 def launch(args, cache, *launch_flags, check=True):
     env = {**os.environ, "SCISSORHANDS_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     flags = list(launch_flags) or ["--cpu", "--num_processes", "1"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", *free_port(),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", *main_process_port(),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "classification.unlearn", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests.launch import free_port
 
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
 # The projection's v (scissorhands cases) is an inner product of two whole-model float32 gradients, summed in
@@ -60,10 +61,7 @@ def runs(tmp_path_factory):
     """(one-process results, 2-rank FSDP2 results): the sharded run in one torchrun launch."""
     root = tmp_path_factory.mktemp("fsdp2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    with socket.socket() as probe:  # a free port: parallel test runs must not meet on torchrun's default
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(WORKER), "--out", str(root / "sharded"), "--cases", json.dumps(CASES)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -9,7 +9,7 @@ import torch
 
 from eval import attack
 from eval.attack import AttackConfig, run
-from tests.launch import free_port
+from tests.launch import main_process_port
 
 FAST = ["--k", "2", "--iterations", "2", "--timesteps", "3", "--num_inference_steps", "2"]
 
@@ -304,7 +304,7 @@ def test_two_processes_split_the_prompts_and_the_main_one_merges(tiny_pipeline_d
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", *free_port(), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "eval.attack",
+           "--num_machines", "1", *main_process_port(), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "eval.attack",
            "--model", str(tiny_pipeline_dir), "--base_model", str(tiny_pipeline_dir), "--concept", "color:red",
            "--attack", "none", "--max_prompts", "4", "--num_inference_steps", "2", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,

@@ -16,7 +16,7 @@ from erasure.jobconfig import run_cli
 from eval.sample import PROTOCOL_FILE, main, resolve_prompt_set
 from pipelines.sampling import SampleItem
 from prompts.base import Prompt
-from tests.launch import free_port
+from tests.launch import main_process_port
 
 REPO = Path(__file__).resolve().parents[2]
 # I2P's columns: categories, sd_seed, sd_guidance_scale (empty = the job's default).
@@ -143,7 +143,7 @@ def test_two_launched_processes_split_the_images(tiny_pipeline_dir, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on the CPU joins both ranks (PartialState(cpu=True))."""
     args = sample_args(tiny_pipeline_dir, "digits:zero,one,two", tmp_path / "two", "--batch_size", "2")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", *free_port(), "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+               "--num_machines", "1", *main_process_port(), "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
                "eval.sample", *args]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=300)

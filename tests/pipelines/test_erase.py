@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pipelines import erase
 from pipelines.generate import main as generate_main
-from tests.launch import free_port
+from tests.launch import main_process_port
 
 TRAIN = ["--train_batch_size", "4", "--learning_rate", "1e-4", "--num_train_epochs", "2", "--kept_fraction", "0.99"]
 
@@ -34,7 +34,7 @@ def run(tiny_pipeline_dir, concept_data, out, *extra):
 def launch(args, *launch_flags, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     flags = list(launch_flags) or ["--cpu", "--num_processes", "1"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", *free_port(),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--num_machines", "1", *main_process_port(),
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.erase", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:

@@ -17,7 +17,7 @@ from erasure.jobconfig import run_cli
 from pipelines.generate import main
 from pipelines.sampling import load_pipeline
 from prompts.sets import load_concept
-from tests.launch import free_port
+from tests.launch import main_process_port
 
 ROW_FIELDS = {"file_name", "index", "prompt", "seed", "guidance_scale", "scheduler", "num_inference_steps", "model",
               "height", "width", "categories", "extra"}
@@ -76,7 +76,7 @@ def test_nudity_end_to_end_then_resume(tiny_pipeline_dir, tmp_path):
 
 def launch(pipeline_dir: Path, output_dir: Path, *launch_flags: str) -> None:
     """`accelerate launch <flags> -m pipelines.generate` for digits:7 with three images per set."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags, "--num_machines", "1", *free_port(),
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags, "--num_machines", "1", *main_process_port(),
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.generate",
                *job_args(pipeline_dir, output_dir, "--concept", "digits:7", "--num_images", "3", "--batch_size", "2")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
