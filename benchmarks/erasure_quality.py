@@ -343,8 +343,8 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
-    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "others", "worst_other",
-               "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
+    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "erased_purity", "others",
+               "worst_other", "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
                "diversity_ratio_kept", "color_spread_ratio", "color_free_worst_name", "color_free_worst_ratio",
                "color_free_erased", "spread_images", "spread_ratio", "spread_ideal_ratio", "spread_worst_name",
                "spread_worst_ratio", "spread_erased", "alignment",

@@ -71,6 +71,13 @@ class ColorJudge:
         return votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
+    def purity(self, images: Tensor) -> Tensor:
+        """The winning colour's share of the stroke's vote, ``[N]`` in [0, 1] (0 without a stroke): 1 for
+        a stroke in one colour, lower for a stroke whose pixels fall on several (a blend of colours
+        that the majority still names, which ``predict`` only catches below ``min_agreement``)."""
+        return self.votes(images).amax(dim=1)
+
+    @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Colour indices ``[N]`` (int64); ``NO_STROKE`` without a stroke, ``UNCLEAR`` when the
         stroke's pixels do not agree on one colour."""

@@ -260,7 +260,8 @@ def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge |
         groups[group].update(_distribution_report(samples, mask, judge, features, base_features))
     return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors,
             "features": features, "base_features": base_features,
-            "base_colors": None if base is None else color_judge.predict(base.images)}
+            "base_colors": None if base is None else color_judge.predict(base.images),
+            "color_purity": color_judge.purity(samples.images)}
 
 
 def _check_base(samples: TestbedSamples, base: TestbedSamples | None) -> None:
@@ -394,7 +395,10 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     ``color_kept`` = prompts of the other digits that name a colour drawn in it.
     ``color:<c>``: ``erased`` = prompts naming c judged c; ``digit_kept`` = their digit still
     recognised; ``other_colors`` / ``worst_other_color`` = the other named colours judged right;
-    ``others`` = digits recognised on prompts naming other colours.
+    ``others`` = digits recognised on prompts naming other colours; ``erased_purity`` = the mean
+    share of the winning colour in those prompts' strokes (``ColorJudge.purity``; the base draws
+    them in one colour, ~1.0): an erasure that blends colours into a pale or patchy stroke reads
+    "not c" but low here.
     ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
     (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).
     Both kinds, over the colour-free prompts of the kept digits: ``color_spread`` and, with ``base``,
@@ -449,6 +453,9 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
                               "other_colors": _mean(list(other_colors.values())),
                               "worst_other_color": None if worst is None else other_colors[worst],
                               "worst_other_name": worst}
+            purity, stroke = report.get("color_purity"), judged_colors != NO_STROKE
+            if purity is not None and (forgotten & stroke).any():
+                summary[group]["erased_purity"] = float(purity[forgotten & stroke].double().mean())
         if (mask & free).any():
             summary[group].update(color_spread(samples, mask & free, judged_colors, base_colors, erased_hues))
         if judge is not None and (mask & kept).sum() >= 2:

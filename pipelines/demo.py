@@ -188,6 +188,9 @@ def log_concept(name: str, b: dict, a: dict, eval_images: int = 2) -> None:
                     "" if "color_free_erased" not in a else
                     f"; drawn {name.partition(':')[2]} {100 * b['color_free_erased']:.0f}% -> "
                     f"{100 * a['color_free_erased']:.0f}% of the time", noise)
+    if a.get("erased_purity") is not None and b.get("erased_purity") is not None:
+        logger.info("'%s': the erased prompts' strokes in one colour: purity %.2f -> %.2f (a blend of colours reads "
+                    "lower; eval.colors.ColorJudge.purity)", name, b["erased_purity"], a["erased_purity"])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -36,6 +36,17 @@ def test_impure_strokes_go_to_the_nearest_colour_and_halo_does_not_count():
     assert names == ["red", "white", "blue"]
 
 
+def test_purity_is_one_for_a_one_colour_stroke_and_the_winning_share_for_a_blend():
+    judge = ColorJudge()
+    halves = stroke((1, 1, 0))
+    halves[:, 16:24, 14:18] = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1)  # lower half magenta: 32 of 64 pixels
+    thirds = stroke((0, 1, 0))
+    thirds[:, 8:12, 14:18] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # 16 red, 48 green pixels
+    purity = judge.purity(torch.stack([stroke((0, 0, 1), 0.7), halves, thirds, torch.zeros(3, 32, 32)]))
+    torch.testing.assert_close(purity, torch.tensor([1.0, 0.5, 0.75, 0.0]))
+    assert judge.predict(thirds[None]).tolist() == [COLOR_NAMES.index("green")]  # named, yet only 0.75 pure
+
+
 def test_blank_images_have_no_stroke():
     judge = ColorJudge()
     images = torch.stack([torch.zeros(3, 32, 32), torch.full((3, 32, 32), 0.1)])

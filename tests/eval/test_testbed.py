@@ -86,6 +86,14 @@ def test_judge_and_summaries_on_hand_made_samples():
     assert red_summary["erased"] == 0.0 and red_summary["digit_kept"] == 1.0
     assert red_summary["others"] == 0.0 and red_summary["worst_other_color"] == 1.0
     assert red_summary["worst_other_name"] == "blue"
+    assert red_summary["erased_purity"] == 1.0  # the red prompt's stroke is all blue
+    blended = painted([blue, blue, red, blue])
+    blended[0, :, 16:24, 14:18] = color_table()[COLOR_NAMES.index("green")].view(3, 1, 1)  # half blue, half green
+    mixed = TestbedSamples(images=blended, digits=samples.digits, colors=asked_colors, prompt_ids=samples.prompt_ids,
+                           groups=samples.groups)
+    mixed_report = judge_testbed(mixed, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge())
+    assert concept_summary(mixed_report, mixed, "color:red")["word"]["erased_purity"] == 0.5
+    assert "erased_purity" not in concept_summary(report, samples, "digits:two")["word"]
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
     assert base["fid_base"] == pytest.approx(0.0, abs=1e-3) and base["diversity_ratio"] == pytest.approx(1.0)
