@@ -76,6 +76,10 @@ class EraseConfig:
     resolution: int | None = None  # image side for --forget_dir/--retain_dir images (a multiple of 8); None: as stored
     concept: str | None = None  # a label only: recorded in the model card and erase_config.json
     substitute_prompt: str | None = None  # what forget prompts should draw instead; None: for each, the retain prompt closest in wording (prompts.base.closest_prompts)
+    # one replacement for the concept: each forget prompt's substitute is the closest retain prompt that holds this
+    # word (blue for color:yellow: "a yellow handwritten digit five" -> "a blue handwritten digit five"); None: the
+    # closest of all, ties rotating over the candidates
+    substitute_word: str | None = None
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
     # UNet weights that train: full, xattn (cross-attention only), noxattn, or lora (a PEFT LoRA of
@@ -118,6 +122,9 @@ class EraseConfig:
                              f"{self.forget_dir}, retain_dir={self.retain_dir}); give one or the other")
         if self.data_dir is None and (self.forget_dir is None or self.retain_dir is None):
             raise ValueError("give --data_dir (pipelines.generate output) or both --forget_dir and --retain_dir")
+        if self.substitute_word is not None and (self.substitute_prompt is not None or len(self.substitute_word.split()) != 1):
+            raise ValueError(f"substitute_word={self.substitute_word!r} must be one word, and excludes substitute_prompt "
+                             f"(got substitute_prompt={self.substitute_prompt!r})")
         for name in ("forget_prompt", "retain_prompt"):
             value = getattr(self, name)
             if value is not None and (self.data_dir is not None or not value.strip()):
@@ -179,7 +186,7 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     forget_prompts = sorted(set(forget.prompts))
     # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording
     pairs = ({p: substitute for p in forget_prompts} if substitute
-             else closest_prompts(forget_prompts, sorted(set(retain.prompts))))
+             else closest_prompts(forget_prompts, sorted(set(retain.prompts)), prefer=config.substitute_word))
     relabel = torch.arange(len(prompts))
     for prompt, replacement in pairs.items():
         relabel[ids[prompt]] = ids[replacement]

@@ -70,7 +70,7 @@ class PromptSet:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def closest_prompts(prompts: list[str], candidates: list[str]) -> dict[str, str]:
+def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | None = None) -> dict[str, str]:
     """For each prompt, the candidate that keeps most of its wording: the highest
     ``difflib.SequenceMatcher`` ratio over lower-cased words, ties shared round-robin.
 
@@ -81,13 +81,25 @@ def closest_prompts(prompts: list[str], candidates: list[str]) -> dict[str, str]
     handwritten digit three" gets "a red handwritten digit <d>" for some other d, never a
     prompt in another colour. Ties rotate so the forget prompts spread over the candidates.
 
+    With ``prefer`` (a word), only the candidates holding that word compete: every prompt gets
+    the same replacement for its concept ("a yellow handwritten digit five" -> "a blue handwritten
+    digit five" with ``prefer="blue"``). Rotating ties give a concept named by one word several
+    replacements across prompts, and the word then learns a blend of them (measured on the
+    testbed: README, "Erasure quality", the substitute word).
+
     Raises:
-        ValueError: if ``candidates`` is empty.
+        ValueError: if ``candidates`` is empty, or no candidate holds ``prefer``.
     """
     from difflib import SequenceMatcher
 
     if not candidates:
         raise ValueError("closest_prompts needs at least one candidate prompt, got none")
+    if prefer is not None:
+        holding = [c for c in candidates if prefer.lower() in c.lower().split()]
+        if not holding:
+            raise ValueError(f"substitute_word={prefer!r} is in none of the {len(candidates)} retain prompts (e.g. "
+                             f"{candidates[0]!r}); give a word of the retain prompts, or none")
+        candidates = holding
     words = {text: text.lower().split() for text in {*prompts, *candidates}}
     pairs = {}
     for k, prompt in enumerate(prompts):

@@ -28,6 +28,8 @@ def dirs(tmp_path):
     ({"negative_guidance": float("inf")}, r"negative_guidance=inf must be a finite number"),
     ({"forget_dir": "{d}/forget"}, r"data_dir=.* excludes --forget_dir/--retain_dir"),
     ({"forget_prompt": "a cat"}, r"forget_prompt='a cat' needs --forget_dir/--retain_dir"),
+    ({"substitute_word": "light blue"}, r"substitute_word='light blue' must be one word"),
+    ({"substitute_word": "blue", "substitute_prompt": "a person"}, r"substitute_word='blue' .* excludes substitute_prompt"),
 ])
 def test_out_of_bounds_options_are_refused(dirs, changes, message):
     changes = {k: v.format(d=dirs) if isinstance(v, str) else v for k, v in changes.items()}
@@ -79,7 +81,7 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     retain = data(["a blue handwritten digit two", "a green handwritten digit one", "a blue handwritten digit two"],
                   rows("a handwritten digit two", None, "a handwritten digit two"))
     assert neutral_prompts(retain, forget) == {"a blue handwritten digit two": ("a handwritten digit two",)}
-    config = types.SimpleNamespace(substitute_prompt=None, relabel_target="prediction", negative_guidance=1.0, seed=0)
+    config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, relabel_target="prediction", negative_guidance=1.0, seed=0)
     pipe = build_tiny_pipeline(seed=0)
     objective, _, retain_ids = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill"))
     neutral = objective.neutral_ids[retain_ids, 0]
@@ -93,6 +95,12 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     assert off.neutral_ids is None and off.uncond_weight == MethodConfig.uncond_weight
     held, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", uncond_weight=2))
     assert held.uncond_weight == 2
+    # substitute_word: the forget prompt's substitute is the retain prompt holding the word
+    for word, expected in (("blue", "a blue handwritten digit two"), ("green", "a green handwritten digit one")):
+        named, forget_ids, _ = build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_word": word}),
+                                               forget, retain, "cpu", MethodConfig(retain_loss="distill"))
+        table = sorted(set(forget.prompts) | set(retain.prompts) | {""} | {"a handwritten digit two"})
+        assert table[int(named.relabel_ids[forget_ids[0]])] == expected
     # the term's id is the empty prompt's row of the table (what classifier-free guidance samples with)
     from pipelines.conditioning import encode_prompt_table
     empty = encode_prompt_table(pipe, [""], "cpu").hidden[0]

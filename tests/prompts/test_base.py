@@ -24,3 +24,18 @@ def test_imagenette_and_nudity_shapes():
 def test_no_candidates_is_an_error():
     with pytest.raises(ValueError, match="at least one candidate"):
         closest_prompts(["nudity"], [])
+
+
+def test_a_preferred_word_gives_every_prompt_the_same_replacement():
+    colours = ("blue", "green", "white")
+    retain = [f"a {c} handwritten digit {d}" for c in colours for d in ("five", "six")]
+    retain += [f"a handwritten digit five in {c}" for c in colours]
+    forget = ["a yellow handwritten digit five", "a yellow handwritten digit six", "a handwritten digit five in yellow"]
+    rotating = closest_prompts(forget, retain)
+    assert len({p.split()[1] for p in list(rotating.values())[:2]}) == 2  # ties rotate over the colours
+    assert closest_prompts(forget, retain, prefer="Blue") == {
+        "a yellow handwritten digit five": "a blue handwritten digit five",
+        "a yellow handwritten digit six": "a blue handwritten digit six",
+        "a handwritten digit five in yellow": "a handwritten digit five in blue"}
+    with pytest.raises(ValueError, match="substitute_word='magenta' is in none of the 9 retain prompts"):
+        closest_prompts(forget, retain, prefer="magenta")
