@@ -397,7 +397,8 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     recognised; ``other_colors`` / ``worst_other_color`` = the other named colours judged right;
     ``others`` = digits recognised on prompts naming other colours; ``erased_purity`` = the mean
     share of the winning colour in those prompts' strokes (``ColorJudge.purity``; the base draws
-    them in one colour, ~1.0): an erasure that blends colours into a pale or patchy stroke reads
+    them in one colour, ~1.0), over the images with a stroke (a blank one counts in ``erased``'s
+    denominator, not here): an erasure that blends colours into a pale or patchy stroke reads
     "not c" but low here.
     ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
     (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).

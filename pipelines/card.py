@@ -108,6 +108,8 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
     hyper = {k: config[k] for k in ("method", "kept_fraction", "lam", "forget_loss", "projection", "retain_loss", "learning_rate",
                                     "train_batch_size", "num_train_epochs", "trainable", "mixed_precision", "seed",
                                     "loreun") if k in config}
+    # what the forget prompts were taught to draw instead, when the user named it
+    hyper.update({k: config[k] for k in ("substitute_prompt", "substitute_word") if config.get(k) is not None})
     trimmed = summary.get("trimmed_fraction")
     lora = summary.get("lora")
     if lora and lora.get("trained"):

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "features": "DigitsJudge penultimate layer (diversity, FID, KID)",
                 "prompt_set_sha256": grammar_prompts().sha256(), "images_per_prompt": args.eval_images,
                 "seed": EVAL_SEED, "num_inference_steps": args.num_inference_steps,
-                "guidance_scale": args.guidance_scale, "grid_seeds": GRID_SEEDS}
+                "guidance_scale": args.guidance_scale, "grid_seeds": GRID_SEEDS, "erase_args": list(args.erase_args)}
     erased_names = [name.partition(":")[2] for name in args.concepts]
     metrics = {"concept": args.concept, "erased": erased_names[0] if len(erased_names) == 1 else erased_names,
                "method": args.method,

@@ -20,6 +20,7 @@ complete or absent, ``erasure.checkpoints``) and ``logs/``. ``.lock`` names the 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Callable
 from dataclasses import dataclass
@@ -122,9 +123,11 @@ class EraseConfig:
                              f"{self.forget_dir}, retain_dir={self.retain_dir}); give one or the other")
         if self.data_dir is None and (self.forget_dir is None or self.retain_dir is None):
             raise ValueError("give --data_dir (pipelines.generate output) or both --forget_dir and --retain_dir")
-        if self.substitute_word is not None and (self.substitute_prompt is not None or len(self.substitute_word.split()) != 1):
-            raise ValueError(f"substitute_word={self.substitute_word!r} must be one word, and excludes substitute_prompt "
-                             f"(got substitute_prompt={self.substitute_prompt!r})")
+        if self.substitute_word is not None and not re.fullmatch(r"\s*\w+\s*", self.substitute_word):
+            raise ValueError(f"substitute_word={self.substitute_word!r} must be a single word (letters, digits, _)")
+        if self.substitute_word is not None and self.substitute_prompt is not None:
+            raise ValueError(f"substitute_word={self.substitute_word!r} and substitute_prompt={self.substitute_prompt!r} "
+                             "exclude each other; give one")
         for name in ("forget_prompt", "retain_prompt"):
             value = getattr(self, name)
             if value is not None and (self.data_dir is not None or not value.strip()):

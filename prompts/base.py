@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -70,6 +71,11 @@ class PromptSet:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def prompt_words(text: str) -> set[str]:
+    """The lower-cased words of a prompt, punctuation left out ("a person, photo" -> {"a", "person", "photo"})."""
+    return set(re.findall(r"\w+", text.lower()))
+
+
 def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | None = None) -> dict[str, str]:
     """For each prompt, the candidate that keeps most of its wording: the highest
     ``difflib.SequenceMatcher`` ratio over lower-cased words, ties shared round-robin.
@@ -81,24 +87,32 @@ def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | Non
     handwritten digit three" gets "a red handwritten digit <d>" for some other d, never a
     prompt in another colour. Ties rotate so the forget prompts spread over the candidates.
 
-    With ``prefer`` (a word), only the candidates holding that word compete: every prompt gets
+    With ``prefer`` (a word of the candidates that no prompt holds), only the candidates holding it compete: every prompt gets
     the same replacement for its concept ("a yellow handwritten digit five" -> "a blue handwritten
     digit five" with ``prefer="blue"``). Rotating ties give a concept named by one word several
     replacements across prompts, and the word then learns a blend of them (measured on the
     testbed: README, "Erasure quality", the substitute word).
 
     Raises:
-        ValueError: if ``candidates`` is empty, or no candidate holds ``prefer``.
+        ValueError: if ``candidates`` is empty, or no candidate holds ``prefer``, or a prompt does (for
+            ``digits:two``, "blue" is in "a blue handwritten digit two": it would change the colour too).
     """
     from difflib import SequenceMatcher
 
     if not candidates:
         raise ValueError("closest_prompts needs at least one candidate prompt, got none")
     if prefer is not None:
-        holding = [c for c in candidates if prefer.lower() in c.lower().split()]
+        word = prefer.strip().lower()
+        forgotten = set().union(*map(prompt_words, prompts)) if prompts else set()
+        usable = sorted(set().union(*map(prompt_words, candidates)) - forgotten)
+        if word in forgotten:
+            raise ValueError(f"substitute_word={prefer!r} is in the forget prompts (e.g. "
+                             f"{next(p for p in prompts if word in prompt_words(p))!r}): a replacement names what they "
+                             f"do not; allowed: a word of the retain prompts only, {usable}")
+        holding = [c for c in candidates if word in prompt_words(c)]
         if not holding:
-            raise ValueError(f"substitute_word={prefer!r} is in none of the {len(candidates)} retain prompts (e.g. "
-                             f"{candidates[0]!r}); give a word of the retain prompts, or none")
+            raise ValueError(f"substitute_word={prefer!r} is in none of the {len(candidates)} retain prompts; "
+                             f"allowed: a word of the retain prompts only, {usable}")
         candidates = holding
     words = {text: text.lower().split() for text in {*prompts, *candidates}}
     pairs = {}

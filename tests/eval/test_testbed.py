@@ -93,6 +93,12 @@ def test_judge_and_summaries_on_hand_made_samples():
                            groups=samples.groups)
     mixed_report = judge_testbed(mixed, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge())
     assert concept_summary(mixed_report, mixed, "color:red")["word"]["erased_purity"] == 0.5
+    # a blank image on a red prompt counts in `erased`'s denominator but has no stroke to be pure or not
+    with_blank = TestbedSamples(images=torch.cat([blended, painted([-1])]), digits=torch.tensor([2, 3, 3, 3, 2]),
+                                colors=torch.cat([asked_colors, torch.tensor([red])]),
+                                prompt_ids=torch.tensor([0, 1, 2, 2, 0]), groups=["word"] * 5)
+    blank_report = judge_testbed(with_blank, FixedJudge(torch.tensor([2, 5, 3, 3, 2])), ColorJudge())
+    assert concept_summary(blank_report, with_blank, "color:red")["word"]["erased_purity"] == 0.5
     assert "erased_purity" not in concept_summary(report, samples, "digits:two")["word"]
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]

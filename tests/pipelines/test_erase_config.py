@@ -28,8 +28,10 @@ def dirs(tmp_path):
     ({"negative_guidance": float("inf")}, r"negative_guidance=inf must be a finite number"),
     ({"forget_dir": "{d}/forget"}, r"data_dir=.* excludes --forget_dir/--retain_dir"),
     ({"forget_prompt": "a cat"}, r"forget_prompt='a cat' needs --forget_dir/--retain_dir"),
-    ({"substitute_word": "light blue"}, r"substitute_word='light blue' must be one word"),
-    ({"substitute_word": "blue", "substitute_prompt": "a person"}, r"substitute_word='blue' .* excludes substitute_prompt"),
+    ({"substitute_word": "light blue"}, r"substitute_word='light blue' must be a single word"),
+    ({"substitute_word": "blue,"}, r"substitute_word='blue,' must be a single word"),
+    ({"substitute_word": "blue", "substitute_prompt": "a person"},
+     r"substitute_word='blue' and substitute_prompt='a person' exclude each other; give one"),
 ])
 def test_out_of_bounds_options_are_refused(dirs, changes, message):
     changes = {k: v.format(d=dirs) if isinstance(v, str) else v for k, v in changes.items()}

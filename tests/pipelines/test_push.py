@@ -212,6 +212,8 @@ def test_card_license_and_base_follow_the_base_model(tmp_path):
     card = model_card(config, {}, {})
     assert "base_model: CompVis/stable-diffusion-v1-4" in card and "license: creativeml-openrail-m" in card
     assert "https://github.com)" not in card  # no placeholder links
+    assert "substitute_word" not in card  # unset: not a row of the table
+    assert "| substitute_word | blue |" in model_card({**config, "substitute_word": "blue"}, {}, {})
 
 
 def test_unet_export_card_snippet_runs_as_written(tiny_pipeline_dir, tmp_path):
