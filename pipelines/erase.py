@@ -325,6 +325,17 @@ def main(argv: list[str] | None = None) -> dict:
         return erase(config, method_config, output)
 
 
+def warn_unused_substitute(config: EraseConfig, method_config: MethodConfig) -> bool:
+    """Warn (and return True) when the job names a substitute that its method never trains toward."""
+    named = {k: getattr(config, k) for k in ("substitute_prompt", "substitute_word") if getattr(config, k) is not None}
+    if not named or get_method(method_config.method).uses_substitute(method_config):
+        return False
+    logger.warning("%s: method '%s' (forget_loss '%s') has no substitute term, so this run does not use them; the "
+                   "substitute settings matter to scissorhands with forget_loss 'substitute', random_label and salun",
+                   ", ".join(f"{k}={v!r}" for k, v in named.items()), method_config.method, method_config.forget_loss)
+    return True
+
+
 def erase(config: EraseConfig, method_config: MethodConfig, output: OutputDir) -> dict:
     """The job after its flags are validated: load, train (`train_unet`), export on the main process."""
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -409,6 +420,7 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     Raises:
         ValueError: too few batches for the accumulation steps, or a diverged run.
     """
+    warn_unused_substitute(config, method_config)
     objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device,
                                                               method_config)
     if output is not None:

@@ -45,6 +45,12 @@ class UnlearningMethod:
     # run prepare() again when resuming (it must not change the model then)
     prepare_on_resume: ClassVar[bool] = False
 
+    @classmethod
+    def uses_substitute(cls, config) -> bool:
+        """Whether this method, under ``config``, trains the forget prompts toward a substitute prompt
+        (the objective's relabelled loss): only then do an erase job's substitute settings matter."""
+        return False
+
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
         if config.loreun and not self.supports_loreun:
             raise ValueError(f"loreun=True does not apply to method '{self.name}' (it has no per-sample forget/retain losses to reweight)")

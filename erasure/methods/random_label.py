@@ -16,6 +16,10 @@ from erasure.objective import finite_or_raise
 class RandomLabel(UnlearningMethod):
     name = "random_label"
 
+    @classmethod
+    def uses_substitute(cls, config) -> bool:
+        return True
+
     def forget_term(self, model, forget_batch):
         relabeled = self.objective.relabeled_loss(model, forget_batch)
         clean = None

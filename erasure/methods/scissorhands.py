@@ -47,6 +47,10 @@ class Scissorhands(UnlearningMethod):
     reinitializes_weights = True
     supports_adversarial = True
 
+    @classmethod
+    def uses_substitute(cls, config) -> bool:
+        return config.forget_loss == "substitute"
+
     def __init__(self, config, objective):
         super().__init__(config, objective)
         self.forget_grads: list[Tensor | None] | None = None

@@ -112,3 +112,18 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
         neutral_prompts(data(retain.prompts, rows("a handwritten digit two", None, "the number two")), forget)
     with pytest.raises(ValueError, match="is a forget prompt"):
         neutral_prompts(retain, data(["a handwritten digit two"], [{}]))
+
+
+def test_a_substitute_that_the_method_never_trains_toward_is_warned(dirs, caplog):
+    from erasure.config import MethodConfig
+    from pipelines.erase import warn_unused_substitute
+
+    config = EraseConfig(data_dir=str(dirs), substitute_word="blue")
+    assert warn_unused_substitute(config, MethodConfig(method="esd"))
+    assert "substitute_word='blue'" in caplog.text and "method 'esd'" in caplog.text
+    assert warn_unused_substitute(config, MethodConfig(method="scissorhands", forget_loss="ascent"))
+    for used in (MethodConfig(method="salun"), MethodConfig(method="random_label"),
+                 MethodConfig(method="scissorhands", forget_loss="substitute"),
+                 MethodConfig(method="scissorhands_minmax", forget_loss="substitute")):
+        assert not warn_unused_substitute(config, used)
+    assert not warn_unused_substitute(EraseConfig(data_dir=str(dirs)), MethodConfig(method="esd"))  # none named
