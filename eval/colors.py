@@ -71,21 +71,27 @@ class ColorJudge:
         return votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
-    def purity(self, images: Tensor) -> Tensor:
-        """The winning colour's share of the stroke's vote, ``[N]`` in [0, 1] (0 without a stroke): 1 for
-        a stroke in one colour, lower for a stroke whose pixels fall on several (a blend of colours
-        that the majority still names, which ``predict`` only catches below ``min_agreement``)."""
-        return self.votes(images).amax(dim=1)
+    def judge(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(colours, purity)`` from one vote: ``predict``'s colour indices, and the winning colour's
+        share of the stroke's vote, ``[N]`` in [0, 1] (0 without a stroke): 1 for a stroke in one
+        colour, lower for a stroke whose pixels fall on several (a blend that the majority still
+        names, which the colour only shows as ``UNCLEAR`` below ``min_agreement``)."""
+        votes = self.votes(images)
+        share, winner = votes.max(dim=1)
+        blank = votes.sum(dim=1) == 0
+        winner = torch.where(share < self.min_agreement, torch.full_like(winner, UNCLEAR), winner)
+        return torch.where(blank, torch.full_like(winner, NO_STROKE), winner), share
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Colour indices ``[N]`` (int64); ``NO_STROKE`` without a stroke, ``UNCLEAR`` when the
         stroke's pixels do not agree on one colour."""
-        votes = self.votes(images)
-        share, winner = votes.max(dim=1)
-        blank = votes.sum(dim=1) == 0
-        winner = torch.where(share < self.min_agreement, torch.full_like(winner, UNCLEAR), winner)
-        return torch.where(blank, torch.full_like(winner, NO_STROKE), winner)
+        return self.judge(images)[0]
+
+    @torch.no_grad()
+    def purity(self, images: Tensor) -> Tensor:
+        """``judge``'s purity alone."""
+        return self.judge(images)[1]
 
 
 def color_entropy(labels: Tensor, num_colors: int) -> float:

@@ -248,7 +248,7 @@ def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge |
     color_judge = color_judge or ColorJudge()
     _check_base(samples, base)
     judged_digits = torch.cat([judge.predict(chunk).cpu() for chunk in samples.images.split(512)])
-    judged_colors = color_judge.predict(samples.images)
+    judged_colors, purity = color_judge.judge(samples.images)
     # the judge's features of every generation (and of the base's), extracted once: each group and
     # each concept's kept prompts take theirs by mask for diversity, FID and KID
     features = _judge_features(judge, samples.images)
@@ -260,8 +260,7 @@ def judge_testbed(samples: TestbedSamples, judge: Any, color_judge: ColorJudge |
         groups[group].update(_distribution_report(samples, mask, judge, features, base_features))
     return {"groups": groups, "judged_digits": judged_digits, "judged_colors": judged_colors,
             "features": features, "base_features": base_features,
-            "base_colors": None if base is None else color_judge.predict(base.images),
-            "color_purity": color_judge.purity(samples.images)}
+            "base_colors": None if base is None else color_judge.predict(base.images), "color_purity": purity}
 
 
 def _check_base(samples: TestbedSamples, base: TestbedSamples | None) -> None:
@@ -454,9 +453,9 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
                               "other_colors": _mean(list(other_colors.values())),
                               "worst_other_color": None if worst is None else other_colors[worst],
                               "worst_other_name": worst}
-            purity, stroke = report.get("color_purity"), judged_colors != NO_STROKE
-            if purity is not None and (forgotten & stroke).any():
-                summary[group]["erased_purity"] = float(purity[forgotten & stroke].double().mean())
+            drawn = forgotten & (judged_colors != NO_STROKE)
+            if drawn.any():
+                summary[group]["erased_purity"] = float(report["color_purity"][drawn].double().mean())
         if (mask & free).any():
             summary[group].update(color_spread(samples, mask & free, judged_colors, base_colors, erased_hues))
         if judge is not None and (mask & kept).sum() >= 2:

@@ -71,14 +71,14 @@ class PromptSet:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def prompt_words(text: str) -> set[str]:
-    """The lower-cased words of a prompt, punctuation left out ("a person, photo" -> {"a", "person", "photo"})."""
-    return set(re.findall(r"\w+", text.lower()))
+def prompt_words(text: str) -> list[str]:
+    """The lower-cased words of a prompt, in order, punctuation left out ("a person, photo" -> ["a", "person", "photo"])."""
+    return re.findall(r"\w+", text.lower())
 
 
 def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | None = None) -> dict[str, str]:
     """For each prompt, the candidate that keeps most of its wording: the highest
-    ``difflib.SequenceMatcher`` ratio over lower-cased words, ties shared round-robin.
+    ``difflib.SequenceMatcher`` ratio over their words (``prompt_words``), ties shared round-robin.
 
     This is what a substitute prompt should be (paper 000's and SalUn's public SD code pair
     "nudity" with "a person wearing clothes", Imagenette's "an image of a tench" with another
@@ -101,20 +101,19 @@ def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | Non
 
     if not candidates:
         raise ValueError("closest_prompts needs at least one candidate prompt, got none")
+    words = {text: prompt_words(text) for text in {*prompts, *candidates}}
     if prefer is not None:
         word = prefer.strip().lower()
-        forgotten = set().union(*map(prompt_words, prompts)) if prompts else set()
-        usable = sorted(set().union(*map(prompt_words, candidates)) - forgotten)
+        forgotten = {w for p in prompts for w in words[p]}
+        usable = sorted({w for c in candidates for w in words[c]} - forgotten)
         if word in forgotten:
             raise ValueError(f"substitute_word={prefer!r} is in the forget prompts (e.g. "
-                             f"{next(p for p in prompts if word in prompt_words(p))!r}): a replacement names what they "
+                             f"{next(p for p in prompts if word in words[p])!r}): a replacement names what they "
                              f"do not; allowed: a word of the retain prompts only, {usable}")
-        holding = [c for c in candidates if word in prompt_words(c)]
-        if not holding:
-            raise ValueError(f"substitute_word={prefer!r} is in none of the {len(candidates)} retain prompts; "
+        candidates = [c for c in candidates if word in words[c]]
+        if not candidates:
+            raise ValueError(f"substitute_word={prefer!r} is in none of the retain prompts; "
                              f"allowed: a word of the retain prompts only, {usable}")
-        candidates = holding
-    words = {text: text.lower().split() for text in {*prompts, *candidates}}
     pairs = {}
     for k, prompt in enumerate(prompts):
         scores = [SequenceMatcher(None, words[prompt], words[c], autojunk=False).ratio() for c in candidates]

@@ -97,14 +97,14 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     assert off.neutral_ids is None and off.uncond_weight == MethodConfig.uncond_weight
     held, _, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", uncond_weight=2))
     assert held.uncond_weight == 2
-    # substitute_word: the forget prompt's substitute is the retain prompt holding the word
+    # substitute_word: the forget prompt's substitute is the retain prompt holding the word (read back by embedding)
+    from pipelines.conditioning import encode_prompt_table
     for word, expected in (("blue", "a blue handwritten digit two"), ("green", "a green handwritten digit one")):
         named, forget_ids, _ = build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_word": word}),
                                                forget, retain, "cpu", MethodConfig(retain_loss="distill"))
-        table = sorted(set(forget.prompts) | set(retain.prompts) | {""} | {"a handwritten digit two"})
-        assert table[int(named.relabel_ids[forget_ids[0]])] == expected
+        torch.testing.assert_close(named.embeddings[named.relabel_ids[forget_ids[0]]],
+                                   encode_prompt_table(pipe, [expected], "cpu").hidden[0])
     # the term's id is the empty prompt's row of the table (what classifier-free guidance samples with)
-    from pipelines.conditioning import encode_prompt_table
     empty = encode_prompt_table(pipe, [""], "cpu").hidden[0]
     torch.testing.assert_close(held.embeddings[held.uncond_id], empty)
     assert not torch.allclose(held.embeddings[held.uncond_id], held.embeddings[retain_ids[0]])

@@ -37,7 +37,7 @@ def test_a_preferred_word_gives_every_prompt_the_same_replacement():
         "a yellow handwritten digit five": "a blue handwritten digit five",
         "a yellow handwritten digit six": "a blue handwritten digit six",
         "a handwritten digit five in yellow": "a handwritten digit five in blue"}
-    with pytest.raises(ValueError, match=r"substitute_word='magenta' is in none of the 9 retain prompts; allowed: .*"
+    with pytest.raises(ValueError, match=r"substitute_word='magenta' is in none of the retain prompts; allowed: .*"
                                          r"\['blue', 'green', 'white'\]"):
         closest_prompts(forget, retain, prefer="magenta")
     # a word the forget prompts hold is no replacement: erasing a digit, "blue" would change the colour too
