@@ -214,7 +214,7 @@ def _testbed_lines(testbed: Mapping[str, Any]) -> list[str]:
                      "color_free_worst_ratio": "color_free_worst_name"}.get(key)
             return f"{key} {shown}" + (f" ({summary[named]})" if named and summary.get(named) else "")
 
-        hidden = ("kept", "worst_other_name", "color_free_worst_name", "color_free_shares")
+        hidden = ("kept", "worst_other_name", "color_free_worst_name", "color_free_shares", "erased_shares")
         lines += ["", f"Concept `{testbed['concept']}` per group: " + "; ".join(
             f"{group}: " + ", ".join(figure(k, v, summary) for k, v in summary.items() if k not in hidden)
             for group, summary in testbed["summary"].items())]

@@ -398,7 +398,9 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     share of the winning colour in those prompts' strokes (``ColorJudge.purity``; the base draws
     them in one colour, ~1.0), over the images with a stroke (a blank one counts in ``erased``'s
     denominator, not here): an erasure that blends colours into a pale or patchy stroke reads
-    "not c" but low here.
+    "not c" but low here; ``erased_shares`` = the colours those images are judged (where the concept
+    went: one replacement, or several across prompts; ``unclear``: no colour holds the stroke's
+    majority).
     ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
     (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).
     Both kinds, over the colour-free prompts of the kept digits: ``color_spread`` and, with ``base``,
@@ -456,6 +458,8 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
             drawn = forgotten & (judged_colors != NO_STROKE)
             if drawn.any():
                 summary[group]["erased_purity"] = float(report["color_purity"][drawn].double().mean())
+                summary[group]["erased_shares"] = {n: share(judged_colors[drawn] == k)
+                                                   for k, n in [*enumerate(COLOR_NAMES), (UNCLEAR, "unclear")]}
         if (mask & free).any():
             summary[group].update(color_spread(samples, mask & free, judged_colors, base_colors, erased_hues))
         if judge is not None and (mask & kept).sum() >= 2:

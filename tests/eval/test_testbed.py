@@ -87,6 +87,7 @@ def test_judge_and_summaries_on_hand_made_samples():
     assert red_summary["others"] == 0.0 and red_summary["worst_other_color"] == 1.0
     assert red_summary["worst_other_name"] == "blue"
     assert red_summary["erased_purity"] == 1.0  # the red prompt's stroke is all blue
+    assert red_summary["erased_shares"] == {n: float(n == "blue") for n in [*COLOR_NAMES, "unclear"]}  # where red went
     blended = painted([blue, blue, red, blue])
     blended[0, :, 16:24, 14:18] = color_table()[COLOR_NAMES.index("green")].view(3, 1, 1)  # half blue, half green
     mixed = TestbedSamples(images=blended, digits=samples.digits, colors=asked_colors, prompt_ids=samples.prompt_ids,
@@ -98,7 +99,9 @@ def test_judge_and_summaries_on_hand_made_samples():
                                 colors=torch.cat([asked_colors, torch.tensor([red])]),
                                 prompt_ids=torch.tensor([0, 1, 2, 2, 0]), groups=["word"] * 5)
     blank_report = judge_testbed(with_blank, FixedJudge(torch.tensor([2, 5, 3, 3, 2])), ColorJudge())
-    assert concept_summary(blank_report, with_blank, "color:red")["word"]["erased_purity"] == 0.5
+    blank_summary = concept_summary(blank_report, with_blank, "color:red")["word"]
+    # the shares are over the one stroke, not the blank: half green, half blue holds no majority
+    assert blank_summary["erased_purity"] == 0.5 and blank_summary["erased_shares"]["unclear"] == 1.0
     assert "erased_purity" not in concept_summary(report, samples, "digits:two")["word"]
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]
