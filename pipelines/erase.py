@@ -48,7 +48,7 @@ from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.prompt_prefix import AdversarialPrefixes
 from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
-from prompts.base import closest_prompts
+from prompts.base import closest_prompts, tied_replacements
 
 logger = logging.getLogger("pipelines.erase")
 
@@ -59,6 +59,7 @@ EXPORTS = ("pipeline", "unet", "lora")
 # the papers' defaults for Stable Diffusion (paper 000 §8.1.2; the public SD code's train_shs.sh
 # runs nudity with --sparsity 0.995 --lam 0.1)
 DOMAIN_DEFAULTS = {"kept_fraction": 0.995, "lam": 0.1}
+SUBSTITUTE_TIES = ("nearest", "rotate")
 
 
 @dataclass
@@ -81,6 +82,11 @@ class EraseConfig:
     # word (blue for color:yellow: "a yellow handwritten digit five" -> "a blue handwritten digit five"); None: the
     # closest of all, ties rotating over the candidates
     substitute_word: str | None = None
+    # without either: how the forget prompts' tied closest retain prompts are shared out. "nearest": one word
+    # replaces the concept in every prompt, the one whose prompts the base model already predicts closest to
+    # the forget prompts' on the forget images (the smallest edit; substitute_choice in the run's summary);
+    # "rotate": ties rotate over the candidates (before round 14; the concept word then learns a blend)
+    substitute_ties: str = "nearest"
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
     # UNet weights that train: full, xattn (cross-attention only), noxattn, or lora (a PEFT LoRA of
@@ -128,6 +134,8 @@ class EraseConfig:
         if self.substitute_word is not None and self.substitute_prompt is not None:
             raise ValueError(f"substitute_word={self.substitute_word!r} and substitute_prompt={self.substitute_prompt!r} "
                              "exclude each other; give one")
+        if self.substitute_ties not in SUBSTITUTE_TIES:
+            raise ValueError(f"substitute_ties={self.substitute_ties!r} is unknown; choose one of {list(SUBSTITUTE_TIES)}")
         for name in ("forget_prompt", "retain_prompt"):
             value = getattr(self, name)
             if value is not None and (self.data_dir is not None or not value.strip()):
@@ -169,6 +177,35 @@ def resolve_model(name: str) -> str:
     return str(build_default_model())
 
 
+def nearest_replacement(objective: DiffusionObjective, unet, forget: ConceptImageSet, ids: dict[str, int],
+                        ties: dict[str, dict[str, str]], device, max_samples: int = 64,
+                        batch_size: int = 16) -> tuple[str, dict[str, float]]:
+    """The replacement word (``prompts.base.tied_replacements``) the base ``unet`` is closest to drawing already.
+
+    For each word, the mean ``objective.prediction_gap`` between a forget prompt and its tied
+    substitute holding the word, over the first ``max_samples`` forget images whose prompt has ties
+    (their index-seeded noise and steps: every run and process scores alike). The smallest gap is the
+    smallest edit that moves the concept whole: on the testbed, erasing red toward green (the
+    nearest) drew the red prompts green at purity 1.00 where blue (the farthest) left magenta-ish
+    blends at 0.80 (README, erasure quality, round 14).
+
+    Returns:
+        ``(word, {word: gap})``.
+    """
+    rows = [i for i, prompt in enumerate(forget.prompts) if prompt in ties][:max_samples]
+    words = sorted(next(iter(ties.values())))
+    totals = dict.fromkeys(words, 0.0)
+    unet.to(device)  # where it trains next
+    for chunk in torch.tensor(rows).split(batch_size):
+        own = torch.tensor([ids[forget.prompts[i]] for i in chunk.tolist()])
+        batch = {"x": forget.latents[chunk].to(device), "y": own.to(device), "index": chunk}
+        for word in words:
+            other = torch.tensor([ids[ties[forget.prompts[i]][word]] for i in chunk.tolist()])
+            totals[word] += float(objective.prediction_gap(unet, batch, other).double().sum())
+    gaps = {word: total / len(rows) for word, total in totals.items()}
+    return min(words, key=gaps.get), gaps
+
+
 def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device,
                     method_config: MethodConfig | None = None):
     """Prompt table, substitute mapping and the diffusion objective (with ``method_config.adversarial_prefix``,
@@ -193,6 +230,10 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     relabel = torch.arange(len(prompts))
     for prompt, replacement in pairs.items():
         relabel[ids[prompt]] = ids[replacement]
+    retain_prompts = sorted(set(retain.prompts))
+    ties = (tied_replacements(forget_prompts, retain_prompts)
+            if substitute is None and config.substitute_word is None and config.substitute_ties == "nearest"
+            and (method_config is None or get_method(method_config.method).uses_substitute(method_config)) else {})
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     table = encode_prompt_table(pipe, prompts, device)
     # SDXL: the time ids of the training images' size, as the pipeline sets them when it drew them
@@ -208,6 +249,15 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                                    neutral_ids=neutral,
                                    neutral_weight=method_config.neutral_weight if method_config is not None else 0.0,
                                    uncond_weight=method_config.uncond_weight if method_config is not None else 0.0)
+    objective.substitute_choice = None
+    if ties:
+        word, gaps = nearest_replacement(objective, pipe.unet, forget, ids, ties, device)
+        for prompt, replacement in closest_prompts(forget_prompts, retain_prompts, prefer=word).items():
+            relabel[ids[prompt]] = ids[replacement]
+        objective.substitute_choice = {"rule": "nearest", "word": word, "prediction_gaps": gaps}
+        logger.info("substitute word '%s' for every forget prompt: the base model's prediction gap to it is the "
+                    "smallest (%s; --substitute_ties rotate shares the ties out instead)", word,
+                    ", ".join(f"{w} {g:.4g}" for w, g in sorted(gaps.items(), key=lambda item: item[1])))
     if method_config is not None and method_config.adversarial_prefix:
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])
@@ -460,6 +510,8 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     if has_shards(unet_ddp):  # accelerate launch --use_fsdp --fsdp_version 2
         check_sharded_job(method, config.gradient_accumulation_steps, config.trainable)
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
+    if objective.substitute_choice is not None:
+        summary["substitute_choice"] = objective.substitute_choice
     if output is not None and accelerator.is_main_process and config.report_to:
         accelerator.init_trackers("scissorhands-erase",
                                   config=jobconfig.tracker_config(jobconfig.to_dict(config, method_config)))

@@ -97,8 +97,6 @@ def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | Non
         ValueError: if ``candidates`` is empty, or no candidate holds ``prefer``, or a prompt does (for
             ``digits:two``, "blue" is in "a blue handwritten digit two": it would change the colour too).
     """
-    from difflib import SequenceMatcher
-
     if not candidates:
         raise ValueError("closest_prompts needs at least one candidate prompt, got none")
     words = {text: prompt_words(text) for text in {*prompts, *candidates}}
@@ -114,9 +112,43 @@ def closest_prompts(prompts: list[str], candidates: list[str], prefer: str | Non
         if not candidates:
             raise ValueError(f"substitute_word={prefer!r} is in none of the retain prompts; "
                              f"allowed: a word of the retain prompts only, {usable}")
-    pairs = {}
-    for k, prompt in enumerate(prompts):
+    return {prompt: best[k % len(best)] for k, (prompt, best) in enumerate(_closest(prompts, candidates, words).items())}
+
+
+def _closest(prompts: list[str], candidates: list[str], words: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each prompt's candidates of the highest word-sequence ratio (``closest_prompts``' ties), in candidate order."""
+    from difflib import SequenceMatcher
+
+    tied = {}
+    for prompt in prompts:
         scores = [SequenceMatcher(None, words[prompt], words[c], autojunk=False).ratio() for c in candidates]
-        best = [c for c, s in zip(candidates, scores) if s == max(scores)]
-        pairs[prompt] = best[k % len(best)]
-    return pairs
+        tied[prompt] = [c for c, s in zip(candidates, scores) if s == max(scores)]
+    return tied
+
+
+def tied_replacements(prompts: list[str], candidates: list[str]) -> dict[str, dict[str, str]]:
+    """The words that could replace a concept named by one word, and the substitute each gives.
+
+    For each prompt whose closest candidates tie (``closest_prompts``), each tied candidate that
+    differs from it by one new word, keyed by that word; only the words every such prompt can take
+    are kept (``color:yellow``: "a yellow handwritten digit five" -> {"blue": "a blue handwritten
+    digit five", "green": ..., ...}, the same five words for every yellow prompt). Empty when no
+    prompt has ties, or when no word serves all of them (then a concept has no one replacement).
+    """
+    if not candidates:
+        raise ValueError("tied_replacements needs at least one candidate prompt, got none")
+    words = {text: prompt_words(text) for text in {*prompts, *candidates}}
+    by_word: dict[str, dict[str, str]] = {}
+    for prompt, best in _closest(prompts, candidates, words).items():
+        if len(best) < 2:
+            continue
+        swaps = {}
+        for candidate in best:
+            new = set(words[candidate]) - set(words[prompt])
+            if len(new) == 1:
+                swaps.setdefault(new.pop(), candidate)
+        by_word[prompt] = swaps
+    if not by_word:
+        return {}
+    common = set.intersection(*(set(swaps) for swaps in by_word.values()))
+    return {prompt: {w: c for w, c in swaps.items() if w in common} for prompt, swaps in by_word.items()} if common else {}

@@ -1,5 +1,7 @@
 """EraseConfig bounds and flag combinations, checked before any work; --revision and the folder prompts reach the loaders."""
 
+import types
+
 import pytest
 import torch
 
@@ -30,6 +32,7 @@ def dirs(tmp_path):
     ({"forget_prompt": "a cat"}, r"forget_prompt='a cat' needs --forget_dir/--retain_dir"),
     ({"substitute_word": "light blue"}, r"substitute_word='light blue' must be a single word"),
     ({"substitute_word": "blue,"}, r"substitute_word='blue,' must be a single word"),
+    ({"substitute_ties": "first"}, r"substitute_ties='first' is unknown; choose one of \['nearest', 'rotate'\]"),
     ({"substitute_word": "blue", "substitute_prompt": "a person"},
      r"substitute_word='blue' and substitute_prompt='a person' exclude each other; give one"),
 ])
@@ -70,7 +73,6 @@ def test_revision_and_folder_prompts_reach_the_loaders(dirs, tiny_pipeline_dir, 
 def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     """A retain row's ``extra["neutral"]`` (pipelines.generate writes it for a colour concept) maps its
     prompt to the neutral one in the objective; method configs with neutral_weight 0 map nothing."""
-    import types
 
     from erasure.config import MethodConfig
     from pipelines.erase import build_objective, neutral_prompts
@@ -83,7 +85,8 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
     retain = data(["a blue handwritten digit two", "a green handwritten digit one", "a blue handwritten digit two"],
                   rows("a handwritten digit two", None, "a handwritten digit two"))
     assert neutral_prompts(retain, forget) == {"a blue handwritten digit two": ("a handwritten digit two",)}
-    config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, relabel_target="prediction", negative_guidance=1.0, seed=0)
+    config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   relabel_target="prediction", negative_guidance=1.0, seed=0)
     pipe = build_tiny_pipeline(seed=0)
     objective, _, retain_ids = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill"))
     neutral = objective.neutral_ids[retain_ids, 0]
@@ -127,3 +130,50 @@ def test_a_substitute_that_the_method_never_trains_toward_is_warned(dirs, caplog
                  MethodConfig(method="scissorhands_minmax", forget_loss="substitute")):
         assert not warn_unused_substitute(config, used)
     assert not warn_unused_substitute(EraseConfig(data_dir=str(dirs)), MethodConfig(method="esd"))  # none named
+
+
+def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
+    from erasure.config import MethodConfig
+    from pipelines.conditioning import encode_prompt_table
+    from pipelines.erase import build_objective, nearest_replacement
+    from pipelines.tiny import build_tiny_pipeline
+    from prompts.base import tied_replacements
+
+    generator = torch.Generator().manual_seed(0)
+    data = lambda prompts: types.SimpleNamespace(prompts=prompts, metadata=[{}] * len(prompts),
+                                                 latents=torch.randn(len(prompts), 4, 16, 16, generator=generator))
+    forget = data(["a red handwritten digit two", "a red handwritten digit three"] * 2)
+    retain = data([f"a {c} handwritten digit {d}" for c in ("blue", "green", "white") for d in ("two", "three")])
+    # the choice reads the objective's gaps: here a candidate's gap is its prompt id, so the smallest id wins
+    ids = {p: i for i, p in enumerate(sorted({*forget.prompts, *retain.prompts}))}
+    ties = tied_replacements(sorted(set(forget.prompts)), sorted(set(retain.prompts)))
+    by_id = types.SimpleNamespace(prediction_gap=lambda unet, batch, other: other.double())
+    word, gaps = nearest_replacement(by_id, torch.nn.Linear(1, 1), forget, ids, ties, "cpu")
+    assert word == "blue" and gaps["blue"] < gaps["green"] < gaps["white"]
+    negated = types.SimpleNamespace(prediction_gap=lambda unet, batch, other: -other.double())
+    assert nearest_replacement(negated, torch.nn.Linear(1, 1), forget, ids, ties, "cpu")[0] == "white"
+
+    pipe = build_tiny_pipeline(seed=0)
+    config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   relabel_target="prediction", negative_guidance=1.0, seed=0)
+    objective, forget_ids, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute"))
+    choice = objective.substitute_choice
+    assert choice["rule"] == "nearest" and set(choice["prediction_gaps"]) == {"blue", "green", "white"}
+    assert choice["word"] == min(choice["prediction_gaps"], key=choice["prediction_gaps"].get)
+    assert len(set(choice["prediction_gaps"].values())) == 3  # the tiny random UNet tells the words apart
+    # every forget prompt is taught the one word (read back by embedding)
+    expected = encode_prompt_table(pipe, [p.replace("red", choice["word"]) for p in forget.prompts], "cpu").hidden
+    torch.testing.assert_close(objective.embeddings[objective.relabel_ids[forget_ids]], expected)
+    # the gap is zero to the prompt itself and grows with a different one
+    batch = {"x": forget.latents[:2], "y": forget_ids[:2], "index": torch.arange(2)}
+    assert objective.prediction_gap(pipe.unet, batch, forget_ids[:2]).abs().max() == 0
+    assert (objective.prediction_gap(pipe.unet, batch, objective.relabel_ids[forget_ids[:2]]) > 0).all()
+    # rotate: the two prompts get different words and nothing is chosen; a method without a substitute
+    # term skips the choice (and its forward passes)
+    rotated, rotated_ids, _ = build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_ties": "rotate"}),
+                                              forget, retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute"))
+    assert rotated.substitute_choice is None
+    picked = rotated.embeddings[rotated.relabel_ids[rotated_ids[:2]]]
+    assert not torch.allclose(picked[0], encode_prompt_table(pipe, [forget.prompts[0].replace("red", "blue")], "cpu").hidden[0]) \
+        or not torch.allclose(picked[1], encode_prompt_table(pipe, [forget.prompts[1].replace("red", "blue")], "cpu").hidden[0])
+    assert build_objective(pipe, config, forget, retain, "cpu", MethodConfig(method="esd"))[0].substitute_choice is None
