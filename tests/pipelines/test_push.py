@@ -214,6 +214,8 @@ def test_card_license_and_base_follow_the_base_model(tmp_path):
     assert "https://github.com)" not in card  # no placeholder links
     assert "substitute_word" not in card  # unset: not a row of the table
     assert "| substitute_word | blue |" in model_card({**config, "substitute_word": "blue"}, {}, {})
+    chosen = {"substitute_choice": {"rule": "nearest", "word": "green", "prediction_gaps": {"green": 0.1, "blue": 0.3}}}
+    assert "| substitute_word | green (chosen: nearest prediction) |" in model_card(config, chosen, {})
 
 
 def test_unet_export_card_snippet_runs_as_written(tiny_pipeline_dir, tmp_path):
