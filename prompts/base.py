@@ -126,29 +126,22 @@ def _closest(prompts: list[str], candidates: list[str], words: dict[str, list[st
     return tied
 
 
-def tied_replacements(prompts: list[str], candidates: list[str]) -> dict[str, dict[str, str]]:
-    """The words that could replace a concept named by one word, and the substitute each gives.
-
-    For each prompt whose closest candidates tie (``closest_prompts``), each tied candidate that
-    differs from it by one new word, keyed by that word; only the words every such prompt can take
-    are kept (``color:yellow``: "a yellow handwritten digit five" -> {"blue": "a blue handwritten
-    digit five", "green": ..., ...}, the same five words for every yellow prompt). Empty when no
-    prompt has ties, or when no word serves all of them (then a concept has no one replacement).
-    """
+def replacement_words(prompts: list[str], candidates: list[str]) -> list[str]:
+    """The words that could replace a concept named by one word: each word that some prompt's tied
+    closest candidates (``closest_prompts``' ties) put in place of one of its words, the forget
+    prompts' own words left out, sorted (``color:yellow``: "a yellow handwritten digit five" ties with
+    "a blue handwritten digit five", "a green ...", ...: blue, green, magenta, red, white). Empty when
+    no prompt's closest candidates tie (nudity's one anchor, "a person wearing clothes")."""
     if not candidates:
-        raise ValueError("tied_replacements needs at least one candidate prompt, got none")
+        raise ValueError("replacement_words needs at least one candidate prompt, got none")
     words = {text: prompt_words(text) for text in {*prompts, *candidates}}
-    by_word: dict[str, dict[str, str]] = {}
+    forgotten = {w for p in prompts for w in words[p]}
+    found = set()
     for prompt, best in _closest(prompts, candidates, words).items():
         if len(best) < 2:
             continue
-        swaps = {}
         for candidate in best:
             new = set(words[candidate]) - set(words[prompt])
-            if len(new) == 1:
-                swaps.setdefault(new.pop(), candidate)
-        by_word[prompt] = swaps
-    if not by_word:
-        return {}
-    common = set.intersection(*(set(swaps) for swaps in by_word.values()))
-    return {prompt: {w: c for w, c in swaps.items() if w in common} for prompt, swaps in by_word.items()} if common else {}
+            if len(new) == 1 and not new & forgotten:
+                found |= new
+    return sorted(found)

@@ -137,7 +137,7 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     from pipelines.conditioning import encode_prompt_table
     from pipelines.erase import build_objective, nearest_replacement
     from pipelines.tiny import build_tiny_pipeline
-    from prompts.base import tied_replacements
+    from prompts.base import replacement_words
 
     generator = torch.Generator().manual_seed(0)
     data = lambda prompts: types.SimpleNamespace(prompts=prompts, metadata=[{}] * len(prompts),
@@ -146,12 +146,13 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     retain = data([f"a {c} handwritten digit {d}" for c in ("blue", "green", "white") for d in ("two", "three")])
     # the choice reads the objective's gaps: here a candidate's gap is its prompt id, so the smallest id wins
     ids = {p: i for i, p in enumerate(sorted({*forget.prompts, *retain.prompts}))}
-    ties = tied_replacements(sorted(set(forget.prompts)), sorted(set(retain.prompts)))
+    retain_prompts = sorted(set(retain.prompts))
+    words = replacement_words(sorted(set(forget.prompts)), retain_prompts)
     by_id = types.SimpleNamespace(prediction_gap=lambda unet, batch, other: other.double())
-    word, gaps = nearest_replacement(by_id, torch.nn.Linear(1, 1), forget, ids, ties, "cpu")
+    word, gaps = nearest_replacement(by_id, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu")
     assert word == "blue" and gaps["blue"] < gaps["green"] < gaps["white"]
     negated = types.SimpleNamespace(prediction_gap=lambda unet, batch, other: -other.double())
-    assert nearest_replacement(negated, torch.nn.Linear(1, 1), forget, ids, ties, "cpu")[0] == "white"
+    assert nearest_replacement(negated, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu")[0] == "white"
 
     pipe = build_tiny_pipeline(seed=0)
     config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",

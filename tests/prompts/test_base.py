@@ -2,7 +2,7 @@
 
 import pytest
 
-from prompts.base import closest_prompts, tied_replacements
+from prompts.base import closest_prompts, replacement_words
 
 
 def test_same_template_and_colour_win_and_ties_rotate():
@@ -48,18 +48,16 @@ def test_a_preferred_word_gives_every_prompt_the_same_replacement():
                            prefer=" Clothes ") == {"a naked person, photo": "a person wearing clothes, photo"}
 
 
-def test_tied_replacements_are_the_words_every_tied_prompt_can_take():
+def test_replacement_words_are_what_tied_prompts_could_take_instead():
     colours = ("blue", "green", "white")
     retain = [f"a {c} handwritten digit {d}" for c in colours for d in ("five", "six")]
     forget = ["a yellow handwritten digit five", "a yellow handwritten digit six"]
-    assert tied_replacements(forget, retain) == {
-        p: {c: p.replace("yellow", c) for c in colours} for p in forget}
-    # only the words that serve every tied prompt: "white" has no six here
-    assert tied_replacements(forget, retain[:-1]) == {
-        p: {c: p.replace("yellow", c) for c in ("blue", "green")} for p in forget}
-    # no ties (nudity's one anchor), or no word every prompt can take: nothing to choose
-    assert tied_replacements(["nudity", "naked"], ["a person wearing clothes"]) == {}
-    assert tied_replacements(forget, ["a blue handwritten digit five", "a green handwritten digit five",
-                                      "a white handwritten digit six", "a red handwritten digit six"]) == {}
+    assert replacement_words(forget, retain) == ["blue", "green", "white"]
+    # a word some tied prompt can take counts (a subsampled retain set lacks "a white ... six")
+    assert replacement_words(forget, retain[:-1]) == ["blue", "green", "white"]
+    # no ties (nudity's one anchor): nothing to choose; a word the forget prompts hold is no replacement
+    assert replacement_words(["nudity", "naked"], ["a person wearing clothes"]) == []
+    assert replacement_words(["a red handwritten digit two", "a blue handwritten digit five"],
+                             ["a blue handwritten digit two", "a green handwritten digit two"]) == ["green"]
     with pytest.raises(ValueError, match="at least one candidate"):
-        tied_replacements(forget, [])
+        replacement_words(forget, [])
