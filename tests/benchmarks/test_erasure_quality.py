@@ -248,3 +248,15 @@ def test_robustness_report_shows_only_the_attacks_that_ran():
     text = markdown(results)
     assert "UnlearnDiffAtk ASR 100% over 10 prompts" in text and "| scissorhands | 10% | 50% | 20.0 |" in text
     assert "paraphrase" not in text.split("Protocol")[1].split("\n", 1)[1]
+
+
+def test_the_table_says_where_a_colour_went():
+    run = {"method": "scissorhands", "concept": "color:green", "seed": 0, "erased": 0.0, "erased_purity": 0.72,
+           "erased_shares": {"white": 0.58, "red": 0.05, "unclear": 0.25, "green": 0.0}}
+    results = {"protocol": {}, "base": [], "runs": [run, {**run, "concept": "digits:two", "erased_shares": None}],
+               "summary": {"targets": {}}}
+    rows = [line for line in quality.markdown(results).splitlines() if line.startswith("| scissorhands")]
+    header = next(line for line in quality.markdown(results).splitlines() if line.startswith("| method"))
+    column = header.split(" | ").index("erased_to")
+    assert rows[0].split(" | ")[column] == "white 0.58, unclear 0.25"  # red's 5% left out
+    assert rows[1].split(" | ")[column] == ""
