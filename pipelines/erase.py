@@ -82,7 +82,8 @@ class EraseConfig:
     # word (blue for color:yellow: "a yellow handwritten digit five" -> "a blue handwritten digit five"); None: the
     # closest of all, ties rotating over the candidates
     substitute_word: str | None = None
-    # without either: how the forget prompts' tied closest retain prompts are shared out. "nearest": one word
+    # with neither substitute_prompt nor substitute_word: how a forget prompt's tied closest retain prompts are
+    # shared out. "nearest": one word
     # replaces the concept in every prompt, the one whose prompts the base model already predicts closest to
     # the forget prompts' on the forget images (the smallest edit; substitute_choice in the run's summary);
     # "rotate": ties rotate over the candidates (before round 14; the concept word then learns a blend)
