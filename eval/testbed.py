@@ -400,7 +400,8 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     denominator, not here): an erasure that blends colours into a pale or patchy stroke reads
     "not c" but low here; ``erased_shares`` = the colours those images are judged (where the concept
     went: one replacement, or several across prompts; ``unclear``: no colour holds the stroke's
-    majority).
+    majority) and ``erased_blank`` the share of them drawn without a stroke (an erasure to blanks
+    reads pure there).
     ``also_erased``: the other concepts of a multi-concept run; what they erase is no "other"
     (their digits leave ``others``, their colours ``other_colors`` and the colour prompts' ``others``).
     Both kinds, over the colour-free prompts of the kept digits: ``color_spread`` and, with ``base``,
@@ -456,6 +457,8 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
                               "worst_other_color": None if worst is None else other_colors[worst],
                               "worst_other_name": worst}
             drawn = forgotten & (judged_colors != NO_STROKE)
+            if forgotten.any():
+                summary[group]["erased_blank"] = share(judged_colors[forgotten] == NO_STROKE)
             if drawn.any():
                 summary[group]["erased_purity"] = float(report["color_purity"][drawn].double().mean())
                 summary[group]["erased_shares"] = {n: share(judged_colors[drawn] == k)

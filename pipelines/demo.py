@@ -193,8 +193,9 @@ def log_concept(name: str, b: dict, a: dict, eval_images: int = 2) -> None:
                     "lower; eval.colors.ColorJudge.purity)", name, b["erased_purity"], a["erased_purity"])
     if a.get("erased_shares"):
         drawn = sorted(a["erased_shares"].items(), key=lambda item: -item[1])
-        logger.info("'%s' prompts are now drawn %s", name,
-                    ", ".join(f"{color} {100 * value:.0f}%" for color, value in drawn if value > 0))
+        logger.info("'%s' prompts are now drawn %s%s", name,
+                    ", ".join(f"{color} {100 * value:.0f}%" for color, value in drawn if value > 0),
+                    f" ({100 * a['erased_blank']:.0f}% of them blank, not counted)" if a.get("erased_blank") else "")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -48,7 +48,7 @@ from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.prompt_prefix import AdversarialPrefixes
 from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
-from prompts.base import closest_prompts, replacement_words
+from prompts.base import closest_prompts, has_ties, replacement_words
 
 logger = logging.getLogger("pipelines.erase")
 
@@ -194,16 +194,21 @@ def nearest_replacement(objective: DiffusionObjective, unet, forget: ConceptImag
     """
     forget_prompts = sorted(set(forget.prompts))
     pairs = {word: closest_prompts(forget_prompts, retain_prompts, prefer=word) for word in words}
-    rows = torch.arange(min(len(forget.prompts), max_samples))
-    totals = dict.fromkeys(words, 0.0)
+    # evenly over the set (a folder ordered by prompt would otherwise give its first prompts only)
+    rows = torch.linspace(0, len(forget.prompts) - 1, min(len(forget.prompts), max_samples)).round().long().unique()
+    totals = torch.zeros(len(words), dtype=torch.float64)
     unet.to(device)  # where it trains next
     for chunk in rows.split(batch_size):
         own = torch.tensor([ids[forget.prompts[i]] for i in chunk.tolist()])
         batch = {"x": forget.latents[chunk].to(device), "y": own.to(device), "index": chunk}
-        for word in words:
-            other = torch.tensor([ids[pairs[word][forget.prompts[i]]] for i in chunk.tolist()])
-            totals[word] += float(objective.prediction_gap(unet, batch, other).double().sum())
-    gaps = {word: total / len(rows) for word, total in totals.items()}
+        others = torch.tensor([[ids[pairs[word][forget.prompts[i]]] for i in chunk.tolist()] for word in words])
+        totals += objective.prediction_gap(unet, batch, others).double().sum(dim=1).cpu()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank must train toward the same word: rank 0's gaps decide (kernels may round a near tie apart)
+        shared = [totals]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        totals = shared[0]
+    gaps = {word: float(total) / len(rows) for word, total in zip(words, totals)}
     return min(words, key=gaps.get), gaps
 
 
@@ -251,6 +256,10 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                                    neutral_weight=method_config.neutral_weight if method_config is not None else 0.0,
                                    uncond_weight=method_config.uncond_weight if method_config is not None else 0.0)
     objective.substitute_choice = None
+    if not words and substitute is None and config.substitute_word is None and has_ties(forget_prompts, retain_prompts):
+        logger.warning("the forget prompts' closest retain prompts tie, but no one word replaces the concept in them "
+                       "(prompts.base.replacement_words): the ties rotate over the candidates; name the replacement "
+                       "with --substitute_word or --substitute_prompt")
     if words:
         word, gaps = nearest_replacement(objective, pipe.unet, forget, ids, retain_prompts, words, device)
         for prompt, replacement in closest_prompts(forget_prompts, retain_prompts, prefer=word).items():
@@ -512,6 +521,11 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
         check_sharded_job(method, config.gradient_accumulation_steps, config.trainable)
     summary, start_step = start_or_resume(accelerator, unet_ddp, method, forget_batches, retain_batches, resume_dir)
     if objective.substitute_choice is not None:
+        saved = summary.get("substitute_choice")
+        if saved is not None and saved["word"] != objective.substitute_choice["word"]:
+            raise ValueError(f"resume_from_checkpoint={resume_dir}: the run chose substitute word {saved['word']!r} and "
+                             f"this resume chose {objective.substitute_choice['word']!r} (other data or device); "
+                             f"resume with --substitute_word {saved['word']} to keep training toward the same word")
         summary["substitute_choice"] = objective.substitute_choice
     if output is not None and accelerator.is_main_process and config.report_to:
         accelerator.init_trackers("scissorhands-erase",

@@ -138,13 +138,17 @@ class DiffusionObjective(Objective):
 
     @torch.no_grad()
     def prediction_gap(self, unet: nn.Module, batch: dict, other_ids: Tensor) -> Tensor:
-        """Per sample, the mean squared difference between ``unet``'s predictions under the batch's
-        prompts and under ``other_ids`` at the same noisy latents and steps (the batch's noise, or the
-        index-seeded draw of ``_with_noise``): how far the model must move a prompt to draw the other."""
+        """The mean squared difference between ``unet``'s predictions under the batch's prompts and
+        under ``other_ids`` at the same noisy latents and steps (the batch's noise, or the index-seeded
+        draw of ``_with_noise``): how far the model must move a prompt to draw the other. ``other_ids``
+        ``[N]`` gives ``[N]``; ``[K, N]`` (K alternatives) gives ``[K, N]``, the batch's own prediction
+        computed once."""
         batch = self._with_noise(batch)
         noisy = self.scheduler.add_noise(batch["x"], batch["noise"], batch["timesteps"])
         own = self._predict(unet, noisy, batch["timesteps"], batch["y"])
-        return self._mse(own, self._predict(unet, noisy, batch["timesteps"], other_ids.to(batch["y"].device)))
+        rows = other_ids.to(batch["y"].device)
+        gaps = [self._mse(own, self._predict(unet, noisy, batch["timesteps"], ids)) for ids in rows.view(-1, len(own))]
+        return torch.stack(gaps).view(rows.shape)
 
     def relabeled_loss(self, unet: nn.Module, batch: dict, reference: nn.Module | None = None) -> Tensor:
         """``prediction``: eps(z_t | c_forget) against the detached eps(z_t | c_substitute) of

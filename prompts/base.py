@@ -126,6 +126,12 @@ def _closest(prompts: list[str], candidates: list[str], words: dict[str, list[st
     return tied
 
 
+def has_ties(prompts: list[str], candidates: list[str]) -> bool:
+    """Whether some prompt's closest candidates (``closest_prompts``) tie."""
+    words = {text: prompt_words(text) for text in {*prompts, *candidates}}
+    return any(len(best) > 1 for best in _closest(prompts, candidates, words).values())
+
+
 def replacement_words(prompts: list[str], candidates: list[str]) -> list[str]:
     """The words that could replace a concept named by one word: each word that some prompt's tied
     closest candidates (``closest_prompts``' ties) put in place of one of its words, the forget

@@ -102,6 +102,7 @@ def test_judge_and_summaries_on_hand_made_samples():
     blank_summary = concept_summary(blank_report, with_blank, "color:red")["word"]
     # the shares are over the one stroke, not the blank: half green, half blue holds no majority
     assert blank_summary["erased_purity"] == 0.5 and blank_summary["erased_shares"]["unclear"] == 1.0
+    assert blank_summary["erased_blank"] == 0.5 and red_summary["erased_blank"] == 0.0  # 1 of the 2 red prompts' images
     assert "erased_purity" not in concept_summary(report, samples, "digits:two")["word"]
     digit_summary = concept_summary(report, samples, "digits:two")["word"]
     base = judge_testbed(samples, FixedJudge(torch.tensor([2, 5, 3, 3])), ColorJudge(), base=samples)["groups"]["word"]

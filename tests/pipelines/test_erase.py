@@ -315,3 +315,23 @@ def test_fsdp2_job_refuses_what_it_cannot_do():
     adversarial = build_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5), None)
     with pytest.raises(ValueError, match="adversarial_prefix=5 with FSDP2"):
         check_sharded_job(adversarial, 1, "full")
+
+
+def test_a_resume_that_would_choose_another_substitute_word_is_refused(tiny_pipeline_dir, concept_data, tmp_path,
+                                                                       monkeypatch):
+    """The chosen word is part of the run: a resume whose own choice differs (other data or device) would train the
+    rest toward another target without a word said."""
+    substitute = ["--forget_loss", "substitute", "--retain_loss", "distill", "--checkpointing_steps", "2"]
+    out = tmp_path / "run"
+    run(tiny_pipeline_dir, concept_data, out, *substitute)
+    chosen = json.loads((out / "checkpoint-2" / "prepare_summary.json").read_text())["substitute_choice"]
+    assert chosen["rule"] == "nearest" and chosen["word"] == min(chosen["prediction_gaps"],
+                                                                 key=chosen["prediction_gaps"].get)
+    other = sorted(chosen["prediction_gaps"], key=chosen["prediction_gaps"].get)[1]
+    real = erase.nearest_replacement
+    monkeypatch.setattr(erase, "nearest_replacement", lambda *a, **k: (other, real(*a, **k)[1]))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    with pytest.raises(ValueError, match=f"chose substitute word '{chosen['word']}' and this resume chose '{other}'"):
+        run(tiny_pipeline_dir, concept_data, resumed, *substitute, "--resume_from_checkpoint", "latest")

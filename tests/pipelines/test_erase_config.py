@@ -168,7 +168,12 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     # the gap is zero to the prompt itself and grows with a different one
     batch = {"x": forget.latents[:2], "y": forget_ids[:2], "index": torch.arange(2)}
     assert objective.prediction_gap(pipe.unet, batch, forget_ids[:2]).abs().max() == 0
-    assert (objective.prediction_gap(pipe.unet, batch, objective.relabel_ids[forget_ids[:2]]) > 0).all()
+    substituted = objective.relabel_ids[forget_ids[:2]]
+    assert (objective.prediction_gap(pipe.unet, batch, substituted) > 0).all()
+    # K alternatives at once: one row each, as K separate calls
+    both = objective.prediction_gap(pipe.unet, batch, torch.stack([forget_ids[:2], substituted]))
+    assert both.shape == (2, 2) and both[0].abs().max() == 0
+    torch.testing.assert_close(both[1], objective.prediction_gap(pipe.unet, batch, substituted))
     # rotate: the two prompts get different words and nothing is chosen; a method without a substitute
     # term skips the choice (and its forward passes)
     rotated, rotated_ids, _ = build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_ties": "rotate"}),

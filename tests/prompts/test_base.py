@@ -2,7 +2,7 @@
 
 import pytest
 
-from prompts.base import closest_prompts, replacement_words
+from prompts.base import closest_prompts, has_ties, replacement_words
 
 
 def test_same_template_and_colour_win_and_ties_rotate():
@@ -57,6 +57,10 @@ def test_replacement_words_are_what_tied_prompts_could_take_instead():
     assert replacement_words(forget, retain[:-1]) == ["blue", "green", "white"]
     # no ties (nudity's one anchor): nothing to choose; a word the forget prompts hold is no replacement
     assert replacement_words(["nudity", "naked"], ["a person wearing clothes"]) == []
+    assert not has_ties(["nudity", "naked"], ["a person wearing clothes"]) and has_ties(forget, retain)
+    # ties whose candidates differ by two words (a two-word class name): ties, but no one replacement word
+    two_words = ["an image of a garbage truck", "an image of a french horn"]
+    assert has_ties(["an image of a tench"], two_words) and replacement_words(["an image of a tench"], two_words) == []
     assert replacement_words(["a red handwritten digit two", "a blue handwritten digit five"],
                              ["a blue handwritten digit two", "a green handwritten digit two"]) == ["green"]
     with pytest.raises(ValueError, match="at least one candidate"):
