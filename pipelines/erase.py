@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from erasure import jobconfig
 from erasure.bounds import check_image_side, check_training
@@ -184,8 +184,9 @@ def nearest_replacement(objective: DiffusionObjective, unet, forget: ConceptImag
     """Of ``words`` (``prompts.base.replacement_words``), the one the base ``unet`` is closest to drawing already.
 
     For each word, the mean ``objective.prediction_gap`` between each forget prompt and its substitute
-    holding the word (``closest_prompts(prefer=word)``), over the first ``max_samples`` forget images
-    (their index-seeded noise and steps: every run and process scores alike). The smallest gap is the
+    holding the word (``closest_prompts(prefer=word)``), over ``max_samples`` forget images spread evenly
+    over the set, at their index-seeded noise and steps; under ``accelerate launch`` rank 0's gaps decide
+    for every rank (kernels may round a near tie apart). The smallest gap is the
     smallest edit that moves the concept whole (README, erasure quality, round 14, with what it does
     on the testbed's six colours).
 
@@ -203,11 +204,7 @@ def nearest_replacement(objective: DiffusionObjective, unet, forget: ConceptImag
         batch = {"x": forget.latents[chunk].to(device), "y": own.to(device), "index": chunk}
         others = torch.tensor([[ids[pairs[word][forget.prompts[i]]] for i in chunk.tolist()] for word in words])
         totals += objective.prediction_gap(unet, batch, others).double().sum(dim=1).cpu()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # every rank must train toward the same word: rank 0's gaps decide (kernels may round a near tie apart)
-        shared = [totals]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        totals = shared[0]
+    totals = broadcast_object_list([totals])[0]  # every rank trains toward rank 0's word
     gaps = {word: float(total) / len(rows) for word, total in zip(words, totals)}
     return min(words, key=gaps.get), gaps
 
@@ -230,16 +227,7 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                      | {n for held in neutral_of.values() for n in held})
     ids = {p: i for i, p in enumerate(prompts)}
     forget_prompts = sorted(set(forget.prompts))
-    # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording
-    pairs = ({p: substitute for p in forget_prompts} if substitute
-             else closest_prompts(forget_prompts, sorted(set(retain.prompts)), prefer=config.substitute_word))
-    relabel = torch.arange(len(prompts))
-    for prompt, replacement in pairs.items():
-        relabel[ids[prompt]] = ids[replacement]
     retain_prompts = sorted(set(retain.prompts))
-    words = (replacement_words(forget_prompts, retain_prompts)
-             if substitute is None and config.substitute_word is None and config.substitute_ties == "nearest"
-             and (method_config is None or get_method(method_config.method).uses_substitute(method_config)) else [])
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     table = encode_prompt_table(pipe, prompts, device)
     # SDXL: the time ids of the training images' size, as the pipeline sets them when it drew them
@@ -249,25 +237,32 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
         neutral = torch.full((len(prompts), max(map(len, neutral_of.values()))), -1)
         for prompt, held in neutral_of.items():
             neutral[ids[prompt], :len(held)] = torch.tensor([ids[n] for n in held])
-    objective = DiffusionObjective(scheduler, table.hidden, relabel, ids[""], config.relabel_target,
+    objective = DiffusionObjective(scheduler, table.hidden, torch.arange(len(prompts)), ids[""], config.relabel_target,
                                    config.negative_guidance, config.seed, pooled=table.pooled,
                                    time_ids=time_ids(*size) if table.pooled is not None else None,
                                    neutral_ids=neutral,
                                    neutral_weight=method_config.neutral_weight if method_config is not None else 0.0,
                                    uncond_weight=method_config.uncond_weight if method_config is not None else 0.0)
-    objective.substitute_choice = None
-    if not words and substitute is None and config.substitute_word is None and has_ties(forget_prompts, retain_prompts):
-        logger.warning("the forget prompts' closest retain prompts tie, but no one word replaces the concept in them "
-                       "(prompts.base.replacement_words): the ties rotate over the candidates; name the replacement "
-                       "with --substitute_word or --substitute_prompt")
-    if words:
-        word, gaps = nearest_replacement(objective, pipe.unet, forget, ids, retain_prompts, words, device)
-        for prompt, replacement in closest_prompts(forget_prompts, retain_prompts, prefer=word).items():
-            relabel[ids[prompt]] = ids[replacement]
-        objective.substitute_choice = {"rule": "nearest", "word": word, "prediction_gaps": gaps}
-        logger.info("substitute word '%s' for every forget prompt: the base model's prediction gap to it is the "
-                    "smallest (%s; --substitute_ties rotate shares the ties out instead)", word,
-                    ", ".join(f"{w} {g:.4g}" for w, g in sorted(gaps.items(), key=lambda item: item[1])))
+    # the job chooses the replacement word only when the user named none and the method trains toward it
+    word = config.substitute_word
+    if (substitute is None and word is None and config.substitute_ties == "nearest"
+            and (method_config is None or get_method(method_config.method).uses_substitute(method_config))):
+        words = replacement_words(forget_prompts, retain_prompts)
+        if words:
+            word, gaps = nearest_replacement(objective, pipe.unet, forget, ids, retain_prompts, words, device)
+            objective.substitute_choice = {"rule": "nearest", "word": word, "prediction_gaps": gaps}
+            logger.info("substitute word '%s' for every forget prompt: the base model's prediction gap to it is the "
+                        "smallest (%s; --substitute_ties rotate shares the ties out instead)", word,
+                        ", ".join(f"{w} {g:.4g}" for w, g in sorted(gaps.items(), key=lambda item: item[1])))
+        elif has_ties(forget_prompts, retain_prompts):
+            logger.warning("the forget prompts' closest retain prompts tie, but no one word replaces the concept in "
+                           "them (prompts.base.replacement_words): the ties rotate over the candidates; name the "
+                           "replacement with --substitute_word or --substitute_prompt")
+    # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording (holding `word`)
+    pairs = ({p: substitute for p in forget_prompts} if substitute
+             else closest_prompts(forget_prompts, retain_prompts, prefer=word))
+    for prompt, replacement in pairs.items():
+        objective.relabel_ids[ids[prompt]] = ids[replacement]
     if method_config is not None and method_config.adversarial_prefix:
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])

@@ -174,12 +174,35 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     both = objective.prediction_gap(pipe.unet, batch, torch.stack([forget_ids[:2], substituted]))
     assert both.shape == (2, 2) and both[0].abs().max() == 0
     torch.testing.assert_close(both[1], objective.prediction_gap(pipe.unet, batch, substituted))
-    # rotate: the two prompts get different words and nothing is chosen; a method without a substitute
-    # term skips the choice (and its forward passes)
-    rotated, rotated_ids, _ = build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_ties": "rotate"}),
-                                              forget, retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute"))
-    assert rotated.substitute_choice is None
-    picked = rotated.embeddings[rotated.relabel_ids[rotated_ids[:2]]]
-    assert not torch.allclose(picked[0], encode_prompt_table(pipe, [forget.prompts[0].replace("red", "blue")], "cpu").hidden[0]) \
-        or not torch.allclose(picked[1], encode_prompt_table(pipe, [forget.prompts[1].replace("red", "blue")], "cpu").hidden[0])
-    assert build_objective(pipe, config, forget, retain, "cpu", MethodConfig(method="esd"))[0].substitute_choice is None
+    # rotate: nothing is chosen and the two prompts get the tied colours in turn (sorted: "three" blue, "two"
+    # green); a method without a substitute term skips the choice (and its forward passes) and rotates too
+    rotating = types.SimpleNamespace(**{**vars(config), "substitute_ties": "rotate"})
+    for rotated, rotated_ids, _ in (
+            build_objective(pipe, rotating, forget, retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute")),
+            build_objective(pipe, config, forget, retain, "cpu", MethodConfig(method="esd"))):
+        assert rotated.substitute_choice is None
+        expected = encode_prompt_table(pipe, [{"a red handwritten digit three": "a blue handwritten digit three",
+                                               "a red handwritten digit two": "a green handwritten digit two"}[p]
+                                              for p in forget.prompts[:2]], "cpu").hidden
+        torch.testing.assert_close(rotated.embeddings[rotated.relabel_ids[rotated_ids[:2]]], expected)
+
+
+def test_ties_without_a_one_word_replacement_are_said_not_rotated_silently(caplog):
+    from erasure.config import MethodConfig
+    from pipelines.erase import build_objective
+    from pipelines.tiny import build_tiny_pipeline
+
+    data = lambda prompts: types.SimpleNamespace(prompts=prompts, metadata=[{}] * len(prompts),
+                                                 latents=torch.zeros(len(prompts), 4, 16, 16))
+    forget, retain = data(["an image of a tench"]), data(["an image of a garbage truck", "an image of a french horn"])
+    config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   relabel_target="prediction", negative_guidance=1.0, seed=0)
+    pipe = build_tiny_pipeline(seed=0)
+    substitute = MethodConfig(retain_loss="distill", forget_loss="substitute")
+    assert build_objective(pipe, config, forget, retain, "cpu", substitute)[0].substitute_choice is None
+    assert "no one word replaces the concept" in caplog.text
+    caplog.clear()  # asked to rotate, or a method without a substitute term: nothing to say
+    build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_ties": "rotate"}), forget, retain, "cpu",
+                    substitute)
+    build_objective(pipe, config, forget, retain, "cpu", MethodConfig(method="esd"))
+    assert "no one word replaces the concept" not in caplog.text
