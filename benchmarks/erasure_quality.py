@@ -221,6 +221,7 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
         row.update(spread_columns(spread_report(sample_spread(pipe, args), concept, base=base_spread)))
     config, flags = erase_setting(method, args.erase_args)
     row["config"] = " ".join([config.name, *flags])  # which of a method's configurations ran
+    row["substitute_chosen"] = chosen_substitute(erased)
     if args.attacks:
         robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
                                attack_seed(args, seed))
@@ -232,6 +233,13 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
         shutil.rmtree(work / f"attack-{method}", ignore_errors=True)
     shutil.rmtree(erased)
     return row
+
+
+def chosen_substitute(erased: Path) -> str | None:
+    """The replacement word the erase job chose itself (``--substitute_ties nearest``), from the export's
+    ``erase_config.json``; None where the run named one, rotated ties, or its method has no substitute."""
+    record = json.loads((erased / "erase_config.json").read_text())
+    return (record.get("prepare", {}).get("substitute_choice") or {}).get("word")
 
 
 def row_of(method: str, concept: str, seed: int, report: dict, seconds: float | None) -> dict[str, Any]:
@@ -343,7 +351,7 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
-    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "erased_purity", "erased_to", "others",
+    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "erased_purity", "erased_to", "substitute_chosen", "others",
                "worst_other", "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
                "diversity_ratio_kept", "color_spread_ratio", "color_free_worst_name", "color_free_worst_ratio",
                "color_free_erased", "spread_images", "spread_ratio", "spread_ideal_ratio", "spread_worst_name",

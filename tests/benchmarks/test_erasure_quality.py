@@ -27,6 +27,15 @@ def test_the_erase_setting_is_the_last_config_given_and_the_other_flags():
     assert quality.erase_setting("scissorhands", ["--config=a.yaml", "--config", "b.yaml"]) == (Path("b.yaml"), [])
 
 
+def test_the_chosen_substitute_is_read_from_the_export(tmp_path):
+    record = {"config": {}, "prepare": {"substitute_choice": {"rule": "nearest", "word": "magenta",
+                                                              "prediction_gaps": {"magenta": 0.02, "white": 0.04}}}}
+    (tmp_path / "erase_config.json").write_text(json.dumps(record))
+    assert quality.chosen_substitute(tmp_path) == "magenta"
+    (tmp_path / "erase_config.json").write_text(json.dumps({"config": {}, "prepare": {"substitute_choice": None}}))
+    assert quality.chosen_substitute(tmp_path) is None
+
+
 def test_pareto_front_keeps_the_undominated_points():
     points = {"a": (0.0, 10.0), "b": (0.5, 5.0), "c": (0.6, 6.0), "d": (1.0, 1.0), "e": (0.0, 12.0)}
     assert quality.pareto_front(points) == ["a", "b", "d"]
@@ -95,6 +104,9 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     assert [r["config"] for r in saved["runs"]] == [  # which configuration ran, beside the method
         f"erase_digits_{m}.yaml --num_train_epochs 1 --train_batch_size 4" for m in ("scissorhands", "finetune")]
     assert "| method | config | concept |" in out.with_suffix(".md").read_text()
+    # 4 retain prompts leave no tie to choose among; a method without a substitute never chooses
+    assert "substitute_chosen" in saved["runs"][0] and saved["runs"][1]["substitute_chosen"] is None
+    assert "| substitute_chosen |" in out.with_suffix(".md").read_text()
     for row in saved["runs"]:
         assert {"erased", "others", "worst_other", "diversity_ratio", "fid", "kid", "fid_base", "kid_base",
                 "alignment", "numeral_erased", "paraphrase_erased", "seconds"} <= set(row)
