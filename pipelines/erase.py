@@ -59,7 +59,8 @@ EXPORTS = ("pipeline", "unet", "lora")
 # the papers' defaults for Stable Diffusion (paper 000 §8.1.2; the public SD code's train_shs.sh
 # runs nudity with --sparsity 0.995 --lam 0.1)
 DOMAIN_DEFAULTS = {"kept_fraction": 0.995, "lam": 0.1}
-SUBSTITUTE_TIES = ("nearest", "rotate")
+SUBSTITUTE_TIES = ("nearest", "farthest", "rotate")
+GAP_RULES = {"nearest": min, "farthest": max}  # the substitute_ties that choose one word by prediction gap
 
 
 @dataclass
@@ -86,7 +87,7 @@ class EraseConfig:
     # shared out. "nearest": one word
     # replaces the concept in every prompt, the one whose prompts the base model already predicts closest to
     # the forget prompts' on the forget images (the smallest edit; substitute_choice in the run's summary);
-    # "rotate": ties rotate over the candidates (before round 14; the concept word then learns a blend)
+    # "farthest": the word with the largest gap (the most distinct target); "rotate": ties rotate over the candidates (before round 14; the concept word then learns a blend)
     substitute_ties: str = "nearest"
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
@@ -178,10 +179,11 @@ def resolve_model(name: str) -> str:
     return str(build_default_model())
 
 
-def nearest_replacement(objective: DiffusionObjective, unet, forget: ConceptImageSet, ids: dict[str, int],
+def choose_replacement(objective: DiffusionObjective, unet, forget: ConceptImageSet, ids: dict[str, int],
                         retain_prompts: list[str], words: list[str], device, max_samples: int = 64,
-                        batch_size: int = 16) -> tuple[str, dict[str, float]]:
-    """Of ``words`` (``prompts.base.replacement_words``), the one the base ``unet`` is closest to drawing already.
+                        batch_size: int = 16, rule: str = "nearest") -> tuple[str, dict[str, float]]:
+    """Of ``words`` (``prompts.base.replacement_words``), the one the base ``unet`` is closest to drawing
+    already (``rule="farthest"``: the one it is farthest from).
 
     For each word, the mean ``objective.prediction_gap`` between each forget prompt and its substitute
     holding the word (``closest_prompts(prefer=word)``), over ``max_samples`` forget images spread evenly
@@ -206,7 +208,7 @@ def nearest_replacement(objective: DiffusionObjective, unet, forget: ConceptImag
         totals += objective.prediction_gap(unet, batch, others).double().sum(dim=1).cpu()
     totals = broadcast_object_list([totals])[0]  # every rank trains toward rank 0's word
     gaps = {word: float(total) / len(rows) for word, total in zip(words, totals)}
-    return min(words, key=gaps.get), gaps
+    return GAP_RULES[rule](words, key=gaps.get), gaps
 
 
 def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device,
@@ -245,14 +247,17 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                                    uncond_weight=method_config.uncond_weight if method_config is not None else 0.0)
     # the job chooses the replacement word only when the user named none and the method trains toward it
     word = config.substitute_word
-    if (substitute is None and word is None and config.substitute_ties == "nearest"
+    if (substitute is None and word is None and config.substitute_ties in GAP_RULES
             and (method_config is None or get_method(method_config.method).uses_substitute(method_config))):
         words = replacement_words(forget_prompts, retain_prompts)
         if words:
-            word, gaps = nearest_replacement(objective, pipe.unet, forget, ids, retain_prompts, words, device)
-            objective.substitute_choice = {"rule": "nearest", "word": word, "prediction_gaps": gaps}
+            rule = config.substitute_ties
+            word, gaps = choose_replacement(objective, pipe.unet, forget, ids, retain_prompts, words, device,
+                                             rule=rule)
+            objective.substitute_choice = {"rule": rule, "word": word, "prediction_gaps": gaps}
             logger.info("substitute word '%s' for every forget prompt: the base model's prediction gap to it is the "
-                        "smallest (%s; --substitute_ties rotate shares the ties out instead)", word,
+                        "%s (%s; --substitute_ties rotate shares the ties out instead)", word,
+                        "smallest" if rule == "nearest" else "largest",
                         ", ".join(f"{w} {g:.4g}" for w, g in sorted(gaps.items(), key=lambda item: item[1])))
         elif has_ties(forget_prompts, retain_prompts):
             logger.warning("the forget prompts' closest retain prompts tie, but no one word replaces the concept in "

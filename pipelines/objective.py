@@ -85,7 +85,7 @@ class DiffusionObjective(Objective):
         self.seed = seed
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         self.adversary = None  # pipelines.prompt_prefix.AdversarialPrefixes, for adversarial repair
-        self.substitute_choice = None  # the erase job's chosen replacement word (pipelines.erase.nearest_replacement)
+        self.substitute_choice = None  # the erase job's chosen replacement word (pipelines.erase.choose_replacement)
 
     # -- pieces ---------------------------------------------------------------------------
     def _embed(self, ids: Tensor, like: Tensor) -> Tensor:

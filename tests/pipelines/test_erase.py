@@ -328,8 +328,8 @@ def test_a_resume_that_would_choose_another_substitute_word_is_refused(tiny_pipe
     assert chosen["rule"] == "nearest" and chosen["word"] == min(chosen["prediction_gaps"],
                                                                  key=chosen["prediction_gaps"].get)
     other = sorted(chosen["prediction_gaps"], key=chosen["prediction_gaps"].get)[1]
-    real = erase.nearest_replacement
-    monkeypatch.setattr(erase, "nearest_replacement", lambda *a, **k: (other, real(*a, **k)[1]))
+    real = erase.choose_replacement
+    monkeypatch.setattr(erase, "choose_replacement", lambda *a, **k: (other, real(*a, **k)[1]))
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")

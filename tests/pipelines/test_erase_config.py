@@ -32,7 +32,7 @@ def dirs(tmp_path):
     ({"forget_prompt": "a cat"}, r"forget_prompt='a cat' needs --forget_dir/--retain_dir"),
     ({"substitute_word": "light blue"}, r"substitute_word='light blue' must be a single word"),
     ({"substitute_word": "blue,"}, r"substitute_word='blue,' must be a single word"),
-    ({"substitute_ties": "first"}, r"substitute_ties='first' is unknown; choose one of \['nearest', 'rotate'\]"),
+    ({"substitute_ties": "first"}, r"substitute_ties='first' is unknown; choose one of \['nearest', 'farthest', 'rotate'\]"),
     ({"substitute_word": "blue", "substitute_prompt": "a person"},
      r"substitute_word='blue' and substitute_prompt='a person' exclude each other; give one"),
 ])
@@ -135,7 +135,7 @@ def test_a_substitute_that_the_method_never_trains_toward_is_warned(dirs, caplog
 def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     from erasure.config import MethodConfig
     from pipelines.conditioning import encode_prompt_table
-    from pipelines.erase import build_objective, nearest_replacement
+    from pipelines.erase import build_objective, choose_replacement
     from pipelines.tiny import build_tiny_pipeline
     from prompts.base import replacement_words
 
@@ -149,10 +149,12 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     retain_prompts = sorted(set(retain.prompts))
     words = replacement_words(sorted(set(forget.prompts)), retain_prompts)
     by_id = types.SimpleNamespace(prediction_gap=lambda unet, batch, other: other.double())
-    word, gaps = nearest_replacement(by_id, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu")
+    word, gaps = choose_replacement(by_id, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu")
     assert word == "blue" and gaps["blue"] < gaps["green"] < gaps["white"]
     negated = types.SimpleNamespace(prediction_gap=lambda unet, batch, other: -other.double())
-    assert nearest_replacement(negated, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu")[0] == "white"
+    assert choose_replacement(negated, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu")[0] == "white"
+    assert choose_replacement(by_id, torch.nn.Linear(1, 1), forget, ids, retain_prompts, words, "cpu",
+                              rule="farthest") == ("white", gaps)
 
     pipe = build_tiny_pipeline(seed=0)
     config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
@@ -162,6 +164,10 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
     assert choice["rule"] == "nearest" and set(choice["prediction_gaps"]) == {"blue", "green", "white"}
     assert choice["word"] == min(choice["prediction_gaps"], key=choice["prediction_gaps"].get)
     assert len(set(choice["prediction_gaps"].values())) == 3  # the tiny random UNet tells the words apart
+    far = build_objective(pipe, types.SimpleNamespace(**{**vars(config), "substitute_ties": "farthest"}), forget,
+                          retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute"))[0]
+    assert far.substitute_choice["rule"] == "farthest" and far.substitute_choice["prediction_gaps"] == choice["prediction_gaps"]
+    assert far.substitute_choice["word"] == max(choice["prediction_gaps"], key=choice["prediction_gaps"].get)
     # every forget prompt is taught the one word (read back by embedding)
     expected = encode_prompt_table(pipe, [p.replace("red", choice["word"]) for p in forget.prompts], "cpu").hidden
     torch.testing.assert_close(objective.embeddings[objective.relabel_ids[forget_ids]], expected)
