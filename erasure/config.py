@@ -69,6 +69,10 @@ class MethodConfig:
     # retain_loss="distill": weight of the unconditional term, eps(z_t | "") pulled to the original's on the retain
     # samples' noisy latents. Classifier-free guidance reads every prompt against it; 0: off
     uncond_weight: float = 1.0  # tuned on the testbed (configs/erase_digits_scissorhands.yaml, round 11)
+    # retain_loss="distill" with a substitute: weight of the anchor term (concept ablation's model-based target on
+    # the substitute's own images, Kumari et al. 2023): a retain row whose prompt is some forget prompt's substitute
+    # also pulls eps(z_t | forget prompt) to the original's eps(z_t | substitute) on that retain image; 0: off
+    anchor_weight: float = 1.0  # tuned on the testbed (configs/erase_digits_scissorhands.yaml, round 15)
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
     # LoReUn plug-in (paper 004)
@@ -83,7 +87,7 @@ class MethodConfig:
         if not 0.0 < self.kept_fraction < 1.0 or math.isnan(self.kept_fraction):
             raise ValueError(f"kept_fraction={self.kept_fraction} must be in (0, 1): 0.995 keeps 99.5% and trims 0.5%")
         for name in ("lam", "alpha", "ascent_lr", "l1_gamma", "eta_forget", "eta_retain", "init_value",
-                     "neutral_weight", "uncond_weight"):
+                     "neutral_weight", "uncond_weight", "anchor_weight"):
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ValueError(f"{name}={value} must be a finite number >= 0")

@@ -211,6 +211,22 @@ def choose_replacement(objective: DiffusionObjective, unet, forget: ConceptImage
     return GAP_RULES[rule](words, key=gaps.get), gaps
 
 
+def anchor_table(pairs: dict[str, str], ids: dict[str, int], retain_prompts: set[str]) -> torch.Tensor | None:
+    """``DiffusionObjective.anchor_ids`` from the substitute ``pairs`` (forget prompt -> substitute): for
+    each retain prompt that is some forget prompt's substitute, those forget prompts' ids, -1 after them;
+    None when no retain image is drawn from a substitute (the term would have nothing to hold)."""
+    anchors: dict[int, list[int]] = {}
+    for prompt, replacement in sorted(pairs.items()):
+        if replacement in retain_prompts:
+            anchors.setdefault(ids[replacement], []).append(ids[prompt])
+    if not anchors:
+        return None
+    table = torch.full((len(ids), max(map(len, anchors.values()))), -1)
+    for row, held in anchors.items():
+        table[row, :len(held)] = torch.tensor(held)
+    return table
+
+
 def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device,
                     method_config: MethodConfig | None = None):
     """Prompt table, substitute mapping and the diffusion objective (with ``method_config.adversarial_prefix``,
@@ -244,7 +260,8 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                                    time_ids=time_ids(*size) if table.pooled is not None else None,
                                    neutral_ids=neutral,
                                    neutral_weight=method_config.neutral_weight if method_config is not None else 0.0,
-                                   uncond_weight=method_config.uncond_weight if method_config is not None else 0.0)
+                                   uncond_weight=method_config.uncond_weight if method_config is not None else 0.0,
+                                   anchor_weight=method_config.anchor_weight if method_config is not None else 0.0)
     # the job chooses the replacement word only when the user named none and the method trains toward it
     word = config.substitute_word
     if (substitute is None and word is None and config.substitute_ties in GAP_RULES
@@ -268,6 +285,9 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
              else closest_prompts(forget_prompts, retain_prompts, prefer=word))
     for prompt, replacement in pairs.items():
         objective.relabel_ids[ids[prompt]] = ids[replacement]
+    if (method_config is not None and method_config.retain_loss == "distill" and method_config.anchor_weight > 0
+            and get_method(method_config.method).uses_substitute(method_config)):
+        objective.anchor_ids = anchor_table(pairs, ids, set(retain.prompts))
     if method_config is not None and method_config.adversarial_prefix:
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])

@@ -25,6 +25,16 @@ from erasure.replicas import sum_across_processes
 RELABEL_TARGETS = ("noise", "prediction")
 
 
+def _check_listed_ids(name: str, listed: Tensor | None, num_prompts: int) -> None:
+    """``[P, K]`` ids per prompt, listed first and padded with -1 (``neutral_ids``, ``anchor_ids``)."""
+    if listed is None:
+        return
+    if listed.ndim != 2 or len(listed) != num_prompts:
+        raise ValueError(f"{name} must be [prompts, K] for {num_prompts} prompts, got {tuple(listed.shape)}")
+    if bool(((listed[:, 1:] >= 0) & (listed[:, :-1] < 0)).any()):
+        raise ValueError(f"{name} must list each prompt's ids first and pad with -1 after them")
+
+
 class DiffusionObjective(Objective):
     """Per-sample diffusion losses of a UNet (SD 1.x / 2.x / SDXL; epsilon or v prediction).
 
@@ -51,6 +61,13 @@ class DiffusionObjective(Objective):
             same on a resumed run).
         uncond_weight: ``distilled_loss`` also pulls the unconditional prediction eps(z_t | "") to the
             original's at the same noisy latents and steps, with this weight (0: off).
+        anchor_ids: ``[P, K]`` as ``neutral_ids``: for each prompt id, the forget prompts whose
+            substitute it is (``pipelines.erase.build_objective`` fills it from the substitute pairs);
+            ``distilled_loss`` also pulls eps(z_t | forget prompt) to the original's eps(z_t | prompt)
+            on the retain image, weighted by ``anchor_weight``, for one of them per sample: the forget
+            prompt learns the substitute's prediction on the substitute's own images too (concept
+            ablation's model-based target, Kumari et al. 2023), not only on the forget images, where
+            the original's prediction under the substitute at low noise still draws the concept's colour.
     """
 
     measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
@@ -59,19 +76,19 @@ class DiffusionObjective(Objective):
                  relabel_target: str = "prediction", negative_guidance: float = 1.0, seed: int = 0,
                  pooled: Tensor | None = None, time_ids: Tensor | None = None, neutral_ids: Tensor | None = None,
                  neutral_weight: float = MethodConfig.neutral_weight,
-                 uncond_weight: float = MethodConfig.uncond_weight) -> None:
+                 uncond_weight: float = MethodConfig.uncond_weight, anchor_ids: Tensor | None = None,
+                 anchor_weight: float = MethodConfig.anchor_weight) -> None:
         if relabel_target not in RELABEL_TARGETS:
             raise ValueError(f"relabel_target='{relabel_target}' is unknown; choose one of {list(RELABEL_TARGETS)}")
         if (pooled is None) != (time_ids is None):
             raise ValueError("an SDXL objective needs both pooled embeddings and time ids (or neither)")
         if pooled is not None and len(pooled) != len(embeddings):
             raise ValueError(f"pooled embeddings for {len(pooled)} prompts, text embeddings for {len(embeddings)}")
-        if neutral_ids is not None and (neutral_ids.ndim != 2 or len(neutral_ids) != len(embeddings)):
-            raise ValueError(f"neutral ids must be [prompts, K] for {len(embeddings)} prompts, got "
-                             f"{tuple(neutral_ids.shape)}")
-        if neutral_ids is not None and bool(((neutral_ids[:, 1:] >= 0) & (neutral_ids[:, :-1] < 0)).any()):
-            raise ValueError("neutral_ids must list each prompt's neutral ids first and pad with -1 after them")
+        for name, listed in (("neutral_ids", neutral_ids), ("anchor_ids", anchor_ids)):
+            _check_listed_ids(name, listed, len(embeddings))
         self.neutral_ids = neutral_ids
+        self.anchor_ids = anchor_ids
+        self.anchor_weight = anchor_weight
         self.neutral_weight = neutral_weight
         self.uncond_weight = uncond_weight
         self.pooled = pooled
@@ -225,7 +242,9 @@ class DiffusionObjective(Objective):
         neutral prompt (``neutral_ids``) add ``neutral_weight`` times the MSE between ``unet``'s
         prediction under the neutral prompt and the original's under the sample's own prompt: the
         neutral prompt learns the original's retained distribution (over the retain images, the
-        original's score of their mixture), not the erased concept's share of it."""
+        original's score of their mixture), not the erased concept's share of it. Samples whose prompt
+        is a forget prompt's substitute (``anchor_ids``) add ``anchor_weight`` times the MSE between
+        ``unet``'s prediction under that forget prompt and the same target."""
         batch = self._with_noise(batch)
         noisy, _ = self._noisy_and_target(batch)
         t, ids = batch["timesteps"], batch["y"]
@@ -237,18 +256,25 @@ class DiffusionObjective(Objective):
             with torch.no_grad():
                 unconditional = self._predict(frozen, noisy, t, empty)
             losses = losses + self.uncond_weight * self._mse(self._predict(unet, noisy, t, empty), unconditional)
-        if self.neutral_ids is None or not self.neutral_weight:
-            return losses
-        neutral = self.neutral_ids.to(ids.device)[ids]  # [N, K]
-        count = (neutral >= 0).sum(1)
+        for listed, weight in ((self.neutral_ids, self.neutral_weight), (self.anchor_ids, self.anchor_weight)):
+            if listed is not None and weight:
+                losses = losses + weight * self._held_to(unet, noisy, t, ids, listed, target)
+        return losses
+
+    def _held_to(self, unet: nn.Module, noisy: Tensor, t: Tensor, ids: Tensor, listed: Tensor,
+                 target: Tensor) -> Tensor:
+        """Per sample, the MSE between ``unet``'s prediction under one of the prompts ``listed`` for the
+        sample's own prompt (the sample's timestep modulo their count) and ``target``; 0 where none is listed."""
+        alternatives = listed.to(ids.device)[ids]  # [N, K]
+        count = (alternatives >= 0).sum(1)
         has = count > 0
-        # the whole batch goes through the second forward whether or not its samples have a neutral
-        # prompt (those without one take their own prompt and weight 0): under FSDP2 every rank must
-        # run the same forwards, and a rank whose batch held none would otherwise skip one and hang
+        # the whole batch goes through this forward whether or not its samples list a prompt (those
+        # without one take their own prompt and weight 0): under FSDP2 every rank must run the same
+        # forwards, and a rank whose batch held none would otherwise skip one and hang
         pick = (t % count.clamp_min(1)).long()
-        chosen = torch.where(has, neutral.gather(1, pick[:, None]).squeeze(1), ids)
+        chosen = torch.where(has, alternatives.gather(1, pick[:, None]).squeeze(1), ids)
         held = self._mse(self._predict(unet, noisy, t, chosen), target)
-        return losses + self.neutral_weight * held * has.to(held.dtype)
+        return held * has.to(held.dtype)
 
     @torch.no_grad()
     def fit_reference(self, unet: nn.Module, batches: Iterable[Any], num_batches: int | None = None,

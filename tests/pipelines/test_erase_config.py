@@ -168,6 +168,16 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
                           retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute"))[0]
     assert far.substitute_choice["rule"] == "farthest" and far.substitute_choice["prediction_gaps"] == choice["prediction_gaps"]
     assert far.substitute_choice["word"] == max(choice["prediction_gaps"], key=choice["prediction_gaps"].get)
+    # the substitute's own retain images hold the forget prompt too (the anchor term): each retain prompt holding the
+    # word lists the one forget prompt it replaces, every other retain prompt none
+    prompt_ids = {p: i for i, p in enumerate(sorted({*forget.prompts, *retain.prompts, ""}))}
+    for prompt in sorted(set(retain.prompts)):
+        listed = objective.anchor_ids[prompt_ids[prompt]].tolist()
+        expected = [prompt_ids[prompt.replace(choice["word"], "red")]] if choice["word"] in prompt else [-1]
+        assert listed == expected, prompt
+    for off in (MethodConfig(retain_loss="distill", forget_loss="substitute", anchor_weight=0),
+                MethodConfig(retain_loss="data", forget_loss="substitute")):
+        assert build_objective(pipe, config, forget, retain, "cpu", off)[0].anchor_ids is None
     # every forget prompt is taught the one word (read back by embedding)
     expected = encode_prompt_table(pipe, [p.replace("red", choice["word"]) for p in forget.prompts], "cpu").hidden
     torch.testing.assert_close(objective.embeddings[objective.relabel_ids[forget_ids]], expected)
@@ -212,3 +222,12 @@ def test_ties_without_a_one_word_replacement_are_said_not_rotated_silently(caplo
                     substitute)
     build_objective(pipe, config, forget, retain, "cpu", MethodConfig(method="esd"))
     assert "no one word replaces the concept" not in caplog.text
+
+
+def test_anchor_table_lists_the_forget_prompts_each_retained_substitute_replaces():
+    from pipelines.erase import anchor_table
+
+    ids = {p: i for i, p in enumerate(["a", "b", "c", "x", "y"])}
+    table = anchor_table({"a": "x", "b": "x", "c": "y"}, ids, {"x", "y"})
+    assert table.tolist() == [[-1, -1], [-1, -1], [-1, -1], [0, 1], [2, -1]]
+    assert anchor_table({"a": "x"}, ids, {"y"}) is None  # no retain image is drawn from the substitute

@@ -130,8 +130,28 @@ def test_neutral_prompts_are_pulled_to_the_originals_prediction_under_the_retain
     with pytest.raises(ValueError, match="first and pad with -1"):
         DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=torch.tensor([[-1, 2]] * 3))
     for wrong in (torch.tensor([[-1], [2]]), torch.tensor([-1, 2, -1])):  # too few prompts; not [P, K]
-        with pytest.raises(ValueError, match=r"neutral ids must be \[prompts, K\] for 3 prompts"):
+        with pytest.raises(ValueError, match=r"neutral_ids must be \[prompts, K\] for 3 prompts"):
             DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, neutral_ids=wrong)
+
+
+def test_a_substitute_sample_pulls_the_forget_prompt_to_the_originals_prediction_under_the_substitute():
+    """Prompt 1 is prompt 0's substitute: sample 1 (a substitute image) adds w * MSE(student | prompt 0,
+    original | prompt 1); the embeddings' means 1 against -2: MSE 9. With prompt 2 as its neutral too: 9 + 4."""
+    batch, scheduler = hand_batch(), DDPMScheduler()
+    student, original = ConstantUNet(), ConstantUNet().requires_grad_(False)
+    anchors = torch.tensor([[-1], [0], [-1]])
+    for weight, expected in ((1.0, [0.0, 9.0]), (0.5, [0.0, 4.5]), (0.0, [0.0, 0.0])):
+        objective = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, anchor_ids=anchors,
+                                       anchor_weight=weight)
+        torch.testing.assert_close(objective.distilled_loss(student, original, batch), torch.tensor(expected))
+    both = DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, anchor_ids=anchors, anchor_weight=1.0,
+                              neutral_ids=torch.tensor([[-1], [2], [-1]]), neutral_weight=1.0)
+    torch.testing.assert_close(both.distilled_loss(student, original, batch), torch.tensor([0.0, 13.0]))
+    losses = both.distilled_loss(student, original, batch)
+    losses.sum().backward()
+    assert student.scale.grad != 0 and original.scale.grad is None
+    with pytest.raises(ValueError, match=r"anchor_ids must be \[prompts, K\] for 3 prompts"):
+        DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, anchor_ids=torch.tensor([[-1], [0]]))
 
 
 class AffineUNet(torch.nn.Module):
