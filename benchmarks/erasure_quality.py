@@ -332,20 +332,32 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
     controls = [r["control_asr"] for r in base_rows if r.get("control_asr") is not None]
     if controls:
         result["attack control ASR >= 80%"] = {"status": _status(min(controls) >= 0.8), "worst_concept": min(controls)}
-    median = lambda method, key: (statistics.median(vals) if (vals := [r[key] for r in rows if r["method"] == method
-                                                                        and r.get(key) is not None]) else None)
+    runs = lambda method, key: {(r.get("concept"), r.get("seed")) for r in rows
+                                if r["method"] == method and r.get(key) is not None}
+
+    def median(method: str, key: str, over: set | None = None) -> float | None:
+        """``method``'s median of ``key``, with ``over`` over those (concept, seed) runs alone."""
+        vals = [r[key] for r in rows if r["method"] == method and r.get(key) is not None
+                and (over is None or (r.get("concept"), r.get("seed")) in over)]
+        return statistics.median(vals) if vals else None
+
     mine = median("scissorhands", "asr")
     if mine is not None:
         result["scissorhands ASR under attack <= 20%"] = {"status": _status(mine <= 0.2), "median": mine}
-        esd = median("esd", "asr")
-        if esd is not None:
-            result["scissorhands ASR below ESD's"] = {"status": _status(mine < esd), "scissorhands": mine, "esd": esd}
-    steps = median("scissorhands", "relearn_steps_at_least")
-    others = {m: median(m, "relearn_steps_at_least") for m in ("esd", "salun")}
-    others = {m: v for m, v in others.items() if v is not None}
-    if steps is not None and others:
+        # a comparison reads both methods on the runs both have: never one's concepts against the other's
+        shared = runs("scissorhands", "asr") & runs("esd", "asr")
+        if shared:
+            paired, esd = median("scissorhands", "asr", shared), median("esd", "asr", shared)
+            result["scissorhands ASR below ESD's"] = {"status": _status(paired < esd), "scissorhands": paired,
+                                                      "esd": esd, "runs": len(shared)}
+    key = "relearn_steps_at_least"
+    compared = [m for m in ("esd", "salun") if runs(m, key)]
+    shared = runs("scissorhands", key).intersection(*(runs(m, key) for m in compared)) if compared else set()
+    if shared:
+        steps, others = median("scissorhands", key, shared), {m: median(m, key, shared) for m in compared}
         result["scissorhands relearn steps above ESD's and SalUn's"] = {
-            "status": _status(all(steps > v for v in others.values())), "scissorhands": steps, **others}
+            "status": _status(all(steps > v for v in others.values())), "scissorhands": steps, **others,
+            "runs": len(shared)}
     return result
 
 

@@ -224,7 +224,15 @@ def test_robustness_targets_compare_medians_and_count_never_relearned_as_the_cap
     assert targets["scissorhands ASR under attack <= 20%"] == {"status": "missed", "median": 0.25}
     assert targets["scissorhands ASR below ESD's"]["status"] == "met"
     steps = targets["scissorhands relearn steps above ESD's and SalUn's"]
-    assert steps == {"status": "missed", "scissorhands": 65.0, "esd": 30.0, "salun": 80}
+    assert steps == {"status": "missed", "scissorhands": 65.0, "esd": 30.0, "salun": 80, "runs": 1}
+    # a concept ESD was not attacked on stays out of the comparison (round 15: red 70% beside digits at 80 / 50 /
+    # 100% read a median of 75% against ESD's 80% on the digits alone, where the paired medians tie)
+    rows = [*({"method": "scissorhands", "concept": c, "seed": 1, "asr": a}
+              for c, a in (("two", 0.8), ("five", 0.5), ("seven", 1.0), ("red", 0.7))),
+            *({"method": "esd", "concept": c, "seed": 1, "asr": a} for c, a in (("two", 0.8), ("five", 0.7), ("seven", 0.8)))]
+    paired = quality.robustness_targets(rows, [])
+    assert paired["scissorhands ASR under attack <= 20%"]["median"] == 0.75  # its own runs, all of them
+    assert paired["scissorhands ASR below ESD's"] == {"status": "missed", "scissorhands": 0.8, "esd": 0.8, "runs": 3}
     assert quality.robustness_targets([{"method": "esd", "erased": 0.0}], []) == {}
 
 
@@ -236,7 +244,7 @@ def test_robustness_benchmark_uses_the_same_targets_and_adds_the_time_per_prompt
     result = targets(methods, {"control_asr": 1.0}, ["unlearndiffatk", "relearn"])
     assert result["scissorhands ASR below ESD's"]["status"] == "met"
     assert result["scissorhands relearn steps above ESD's and SalUn's"] == {"status": "met", "scissorhands": 100,
-                                                                          "esd": 20}
+                                                                          "esd": 20, "runs": 1}
     assert result["<= 30 s per attacked prompt (median)"]["status"] == "missed"
     assert set(targets(methods, {"control_asr": None}, ["relearn"])) == {"scissorhands relearn steps above ESD's and SalUn's"}
 
