@@ -92,7 +92,10 @@ def erase(case: dict, out: Path, rank: int, world: int, lr: float = 0.05) -> Non
     config = MethodConfig(method=case["method"], **case.get("config", {}))
     objective = DiffusionObjective(DDPMScheduler(num_train_timesteps=1000), embeddings,
                                    relabel_ids=torch.tensor([0, 2, 2, 3]), uncond_id=0, seed=0,
-                                   uncond_weight=config.uncond_weight)  # as pipelines.erase.build_objective
+                                   uncond_weight=config.uncond_weight,  # as pipelines.erase.build_objective
+                                   # retain prompt 2 is forget prompt 1's substitute: the anchor term's extra
+                                   # forward runs on every rank (anchor_table's layout)
+                                   anchor_ids=torch.tensor([[-1], [-1], [1], [-1]]), anchor_weight=config.anchor_weight)
     latents = torch.randn(16, 4, 16, 16, generator=gen)
     forget = _batches(latents[:8], torch.full((8,), 1), rank, world, False, 2)
     forget_steps = _batches(latents[:8], torch.full((8,), 1), rank, world, True, 3)
