@@ -66,8 +66,8 @@ class DiffusionObjective(Objective):
             ``distilled_loss`` also pulls eps(z_t | forget prompt) to the original's eps(z_t | prompt)
             on the retain image, weighted by ``anchor_weight``, for one of them per sample: the forget
             prompt learns the substitute's prediction on the substitute's own images too (concept
-            ablation's model-based target, Kumari et al. 2023), not only on the forget images, where
-            the original's prediction under the substitute at low noise still draws the concept's colour.
+            ablation's model-based target, Kumari et al. 2023), not only on the forget images (where,
+            with the substitute term alone, some testbed pairs learned a blend of the two colours).
     """
 
     measure = "ratio"  # paper 004: d(l, l0, t) = l / l0(t) for generation
