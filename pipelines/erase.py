@@ -87,7 +87,8 @@ class EraseConfig:
     # shared out. "nearest": one word
     # replaces the concept in every prompt, the one whose prompts the base model already predicts closest to
     # the forget prompts' on the forget images (the smallest edit; substitute_choice in the run's summary);
-    # "farthest": the word with the largest gap (the most distinct target); "rotate": ties rotate over the candidates (before round 14; the concept word then learns a blend)
+    # "farthest": the word with the largest gap (the most distinct target); "rotate": ties rotate over the
+    # candidates (before round 14; the concept word then learns a blend)
     substitute_ties: str = "nearest"
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
@@ -211,20 +212,26 @@ def choose_replacement(objective: DiffusionObjective, unet, forget: ConceptImage
     return GAP_RULES[rule](words, key=gaps.get), gaps
 
 
+def listed_ids(listed: dict[str, list[str]], ids: dict[str, int]) -> torch.Tensor | None:
+    """``[P, K]`` prompt ids for ``DiffusionObjective``'s ``neutral_ids`` / ``anchor_ids``: for each prompt of
+    ``listed``, its prompts' ids first, -1 after them; every other row -1; None when nothing is listed."""
+    if not listed:
+        return None
+    table = torch.full((len(ids), max(map(len, listed.values()))), -1)
+    for prompt, held in listed.items():
+        table[ids[prompt], :len(held)] = torch.tensor([ids[p] for p in held])
+    return table
+
+
 def anchor_table(pairs: dict[str, str], ids: dict[str, int], retain_prompts: set[str]) -> torch.Tensor | None:
     """``DiffusionObjective.anchor_ids`` from the substitute ``pairs`` (forget prompt -> substitute): for
     each retain prompt that is some forget prompt's substitute, those forget prompts' ids, -1 after them;
     None when no retain image is drawn from a substitute (the term would have nothing to hold)."""
-    anchors: dict[int, list[int]] = {}
+    anchors: dict[str, list[str]] = {}
     for prompt, replacement in sorted(pairs.items()):
         if replacement in retain_prompts:
-            anchors.setdefault(ids[replacement], []).append(ids[prompt])
-    if not anchors:
-        return None
-    table = torch.full((len(ids), max(map(len, anchors.values()))), -1)
-    for row, held in anchors.items():
-        table[row, :len(held)] = torch.tensor(held)
-    return table
+            anchors.setdefault(replacement, []).append(prompt)
+    return listed_ids(anchors, ids)
 
 
 def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: ConceptImageSet, device,
@@ -250,11 +257,7 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     table = encode_prompt_table(pipe, prompts, device)
     # SDXL: the time ids of the training images' size, as the pipeline sets them when it drew them
     size = [side * pipe.vae_scale_factor for side in forget.latents.shape[-2:]]
-    neutral = None
-    if neutral_of:
-        neutral = torch.full((len(prompts), max(map(len, neutral_of.values()))), -1)
-        for prompt, held in neutral_of.items():
-            neutral[ids[prompt], :len(held)] = torch.tensor([ids[n] for n in held])
+    neutral = listed_ids(neutral_of, ids)
     objective = DiffusionObjective(scheduler, table.hidden, torch.arange(len(prompts)), ids[""], config.relabel_target,
                                    config.negative_guidance, config.seed, pooled=table.pooled,
                                    time_ids=time_ids(*size) if table.pooled is not None else None,
@@ -262,10 +265,10 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
                                    neutral_weight=method_config.neutral_weight if method_config is not None else 0.0,
                                    uncond_weight=method_config.uncond_weight if method_config is not None else 0.0,
                                    anchor_weight=method_config.anchor_weight if method_config is not None else 0.0)
+    trains_substitute = method_config is None or get_method(method_config.method).uses_substitute(method_config)
     # the job chooses the replacement word only when the user named none and the method trains toward it
     word = config.substitute_word
-    if (substitute is None and word is None and config.substitute_ties in GAP_RULES
-            and (method_config is None or get_method(method_config.method).uses_substitute(method_config))):
+    if substitute is None and word is None and config.substitute_ties in GAP_RULES and trains_substitute:
         words = replacement_words(forget_prompts, retain_prompts)
         if words:
             rule = config.substitute_ties
@@ -285,9 +288,9 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
              else closest_prompts(forget_prompts, retain_prompts, prefer=word))
     for prompt, replacement in pairs.items():
         objective.relabel_ids[ids[prompt]] = ids[replacement]
-    if (method_config is not None and method_config.retain_loss == "distill" and method_config.anchor_weight > 0
-            and get_method(method_config.method).uses_substitute(method_config)):
-        objective.anchor_ids = anchor_table(pairs, ids, set(retain.prompts))
+    if (trains_substitute and method_config is not None and method_config.retain_loss == "distill"
+            and method_config.anchor_weight > 0):
+        objective.hold_anchors(anchor_table(pairs, ids, set(retain.prompts)))
     if method_config is not None and method_config.adversarial_prefix:
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])

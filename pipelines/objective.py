@@ -104,6 +104,12 @@ class DiffusionObjective(Objective):
         self.adversary = None  # pipelines.prompt_prefix.AdversarialPrefixes, for adversarial repair
         self.substitute_choice = None  # the erase job's chosen replacement word (pipelines.erase.choose_replacement)
 
+    def hold_anchors(self, anchor_ids: Tensor | None) -> None:
+        """Set ``anchor_ids`` once the substitute pairs are known (they may wait for a word chosen with
+        this objective's own ``prediction_gap``), checked as the constructor checks them."""
+        _check_listed_ids("anchor_ids", anchor_ids, len(self.embeddings))
+        self.anchor_ids = anchor_ids
+
     # -- pieces ---------------------------------------------------------------------------
     def _embed(self, ids: Tensor, like: Tensor) -> Tensor:
         if self.embeddings.device != like.device:  # the table moves to the UNet's device once, not every call

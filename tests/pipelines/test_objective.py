@@ -152,6 +152,10 @@ def test_a_substitute_sample_pulls_the_forget_prompt_to_the_originals_prediction
     assert student.scale.grad != 0 and original.scale.grad is None
     with pytest.raises(ValueError, match=r"anchor_ids must be \[prompts, K\] for 3 prompts"):
         DiffusionObjective(scheduler, EMBEDDINGS, torch.tensor([1, 1, 2]), 2, anchor_ids=torch.tensor([[-1], [0]]))
+    with pytest.raises(ValueError, match="anchor_ids must list each prompt's ids first"):  # set after construction
+        both.hold_anchors(torch.tensor([[-1, 0], [-1, -1], [-1, -1]]))
+    both.hold_anchors(None)
+    assert both.anchor_ids is None
 
 
 class AffineUNet(torch.nn.Module):
