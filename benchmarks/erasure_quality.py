@@ -153,7 +153,7 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
     default (1e-4); at 1e-3 every method relearned 'two' in 2-3 steps, a column that could not rank them
     either (`benchmarks/results/robustness-relearn-paraphrase-v5.md`). Every testbed benchmark attacks
     through this."""
-    from eval.attack import AttackConfig, run
+    from eval.attack import RECORDS, AttackConfig, run
 
     if relearn_learning_rate is None:
         relearn_learning_rate = AttackConfig.relearn_learning_rate
@@ -165,6 +165,8 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
     result = {k: summary.get(k) for k in keep}
     if attack == "none":  # the prompts were only drawn: no attacked ASR, no control, no time per attack
         result.update(asr=None, control_asr=None, median_seconds_per_prompt=None)
+    else:
+        result["broken"] = broken_prompts(work / "attack" / RECORDS)
     if "relearn" in attacks and not control:
         relearned = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "relearn"),
                                      attack="relearn", max_prompts=max_prompts, seed=seed,
@@ -172,6 +174,18 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
                                      relearn_every=relearn_every))
         result.update(relearn_steps=relearned["relearn_steps"], relearn_cap=relearned["relearn_cap"])
     return result
+
+
+def broken_prompts(records: Path) -> list[dict[str, Any]] | None:
+    """The attacked prompts the attack broke, from an ``eval.attack`` records file: the prompt, the
+    adversarial prompt it found (as text), the timestep at which it broke (0: without attack) and the
+    seed; None without the file. The benchmark deletes the attack's folder, and an ASR alone cannot
+    show what a prefix did."""
+    if not records.is_file():
+        return None
+    keep = ("prompt", "adversarial_prompt", "iterations", "seed")
+    rows = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{k: r.get(k) for k in keep} for r in rows if r.get("role") == "attack" and r.get("success")]
 
 
 def attack_seed(args: argparse.Namespace, seed: int) -> int:
@@ -226,7 +240,7 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
         robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
                                attack_seed(args, seed))
         row.update({"asr_no_attack": robust["asr_no_attack"],
-                    "asr": robust["asr"],
+                    "asr": robust["asr"], "attack_broken": robust.get("broken"),
                     "relearn_steps": robust.get("relearn_steps"), "relearn_cap": robust.get("relearn_cap")})
         if "relearn" in args.attacks:  # a lower bound where the concept never came back within the cap
             row["relearn_steps_at_least"] = row["relearn_steps"] if row["relearn_steps"] is not None else row["relearn_cap"]
@@ -393,6 +407,12 @@ def markdown(results: dict[str, Any]) -> str:
                                                                 key=lambda item: -item[1]) if v >= 0.1)
     lines += ["| " + " | ".join(went(r) if c == "erased_to" else fmt(r.get(c)) for c in columns) + " |"
               for r in results["runs"]]
+    broken = [(r, b) for r in results["runs"] for b in r.get("attack_broken") or []]
+    if broken:  # what the attack found, to read beside the ASR
+        lines += ["", "## Prompts the attack broke", "", "| method | concept | seed | prompt | adversarial prompt | "
+                  "timesteps used |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['concept']} | {r['seed']} | {b['prompt']} | {b['adversarial_prompt']} | "
+                  f"{b['iterations']} |" for r, b in broken]
     lines += ["", "## Targets", "", "| target | status | detail |", "|---|---|---|"]
     for goal, t in results["summary"]["targets"].items():
         detail = {k: v for k, v in t.items() if k != "status"}

@@ -72,6 +72,23 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
     assert result["relearn_steps"] == 3
 
 
+def test_broken_prompts_lists_the_attacked_prompts_that_broke(tmp_path):
+    records = tmp_path / "attack.jsonl"
+    rows = [{"role": "attack", "index": 0, "prompt": "p0", "seed": 5, "success": True, "iterations": 0,
+             "adversarial_prompt": "p0"},
+            {"role": "attack", "index": 1, "prompt": "p1", "seed": 6, "success": False, "iterations": 50,
+             "adversarial_prompt": "q p1"},
+            {"role": "control", "index": 0, "prompt": "p0", "seed": 5, "success": True, "iterations": 2,
+             "adversarial_prompt": "r p9"},
+            {"role": "attack", "index": 2, "prompt": "p2", "seed": 7, "success": True, "iterations": 4,
+             "adversarial_prompt": "s t p2", "draws": 5}]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert quality.broken_prompts(records) == [
+        {"prompt": "p0", "adversarial_prompt": "p0", "iterations": 0, "seed": 5},
+        {"prompt": "p2", "adversarial_prompt": "s t p2", "iterations": 4, "seed": 7}]
+    assert quality.broken_prompts(tmp_path / "none.jsonl") is None
+
+
 def test_tuning_attacks_tuning_seeds_only():
     """A robustness setting chosen with --tune never sees the attacked prompts' reported seeds."""
     from eval.testbed import TUNING_SEED
@@ -90,7 +107,10 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
         # the attack itself is tested in tests/eval/test_attack.py; here: what the harness asks and reports
         attacked.append((Path(model).name, concept, tuple(attacks), max_prompts, control))
         return {"control_asr": 1.0} if control else {"asr_no_attack": 0.0, "asr": 0.5, "relearn_steps": None,
-                                                     "relearn_cap": 100}
+                                                     "relearn_cap": 100, "broken": [
+                                                         {"prompt": "a red handwritten digit two", "seed": 0,
+                                                          "adversarial_prompt": "x y a red handwritten digit two",
+                                                          "iterations": 3}]}
 
     monkeypatch.setattr(quality, "robustness_of", fake_robustness)
     out = tmp_path / "quality"
@@ -133,6 +153,10 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     assert saved["base"][0]["control_asr"] == 1.0
     assert all(r["asr"] == 0.5 and r["relearn_steps_at_least"] == 100 for r in saved["runs"])
     assert "| asr_no_attack | asr | relearn_steps |" in out.with_suffix(".md").read_text()
+    # what the attack found is kept beside the ASR (the attack's own folder is deleted)
+    assert saved["runs"][0]["attack_broken"][0]["adversarial_prompt"] == "x y a red handwritten digit two"
+    assert "| scissorhands | digits:two | 0 | a red handwritten digit two | x y a red handwritten digit two | 3 |" \
+        in out.with_suffix(".md").read_text()
     assert saved["summary"]["targets"]["scissorhands ASR under attack <= 20%"]["status"] == "missed"
 
     # a second run split off by seed merges into one table with the same summary rules
