@@ -357,7 +357,15 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 
     mine = median("scissorhands", "asr")
     if mine is not None:
-        result["scissorhands ASR under attack <= 20%"] = {"status": _status(mine <= 0.2), "median": mine}
+        # issue 9 reads the digits (three digits x seeds); a colour beside them is another kind of concept, and a
+        # median over both could pass on the colour's figure where the digits' misses (round 16: digits 30 / 30 /
+        # 0% and red 10% read 20% together): every kind's own median must be within the target
+        kinds = {str(concept).split(":")[0] for concept, _ in runs("scissorhands", "asr")}
+        by_kind = {kind: median("scissorhands", "asr", {run for run in runs("scissorhands", "asr")
+                                                        if str(run[0]).split(":")[0] == kind}) for kind in sorted(kinds)}
+        result["scissorhands ASR under attack <= 20%"] = {
+            "status": _status(all(v <= 0.2 for v in by_kind.values())), "median": mine,
+            **({"by_kind": by_kind} if len(by_kind) > 1 else {})}
         # a comparison reads both methods on the runs both have: never one's concepts against the other's
         shared = runs("scissorhands", "asr") & runs("esd", "asr")
         if shared:

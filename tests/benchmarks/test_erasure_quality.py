@@ -257,6 +257,14 @@ def test_robustness_targets_compare_medians_and_count_never_relearned_as_the_cap
     paired = quality.robustness_targets(rows, [])
     assert paired["scissorhands ASR under attack <= 20%"]["median"] == 0.75  # its own runs, all of them
     assert paired["scissorhands ASR below ESD's"] == {"status": "missed", "scissorhands": 0.8, "esd": 0.8, "runs": 3}
+    # round 16: digits 30 / 30 / 0% and red 10% have a median of 20% together, the digits alone 30%: each kind of
+    # concept is read by its own median
+    rows = [{"method": "scissorhands", "concept": c, "seed": 1, "asr": a}
+            for c, a in (("digits:two", 0.3), ("digits:five", 0.3), ("digits:seven", 0.0), ("color:red", 0.1))]
+    kinds = quality.robustness_targets(rows, [])["scissorhands ASR under attack <= 20%"]
+    assert kinds == {"status": "missed", "median": 0.2, "by_kind": {"color": 0.1, "digits": 0.3}}
+    rows[0]["asr"] = 0.1
+    assert quality.robustness_targets(rows, [])["scissorhands ASR under attack <= 20%"]["status"] == "met"
     assert quality.robustness_targets([{"method": "esd", "erased": 0.0}], []) == {}
 
 
