@@ -360,9 +360,10 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
         # issue 9 reads the digits (three digits x seeds); a colour beside them is another kind of concept, and a
         # median over both could pass on the colour's figure where the digits' misses (round 16: digits 30 / 30 /
         # 0% and red 10% read 20% together): every kind's own median must be within the target
-        kinds = {str(concept).split(":")[0] for concept, _ in runs("scissorhands", "asr")}
-        by_kind = {kind: median("scissorhands", "asr", {run for run in runs("scissorhands", "asr")
-                                                        if str(run[0]).split(":")[0] == kind}) for kind in sorted(kinds)}
+        kind_of = lambda run: str(run[0]).split(":")[0]  # digits, color, imagenette, ...
+        attacked = runs("scissorhands", "asr")
+        by_kind = {kind: median("scissorhands", "asr", {run for run in attacked if kind_of(run) == kind})
+                   for kind in sorted({kind_of(run) for run in attacked})}
         result["scissorhands ASR under attack <= 20%"] = {
             "status": _status(all(v <= 0.2 for v in by_kind.values())), "median": mine,
             **({"by_kind": by_kind} if len(by_kind) > 1 else {})}
