@@ -108,6 +108,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+RESULT_SUFFIXES = (".json", ".md", ".png", ".partial.json")
+
+
+def results_file(out: str | Path, suffix: str) -> Path:
+    """``--out`` (a results path without suffix) with ``suffix`` appended: ``Path.with_suffix`` would
+    replace whatever follows a dot in the name ("yellow-w0.5" and "yellow-w0.25" both wrote
+    yellow-w0.json). A path already ending in one of the results' suffixes has it replaced."""
+    out = Path(out)
+    for known in sorted(RESULT_SUFFIXES, key=len, reverse=True):
+        if out.name.endswith(known) and len(out.name) > len(known):
+            out = out.with_name(out.name[: -len(known)])
+            break
+    return out.with_name(out.name + suffix)
+
+
 def draw_concept_data(model_dir: Path, concept: str, out: Path, num_images: int, seed: int,
                       num_inference_steps: int = SAMPLING_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> Path:
     """The forget/retain folders of ``concept``, drawn by the default model (``pipelines.generate``);
@@ -462,9 +477,9 @@ def write_results(results: dict[str, Any], out: Path) -> None:
     """``<out>.json``, ``<out>.md`` and the scatter ``<out>.png``; logs the targets."""
     from erasure.output import write_text_atomic
 
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
-    write_text_atomic(out.with_suffix(".md"), markdown(results))
-    scatter(results["runs"], results["base"], out.with_suffix(".png"))
+    write_text_atomic(results_file(out, ".json"), json.dumps(results, indent=2))
+    write_text_atomic(results_file(out, ".md"), markdown(results))
+    scatter(results["runs"], results["base"], results_file(out, ".png"))
     for goal, t in results["summary"]["targets"].items():
         logger.info("%s: %s %s", goal, t["status"], {k: v for k, v in t.items() if k != "status"})
 
@@ -530,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for row in base_rows:
             row.update(spread_columns(spread_report(base_spread, row["concept"])))
     rows = []
-    partial = Path(args.out).with_suffix(".partial.json")
+    partial = results_file(args.out, ".partial.json")
     with tempfile.TemporaryDirectory(prefix="erasure-quality-") as tmp:
         if "unlearndiffatk" in args.attacks:
             for row in base_rows:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, row_of
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, results_file, row_of
 from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.demo import method_config
 
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "eval_seed": EVAL_SEED},
                "runs": rows, "target": target(rows), "sd14_adapter_sizes": sd14_adapter_sizes(args.ranks)}
     out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
-    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    write_text_atomic(results_file(out, ".json"), json.dumps(results, indent=2))
+    write_text_atomic(results_file(out, ".md"), markdown(results))
     for method, t in results["target"].items():
         logger.info("%s: %s (rank %s)", method, t["status"], t["rank"])
     return results

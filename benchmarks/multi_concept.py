@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, results_file
 from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.demo import method_config
 
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "cost": {"joint_seconds": runs[0]["seconds"], "single_seconds": single or None,
                         "ratio": runs[0]["seconds"] / single if single else None}}
     out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
-    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    write_text_atomic(results_file(out, ".json"), json.dumps(results, indent=2))
+    write_text_atomic(results_file(out, ".md"), markdown(results))
     for goal, t in results["targets"].items():
         logger.info("%s: %s", goal, t["status"])
     return results

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, robustness_of, robustness_targets
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, results_file, robustness_of, robustness_targets
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.robustness")
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "methods": {m: {k: s.get(k) for k in keep} for m, s in summaries.items()}}
     results["targets"] = targets(results["methods"], results["control"], args.attacks)
     out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2))
-    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    write_text_atomic(results_file(out, ".json"), json.dumps(results, indent=2))
+    write_text_atomic(results_file(out, ".md"), markdown(results))
     return results
 
 

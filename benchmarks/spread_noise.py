@@ -20,6 +20,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.erasure_quality import results_file
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "max_images": args.max_images, "prompts": int(samples.prompt_ids.max()) + 1},
                "noise": {str(n): r for n, r in noise(samples, colors, args.sizes).items()}}
     out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1) + "\n")
-    write_text_atomic(out.with_suffix(".md"), markdown(results))
+    write_text_atomic(results_file(out, ".json"), json.dumps(results, indent=1) + "\n")
+    write_text_atomic(results_file(out, ".md"), markdown(results))
     print(markdown(results))
     return results
 

@@ -72,6 +72,15 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
     assert result["relearn_steps"] == 3
 
 
+def test_results_files_keep_every_dot_of_the_out_name():
+    """Path.with_suffix made "yellow-w0.5" and "yellow-w0.25" one file, yellow-w0.json."""
+    assert quality.results_file("r/yellow-w0.5", ".json") == Path("r/yellow-w0.5.json")
+    assert quality.results_file("r/yellow-w0.25", ".partial.json") == Path("r/yellow-w0.25.partial.json")
+    assert quality.results_file("r/quality", ".md") == Path("r/quality.md")
+    assert quality.results_file("r/quality.json", ".png") == Path("r/quality.png")  # a suffix given is replaced
+    assert quality.results_file("r/q.partial.json", ".json") == Path("r/q.json")
+
+
 def test_broken_prompts_lists_the_attacked_prompts_that_broke(tmp_path):
     records = tmp_path / "attack.jsonl"
     rows = [{"role": "attack", "index": 0, "prompt": "p0", "seed": 5, "success": True, "iterations": 0,
