@@ -108,7 +108,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-RESULT_SUFFIXES = (".json", ".md", ".png", ".partial.json")
+RESULT_SUFFIXES = (".partial.json", ".json", ".md", ".png")  # the longest first: ".partial.json" ends in ".json"
 
 
 def results_file(out: str | Path, suffix: str) -> Path:
@@ -116,7 +116,7 @@ def results_file(out: str | Path, suffix: str) -> Path:
     replace whatever follows a dot in the name ("yellow-w0.5" and "yellow-w0.25" both wrote
     yellow-w0.json). A path already ending in one of the results' suffixes has it replaced."""
     out = Path(out)
-    for known in sorted(RESULT_SUFFIXES, key=len, reverse=True):
+    for known in RESULT_SUFFIXES:
         if out.name.endswith(known) and len(out.name) > len(known):
             out = out.with_name(out.name[: -len(known)])
             break
@@ -168,7 +168,7 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
     default (1e-4); at 1e-3 every method relearned 'two' in 2-3 steps, a column that could not rank them
     either (`benchmarks/results/robustness-relearn-paraphrase-v5.md`). Every testbed benchmark attacks
     through this."""
-    from eval.attack import RECORDS, AttackConfig, run
+    from eval.attack import AttackConfig, run
 
     if relearn_learning_rate is None:
         relearn_learning_rate = AttackConfig.relearn_learning_rate
@@ -176,12 +176,11 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
     attack = "unlearndiffatk" if "unlearndiffatk" in attacks else "none"
     summary = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "attack"), attack=attack,
                                max_prompts=max_prompts, control=control, seed=seed))
-    keep = ("asr", "asr_no_attack", "control_asr", "num_prompts", "successes", "median_seconds_per_prompt", "protocol")
+    keep = ("asr", "asr_no_attack", "control_asr", "num_prompts", "successes", "broken", "median_seconds_per_prompt",
+            "protocol")
     result = {k: summary.get(k) for k in keep}
     if attack == "none":  # the prompts were only drawn: no attacked ASR, no control, no time per attack
-        result.update(asr=None, control_asr=None, median_seconds_per_prompt=None)
-    else:
-        result["broken"] = broken_prompts(work / "attack" / RECORDS)
+        result.update(asr=None, control_asr=None, broken=None, median_seconds_per_prompt=None)
     if "relearn" in attacks and not control:
         relearned = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "relearn"),
                                      attack="relearn", max_prompts=max_prompts, seed=seed,
@@ -189,18 +188,6 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
                                      relearn_every=relearn_every))
         result.update(relearn_steps=relearned["relearn_steps"], relearn_cap=relearned["relearn_cap"])
     return result
-
-
-def broken_prompts(records: Path) -> list[dict[str, Any]] | None:
-    """The attacked prompts the attack broke, from an ``eval.attack`` records file: the prompt, the
-    adversarial prompt it found (as text), the timestep at which it broke (0: without attack) and the
-    seed; None without the file. The benchmark deletes the attack's folder, and an ASR alone cannot
-    show what a prefix did."""
-    if not records.is_file():
-        return None
-    keep = ("prompt", "adversarial_prompt", "iterations", "seed")
-    rows = [json.loads(line) for line in records.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{k: r.get(k) for k in keep} for r in rows if r.get("role") == "attack" and r.get("success")]
 
 
 def attack_seed(args: argparse.Namespace, seed: int) -> int:
@@ -375,10 +362,11 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
         # issue 9 reads the digits (three digits x seeds); a colour beside them is another kind of concept, and a
         # median over both could pass on the colour's figure where the digits' misses (round 16: digits 30 / 30 /
         # 0% and red 10% read 20% together): every kind's own median must be within the target
-        kind_of = lambda run: str(run[0]).split(":")[0]  # digits, color, imagenette, ...
-        attacked = runs("scissorhands", "asr")
-        by_kind = {kind: median("scissorhands", "asr", {run for run in attacked if kind_of(run) == kind})
-                   for kind in sorted({kind_of(run) for run in attacked})}
+        kinds: dict[str, list[float]] = {}  # digits, color, imagenette, ...
+        for r in rows:
+            if r["method"] == "scissorhands" and r.get("asr") is not None:
+                kinds.setdefault(str(r.get("concept")).split(":")[0], []).append(r["asr"])
+        by_kind = {kind: statistics.median(vals) for kind, vals in sorted(kinds.items())}
         result["scissorhands ASR under attack <= 20%"] = {
             "status": _status(all(v <= 0.2 for v in by_kind.values())), "median": mine,
             **({"by_kind": by_kind} if len(by_kind) > 1 else {})}

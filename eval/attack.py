@@ -376,7 +376,8 @@ def attack_group(role: str, jobs: Sequence[tuple[int, Prompt, Prompt]], models: 
 
 
 def summarise(records: Sequence[dict[str, Any]], config: AttackConfig, prompt_set: PromptSet) -> dict[str, Any]:
-    """ASR before and after the attack, the control's, per-prompt seconds, the protocol."""
+    """ASR before and after the attack, the control's, the prompts broken (prompt, adversarial prompt,
+    timesteps used: 0 without attack, seed), per-prompt seconds, the protocol."""
     import statistics
 
     attacked = [r for r in records if r["role"] == "attack"]
@@ -387,6 +388,9 @@ def summarise(records: Sequence[dict[str, Any]], config: AttackConfig, prompt_se
     return {**extra, "asr": rate(attacked, "success"), "asr_no_attack": rate(attacked, "success_without_attack"),
             "control_asr": rate(control, "success"), "num_prompts": len(attacked),
             "successes": sum(r["success"] for r in attacked),
+            # what broke each prompt, to read beside the ASR (attack.jsonl has every record)
+            "broken": [{k: r.get(k) for k in ("prompt", "adversarial_prompt", "iterations", "seed")}
+                       for r in attacked if r["success"]],
             "median_seconds_per_prompt": statistics.median(r["seconds"] for r in attacked) if attacked else None,
             "protocol": {**asdict(config), "prompt_set": {"name": prompt_set.name, "sha256": prompt_set.sha256(),
                                                           "num_prompts": len(prompt_set)},

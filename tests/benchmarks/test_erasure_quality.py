@@ -81,23 +81,6 @@ def test_results_files_keep_every_dot_of_the_out_name():
     assert quality.results_file("r/q.partial.json", ".json") == Path("r/q.json")
 
 
-def test_broken_prompts_lists_the_attacked_prompts_that_broke(tmp_path):
-    records = tmp_path / "attack.jsonl"
-    rows = [{"role": "attack", "index": 0, "prompt": "p0", "seed": 5, "success": True, "iterations": 0,
-             "adversarial_prompt": "p0"},
-            {"role": "attack", "index": 1, "prompt": "p1", "seed": 6, "success": False, "iterations": 50,
-             "adversarial_prompt": "q p1"},
-            {"role": "control", "index": 0, "prompt": "p0", "seed": 5, "success": True, "iterations": 2,
-             "adversarial_prompt": "r p9"},
-            {"role": "attack", "index": 2, "prompt": "p2", "seed": 7, "success": True, "iterations": 4,
-             "adversarial_prompt": "s t p2", "draws": 5}]
-    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert quality.broken_prompts(records) == [
-        {"prompt": "p0", "adversarial_prompt": "p0", "iterations": 0, "seed": 5},
-        {"prompt": "p2", "adversarial_prompt": "s t p2", "iterations": 4, "seed": 7}]
-    assert quality.broken_prompts(tmp_path / "none.jsonl") is None
-
-
 def test_tuning_attacks_tuning_seeds_only():
     """A robustness setting chosen with --tune never sees the attacked prompts' reported seeds."""
     from eval.testbed import TUNING_SEED

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from erasure.config import MethodConfig
@@ -43,3 +45,19 @@ def test_adversarial_prefix_needs_the_substitute_term_and_a_method_that_has_one(
     scissorhands = build_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5), Objective())
     with pytest.raises(ValueError, match="adversarial_prefix=5 needs prompts to attack.*Objective has none"):
         scissorhands.prepare(nn.Linear(2, 2), [], [])  # before any trimming: a classifier has no prompts
+
+
+DISTILL_TERMS = ("neutral_weight", "uncond_weight", "anchor_weight")  # MethodConfig defaults that are tuned values
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("erase_*.yaml")),
+                         ids=lambda p: p.name)
+def test_configs_with_recorded_figures_name_every_tuned_distill_term(path):
+    """The distilled retain terms' defaults are the testbed's tuned weights: a config that leaves one out
+    runs whatever a later round tunes, not what its recorded figures measured (round 9's adversarial
+    variant named no anchor weight and picked up round 15's)."""
+    from erasure.jobconfig import load_yaml
+
+    config = load_yaml(path)
+    if config.get("retain_loss") == "distill":
+        assert [t for t in DISTILL_TERMS if t not in config] == [], path.name

@@ -56,12 +56,14 @@ def test_the_attack_runs_its_timesteps_and_stops_at_the_first_success(tiny_pipel
     assert len(row["adversarial_ids"]) == 16 and row["adversarial_ids"][0] == tokenizer.bos_token_id  # [sot, k prefix, ...]
     assert row["adversarial_prompt"] and row["seconds"] > 0
     assert summary["asr"] == 1.0 and summary["asr_no_attack"] == 0.0
+    # the summary names what broke the prompt (the benchmarks delete the attack's folder)
+    assert summary["broken"] == [{k: row[k] for k in ("prompt", "adversarial_prompt", "iterations", "seed")}]
     never = CountingJudge()
     monkeypatch.setattr(attack, "concept_judge", lambda config: never)
     failed = run(config(tiny_pipeline_dir, tmp_path / "never", control=True, max_prompts=1))
     rows = [json.loads(line) for line in (tmp_path / "never" / "out" / "attack.jsonl").read_text().splitlines()]
     assert {r["role"] for r in rows} == {"attack", "control"} and all(r["iterations"] == 3 for r in rows)
-    assert failed["asr"] == 0.0 and failed["control_asr"] == 0.0
+    assert failed["asr"] == 0.0 and failed["control_asr"] == 0.0 and failed["broken"] == []
     control = next(r for r in rows if r["role"] == "control")
     assert control["start_prompt"] != control["prompt"]  # the control starts from an unrelated prompt
 
