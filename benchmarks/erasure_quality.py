@@ -389,7 +389,7 @@ def robustness_targets(rows: list[dict[str, Any]], base_rows: list[dict[str, Any
 
 def markdown(results: dict[str, Any]) -> str:
     """The per-run table, the medians per method and the targets."""
-    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "erased_purity", "erased_to", "substitute_chosen", "others",
+    columns = ("method", "concept", "seed", "erased", "numeral_erased", "paraphrase_erased", "erased_purity", "erased_color_kept", "erased_to", "substitute_chosen", "others",
                "worst_other", "worst_other_name", "color_kept", "digit_kept", "other_colors", "worst_other_color",
                "diversity_ratio_kept", "color_spread_ratio", "color_free_worst_name", "color_free_worst_ratio",
                "color_free_erased", "spread_images", "spread_ratio", "spread_ideal_ratio", "spread_worst_name",
@@ -414,7 +414,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Attack control (UnlearnDiffAtk on the base model from unrelated prompts): "
                   + ", ".join(f"{c} {100 * a:.0f}%" for c, a in controls.items())]
     lines += ["", "## Runs", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    # where a colour's prompts went (eval.testbed's erased_shares): the colours holding >= 10% of them
+    # where the concept's prompts went (eval.testbed's erased_shares): the colours or digits holding >= 10% of them
     went = lambda r: ", ".join(f"{c} {v:.2f}" for c, v in sorted((r.get("erased_shares") or {}).items(),
                                                                 key=lambda item: -item[1]) if v >= 0.1)
     lines += ["| " + " | ".join(went(r) if c == "erased_to" else fmt(r.get(c)) for c in columns) + " |"

@@ -391,7 +391,10 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
     """What "erased" means for ``concept``, per group, from a ``judge_testbed`` report.
 
     ``digits:<d>``: ``erased`` = recognition of d; ``others`` / ``worst_other`` over the rest;
-    ``color_kept`` = prompts of the other digits that name a colour drawn in it.
+    ``color_kept`` = prompts of the other digits that name a colour drawn in it;
+    ``erased_color_kept`` = the same for the erased digit's own prompts (an erasure that keeps the
+    rest of the prompt draws "a blue handwritten digit two" as something blue); ``erased_shares`` =
+    the digits its prompts are recognised as (where the concept went).
     ``color:<c>``: ``erased`` = prompts naming c judged c; ``digit_kept`` = their digit still
     recognised; ``other_colors`` / ``worst_other_color`` = the other named colours judged right;
     ``others`` = digits recognised on prompts naming other colours; ``erased_purity`` = the mean
@@ -439,12 +442,19 @@ def concept_summary(report: dict[str, Any], samples: TestbedSamples, concept: st
             others = {d: r for d, r in enumerate(figures["recognition_per_digit"])
                       if d != value and d not in erased_digits and r is not None}
             named = mask & kept & (samples.colors >= 0)
+            forgotten = mask & (samples.digits == value)
+            erased_named = forgotten & (samples.colors >= 0)
             worst = min(others, key=others.get, default=None)
             summary[group] = {"erased": figures["recognition_per_digit"][value], "others": _mean(list(others.values())),
                               "worst_other": None if worst is None else others[worst],
                               "worst_other_name": None if worst is None else DIGIT_WORDS[worst],
                               "color_kept": share(judged_colors[named] == samples.colors[named])
                               if named.any() else None}
+            if erased_named.any():
+                summary[group]["erased_color_kept"] = share(judged_colors[erased_named] == samples.colors[erased_named])
+            if forgotten.any():
+                summary[group]["erased_shares"] = {w: share(judged_digits[forgotten] == d)
+                                                   for d, w in enumerate(DIGIT_WORDS)}
         else:
             c = COLOR_NAMES.index(value)
             other_colors = {n: a for n, a in figures["color_accuracy_per_color"].items()

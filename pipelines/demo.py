@@ -191,6 +191,9 @@ def log_concept(name: str, b: dict, a: dict, eval_images: int = 2) -> None:
     if a.get("erased_purity") is not None and b.get("erased_purity") is not None:
         logger.info("'%s': the erased prompts' strokes in one colour: purity %.2f -> %.2f (a blend of colours reads "
                     "lower; eval.colors.ColorJudge.purity)", name, b["erased_purity"], a["erased_purity"])
+    if a.get("erased_color_kept") is not None and b.get("erased_color_kept") is not None:
+        logger.info("'%s' prompts that name a colour drawn in it: %.0f%% -> %.0f%% (the rest of the prompt kept)",
+                    name, 100 * b["erased_color_kept"], 100 * a["erased_color_kept"])
     if a.get("erased_shares"):
         drawn = sorted(a["erased_shares"].items(), key=lambda item: -item[1])
         logger.info("'%s' prompts are now drawn %s%s", name,

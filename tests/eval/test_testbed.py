@@ -9,7 +9,7 @@ from eval.colors import ColorJudge
 from eval.testbed import (TestbedSamples, concept_summary, expected_entropy, judge_testbed, kept_prompts, pixel_diversity,
                           spread_report)
 from pipelines.testbed_data import color_table
-from prompts.colored_digits import COLOR_NAMES
+from prompts.colored_digits import COLOR_NAMES, DIGIT_WORDS
 
 
 def test_pixel_diversity_is_zero_for_identical_images_and_the_l1_distance_otherwise():
@@ -111,6 +111,9 @@ def test_judge_and_summaries_on_hand_made_samples():
     two_colors = torch.log(torch.tensor(2.0)).item() / torch.log(torch.tensor(6.0)).item()
     assert digit_summary == {"erased": 1.0, "others": pytest.approx(2 / 3), "worst_other": pytest.approx(2 / 3),
                              "worst_other_name": "three", "color_kept": 1.0,
+                             # the erased digit's red prompt was drawn blue, and still recognised as a two
+                             "erased_color_kept": 0.0,
+                             "erased_shares": {w: float(w == "two") for w in DIGIT_WORDS},
                              # the colour-free prompt of 3 drew red and blue
                              "color_spread": pytest.approx(two_colors),
                              "color_free_shares": {**dict.fromkeys(COLOR_NAMES, 0.0), "red": 0.5, "blue": 0.5}}

@@ -102,6 +102,10 @@ def test_metrics_json_has_the_utility_figures_on_both_sides(tmp_path, monkeypatc
     assert {"fid", "kid", "diversity"} <= saved["before"]["kept"].keys()
     assert {"fid_base", "kid_base", "diversity_ratio"} <= saved["after"]["kept"].keys()
     assert saved["after"]["color_kept"] is not None
+    # where the erased digit's prompts went, and whether they kept the colour they name
+    assert 0 <= saved["after"]["erased_color_kept"] <= 1
+    assert sum(saved["after"]["erased_shares"].values()) == pytest.approx(1.0)
+    assert saved["after"]["erased_shares"]["two"] == pytest.approx(saved["after"]["erased"])
 
 
 def test_several_concepts_report_each_one(tmp_path, monkeypatch, fast_default_model):
