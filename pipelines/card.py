@@ -110,6 +110,8 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], data: dict[str, 
                                     "loreun") if k in config}
     # what the forget prompts were taught to draw instead, when the user named it
     hyper.update({k: config[k] for k in ("substitute_prompt", "substitute_word") if config.get(k) is not None})
+    if config.get("substitute_rewrite"):  # each forget prompt with its concept word replaced
+        hyper["substitute_rewrite"] = True
     choice = summary.get("substitute_choice")
     if choice:  # or the one the job chose (EraseConfig.substitute_ties)
         hyper["substitute_word"] = f"{choice['word']} (chosen: {choice['rule']} prediction)"

@@ -48,7 +48,7 @@ from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
 from pipelines.prompt_prefix import AdversarialPrefixes
 from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
-from prompts.base import closest_prompts, has_ties, replacement_words
+from prompts.base import closest_prompts, has_ties, replacement_words, rewritten_prompts
 
 logger = logging.getLogger("pipelines.erase")
 
@@ -90,6 +90,12 @@ class EraseConfig:
     # "farthest": the word with the largest gap (the most distinct target); "rotate": ties rotate over the
     # candidates (before round 14; the concept word then learns a blend)
     substitute_ties: str = "nearest"
+    # with one replacement word (substitute_word, or chosen by substitute_ties nearest / farthest): each forget
+    # prompt's substitute is the prompt itself with the concept's word replaced (prompts.base.rewritten_prompts:
+    # "a handwritten digit two in blue" -> "... three in blue"), drawn by the frozen model whether or not a
+    # retain image has that prompt; False: the closest retain prompt holding the word, which can change more
+    # than the concept (the colour) where the retain set lacks the exact prompt
+    substitute_rewrite: bool = False
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
     # UNet weights that train: full, xattn (cross-attention only), noxattn, or lora (a PEFT LoRA of
@@ -139,6 +145,11 @@ class EraseConfig:
                              "exclude each other; give one")
         if self.substitute_ties not in SUBSTITUTE_TIES:
             raise ValueError(f"substitute_ties={self.substitute_ties!r} is unknown; choose one of {list(SUBSTITUTE_TIES)}")
+        if self.substitute_rewrite and (self.substitute_prompt is not None or (
+                self.substitute_word is None and self.substitute_ties not in GAP_RULES)):
+            raise ValueError(f"substitute_rewrite=True replaces the concept's word with one word: it needs "
+                             f"substitute_word or substitute_ties in {list(GAP_RULES)}, not substitute_prompt="
+                             f"{self.substitute_prompt!r} / substitute_ties={self.substitute_ties!r}")
         for name in ("forget_prompt", "retain_prompt"):
             value = getattr(self, name)
             if value is not None and (self.data_dir is not None or not value.strip()):
@@ -286,6 +297,8 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
     # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording (holding `word`)
     pairs = ({p: substitute for p in forget_prompts} if substitute
              else closest_prompts(forget_prompts, retain_prompts, prefer=word))
+    if config.substitute_rewrite and word is not None:
+        pairs.update(rewrite_substitutes(pipe, objective, ids, prompts, forget_prompts, retain_prompts, word, device))
     for prompt, replacement in pairs.items():
         objective.relabel_ids[ids[prompt]] = ids[replacement]
     if (trains_substitute and method_config is not None and method_config.retain_loss == "distill"
@@ -295,6 +308,29 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
         objective.adversary = build_adversary(pipe, prompts, method_config, device)
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])
     return objective, label(forget), label(retain)
+
+
+def rewrite_substitutes(pipe, objective: DiffusionObjective, ids: dict[str, int], prompts: list[str],
+                        forget_prompts: list[str], retain_prompts: list[str], word: str, device) -> dict[str, str]:
+    """``EraseConfig.substitute_rewrite``: forget prompt -> the prompt with the concept's word replaced by
+    ``word`` (``prompts.base.rewritten_prompts``). The rewrites no retain image has are encoded apart and
+    appended to ``objective``'s table, ``ids`` and ``prompts`` (in place), so the other rows stay bit-equal
+    to a run without them. Empty (with a warning) when no single word names the concept in every prompt."""
+    rewrites = rewritten_prompts(forget_prompts, retain_prompts, word)
+    if not rewrites:
+        logger.warning("substitute_rewrite: no one word is in every forget prompt and in no retain prompt, so "
+                       "nothing is rewritten; the substitutes stay the closest retain prompts holding '%s'", word)
+        return {}
+    extra = sorted(set(rewrites.values()) - set(ids))
+    if extra:
+        table = encode_prompt_table(pipe, extra, device)
+        for prompt, index in zip(extra, objective.add_prompts(table.hidden, table.pooled).tolist()):
+            ids[prompt] = index
+        prompts.extend(extra)
+    new = [(p, r) for p, r in rewrites.items() if r in extra]
+    logger.info("substitute_rewrite: %d of %d forget prompts are taught a prompt no retain image has%s", len(new),
+                len(rewrites), f" (e.g. {new[0][0]!r} -> {new[0][1]!r})" if new else "")
+    return rewrites
 
 
 def neutral_prompts(retain: ConceptImageSet, forget: ConceptImageSet) -> dict[str, tuple[str, ...]]:
@@ -411,6 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
 def warn_unused_substitute(config: EraseConfig, method_config: MethodConfig) -> bool:
     """Warn (and return True) when the job names a substitute that its method never trains toward."""
     named = {k: getattr(config, k) for k in ("substitute_prompt", "substitute_word") if getattr(config, k) is not None}
+    if config.substitute_rewrite:
+        named["substitute_rewrite"] = True
     if not named or get_method(method_config.method).uses_substitute(method_config):
         return False
     logger.warning("%s: method '%s' (forget_loss '%s') has no substitute term, so this run does not use them; the "

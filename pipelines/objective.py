@@ -110,6 +110,24 @@ class DiffusionObjective(Objective):
         _check_listed_ids("anchor_ids", anchor_ids, len(self.embeddings))
         self.anchor_ids = anchor_ids
 
+    def add_prompts(self, hidden: Tensor, pooled: Tensor | None = None) -> Tensor:
+        """Append prompts' conditioning rows (``pipelines.conditioning.encode_prompt_table``) after the
+        table's, each relabelled to itself and holding no neutral or anchor prompts, and return their ids.
+        The existing rows are left as they are (encoded in one call, they would not be bit-equal)."""
+        if (pooled is None) != (self.pooled is None) or hidden.shape[1:] != self.embeddings.shape[1:]:
+            raise ValueError(f"add_prompts: rows of shape {tuple(hidden.shape[1:])} (pooled: {pooled is not None}) "
+                             f"do not fit the table's {tuple(self.embeddings.shape[1:])} (pooled: "
+                             f"{self.pooled is not None})")
+        start, count = len(self.embeddings), len(hidden)
+        self.embeddings = torch.cat([self.embeddings, hidden.to(self.embeddings)])
+        if pooled is not None:
+            self.pooled = torch.cat([self.pooled, pooled.to(self.pooled)])
+        added = torch.arange(start, start + count)
+        self.relabel_ids = torch.cat([self.relabel_ids, added.to(self.relabel_ids)])
+        pad = lambda listed: None if listed is None else torch.cat([listed, listed.new_full((count, listed.shape[1]), -1)])
+        self.neutral_ids, self.anchor_ids = pad(self.neutral_ids), pad(self.anchor_ids)
+        return added
+
     # -- pieces ---------------------------------------------------------------------------
     def _embed(self, ids: Tensor, like: Tensor) -> Tensor:
         if self.embeddings.device != like.device:  # the table moves to the UNet's device once, not every call

@@ -132,6 +132,33 @@ def has_ties(prompts: list[str], candidates: list[str]) -> bool:
     return any(len(best) > 1 for best in _closest(prompts, candidates, words).values())
 
 
+def rewritten_prompts(prompts: list[str], candidates: list[str], word: str) -> dict[str, str]:
+    """Each prompt with the concept's word replaced by ``word``, whether or not ``candidates`` hold the result.
+
+    The concept's word is the one word that every prompt holds and no candidate does ("two" in the
+    forget prompts of ``digits:two``). ``closest_prompts`` can only pick among the candidates, which
+    a finite retain set does not fill: "a handwritten digit two in blue" got "a handwritten digit
+    three" (no blue three among 64 retain images) and "the number two" got "a yellow handwritten
+    digit three", so the substitute changed the colour as well as the digit. Here it becomes "a
+    handwritten digit three in blue" and "the number three". Empty when no single word names the
+    concept in every prompt (nudity's "nudity", "naked", ...: nothing to rewrite).
+
+    Raises:
+        ValueError: ``word`` is not one word, or the prompts already hold it.
+    """
+    if not re.fullmatch(r"\w+", word.strip()):
+        raise ValueError(f"rewritten_prompts: word={word!r} must be a single word (letters, digits, _)")
+    word = word.strip()
+    words = [set(prompt_words(p)) for p in prompts]
+    if word.lower() in set().union(*words):
+        raise ValueError(f"rewritten_prompts: word={word!r} is in the prompts it would replace the concept in")
+    shared = set.intersection(*words) - {w for c in candidates for w in prompt_words(c)} if prompts else set()
+    if len(shared) != 1:
+        return {}
+    concept = re.compile(rf"(?i)\b{re.escape(shared.pop())}\b")
+    return {p: concept.sub(word, p) for p in prompts}
+
+
 def replacement_words(prompts: list[str], candidates: list[str]) -> list[str]:
     """The words that could replace a concept named by one word: each word that some prompt's tied
     closest candidates (``closest_prompts``' ties) put in place of one of its words, the forget

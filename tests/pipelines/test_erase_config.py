@@ -35,6 +35,8 @@ def dirs(tmp_path):
     ({"substitute_ties": "first"}, r"substitute_ties='first' is unknown; choose one of \['nearest', 'farthest', 'rotate'\]"),
     ({"substitute_word": "blue", "substitute_prompt": "a person"},
      r"substitute_word='blue' and substitute_prompt='a person' exclude each other; give one"),
+    ({"substitute_rewrite": True, "substitute_prompt": "a person"}, r"substitute_rewrite=True .* needs substitute_word"),
+    ({"substitute_rewrite": True, "substitute_ties": "rotate"}, r"substitute_ties='rotate'"),
 ])
 def test_out_of_bounds_options_are_refused(dirs, changes, message):
     changes = {k: v.format(d=dirs) if isinstance(v, str) else v for k, v in changes.items()}
@@ -86,6 +88,7 @@ def test_neutral_prompts_come_from_the_retain_rows_and_reach_the_objective():
                   rows("a handwritten digit two", None, "a handwritten digit two"))
     assert neutral_prompts(retain, forget) == {"a blue handwritten digit two": ("a handwritten digit two",)}
     config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   substitute_rewrite=False,
                                    relabel_target="prediction", negative_guidance=1.0, seed=0)
     pipe = build_tiny_pipeline(seed=0)
     objective, _, retain_ids = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill"))
@@ -130,6 +133,7 @@ def test_a_substitute_that_the_method_never_trains_toward_is_warned(dirs, caplog
                  MethodConfig(method="scissorhands_minmax", forget_loss="substitute")):
         assert not warn_unused_substitute(config, used)
     assert not warn_unused_substitute(EraseConfig(data_dir=str(dirs)), MethodConfig(method="esd"))  # none named
+    assert warn_unused_substitute(EraseConfig(data_dir=str(dirs), substitute_rewrite=True), MethodConfig(method="esd"))
 
 
 def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
@@ -158,6 +162,7 @@ def test_tied_substitutes_share_one_word_the_base_model_is_nearest_to():
 
     pipe = build_tiny_pipeline(seed=0)
     config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   substitute_rewrite=False,
                                    relabel_target="prediction", negative_guidance=1.0, seed=0)
     objective, forget_ids, _ = build_objective(pipe, config, forget, retain, "cpu", MethodConfig(retain_loss="distill", forget_loss="substitute"))
     choice = objective.substitute_choice
@@ -212,6 +217,7 @@ def test_ties_without_a_one_word_replacement_are_said_not_rotated_silently(caplo
                                                  latents=torch.zeros(len(prompts), 4, 16, 16))
     forget, retain = data(["an image of a tench"]), data(["an image of a garbage truck", "an image of a french horn"])
     config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   substitute_rewrite=False,
                                    relabel_target="prediction", negative_guidance=1.0, seed=0)
     pipe = build_tiny_pipeline(seed=0)
     substitute = MethodConfig(retain_loss="distill", forget_loss="substitute")
@@ -231,3 +237,52 @@ def test_anchor_table_lists_the_forget_prompts_each_retained_substitute_replaces
     table = anchor_table({"a": "x", "b": "x", "c": "y"}, ids, {"x", "y"})
     assert table.tolist() == [[-1, -1], [-1, -1], [-1, -1], [0, 1], [2, -1]]
     assert anchor_table({"a": "x"}, ids, {"y"}) is None  # no retain image is drawn from the substitute
+
+
+def test_rewritten_substitutes_keep_the_colour_the_retain_set_lacks():
+    """substitute_rewrite: the forget prompt with its digit replaced, encoded apart and appended to the table."""
+    from erasure.config import MethodConfig
+    from pipelines.conditioning import encode_prompt_table
+    from pipelines.erase import build_objective
+    from pipelines.tiny import build_tiny_pipeline
+
+    generator = torch.Generator().manual_seed(0)
+    data = lambda prompts: types.SimpleNamespace(prompts=prompts, metadata=[{}] * len(prompts),
+                                                 latents=torch.randn(len(prompts), 4, 16, 16, generator=generator))
+    forget = data(["a blue handwritten digit two", "a handwritten digit two in red"])
+    retain = data(["a blue handwritten digit three", "a handwritten digit three", "a red handwritten digit five"])
+    config = types.SimpleNamespace(substitute_prompt=None, substitute_word="three", substitute_ties="nearest",
+                                   substitute_rewrite=False, relabel_target="prediction", negative_guidance=1.0, seed=0)
+    pipe = build_tiny_pipeline(seed=0)
+    method = MethodConfig(retain_loss="distill", forget_loss="substitute")
+    closest, forget_ids, _ = build_objective(pipe, config, forget, retain, "cpu", method)
+    rewriting = types.SimpleNamespace(**{**vars(config), "substitute_rewrite": True})
+    rewritten, rewritten_ids, _ = build_objective(pipe, rewriting, forget, retain, "cpu", method)
+    # the closest retain prompt drops the red; the rewrite keeps it (read back by embedding)
+    drawn = lambda o, i: o.embeddings[o.relabel_ids[i]]
+    for objective, ids, second in ((closest, forget_ids, "a handwritten digit three"),
+                                   (rewritten, rewritten_ids, "a handwritten digit three in red")):
+        torch.testing.assert_close(drawn(objective, ids), encode_prompt_table(
+            pipe, ["a blue handwritten digit three", second], "cpu").hidden)
+    # one row appended, the others bit-equal to the run without it (one encode call per table)
+    assert len(rewritten.embeddings) == len(closest.embeddings) + 1
+    assert torch.equal(rewritten.embeddings[:len(closest.embeddings)], closest.embeddings)
+    assert rewritten.neutral_ids is None or len(rewritten.neutral_ids) == len(rewritten.embeddings)
+    # the anchor term holds only the substitute that has retain images ("a blue ... three")
+    anchored = rewritten.anchor_ids[(rewritten.anchor_ids >= 0).any(1)]
+    assert anchored.shape[0] == 1 and closest.anchor_ids[(closest.anchor_ids >= 0).any(1)].shape[0] == 2
+
+
+def test_added_prompts_pad_the_listed_ids():
+    from diffusers import DDPMScheduler
+
+    from pipelines.objective import DiffusionObjective
+
+    listed = torch.tensor([[1], [-1]])
+    objective = DiffusionObjective(DDPMScheduler(), torch.zeros(2, 3, 4), torch.arange(2), 1, neutral_ids=listed,
+                                   anchor_ids=listed)
+    assert objective.add_prompts(torch.ones(2, 3, 4)).tolist() == [2, 3]
+    assert objective.relabel_ids.tolist() == [0, 1, 2, 3] and objective.embeddings[2:].eq(1).all()
+    assert objective.neutral_ids.tolist() == objective.anchor_ids.tolist() == [[1], [-1], [-1], [-1]]
+    with pytest.raises(ValueError, match=r"add_prompts: rows of shape \(3, 5\)"):
+        objective.add_prompts(torch.ones(1, 3, 5))

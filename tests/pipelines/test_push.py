@@ -216,6 +216,8 @@ def test_card_license_and_base_follow_the_base_model(tmp_path):
     assert "| substitute_word | blue |" in model_card({**config, "substitute_word": "blue"}, {}, {})
     chosen = {"substitute_choice": {"rule": "nearest", "word": "green", "prediction_gaps": {"green": 0.1, "blue": 0.3}}}
     assert "| substitute_word | green (chosen: nearest prediction) |" in model_card(config, chosen, {})
+    assert "substitute_rewrite" not in model_card(config, chosen, {})
+    assert "| substitute_rewrite | True |" in model_card({**config, "substitute_rewrite": True}, chosen, {})
 
 
 def test_unet_export_card_snippet_runs_as_written(tiny_pipeline_dir, tmp_path):

@@ -200,6 +200,7 @@ def test_build_objective_sets_time_ids_from_the_training_images_size(monkeypatch
     pipe = build_tiny_xl_pipeline(seed=0)
     data = lambda prompts: types.SimpleNamespace(prompts=prompts, latents=torch.zeros(len(prompts), 4, 16, 24))
     config = types.SimpleNamespace(substitute_prompt=None, substitute_word=None, substitute_ties="nearest",
+                                   substitute_rewrite=False,
                                    relabel_target="prediction", negative_guidance=1.0, seed=0)
     forget, retain = data(["a handwritten digit seven"]), data(["a handwritten digit one"])
     objective, _, _ = build_objective(pipe, config, forget, retain, "cpu")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from prompts.base import closest_prompts, has_ties, replacement_words
+from prompts.base import closest_prompts, has_ties, replacement_words, rewritten_prompts
 
 
 def test_same_template_and_colour_win_and_ties_rotate():
@@ -65,3 +65,22 @@ def test_replacement_words_are_what_tied_prompts_could_take_instead():
                              ["a blue handwritten digit two", "a green handwritten digit two"]) == ["green"]
     with pytest.raises(ValueError, match="at least one candidate"):
         replacement_words(forget, [])
+
+
+def test_rewritten_prompts_change_the_concept_word_and_nothing_else():
+    # a finite retain set without "... three in blue": the closest candidate drops the colour, the rewrite keeps it
+    retain = ["a blue handwritten digit three", "a handwritten digit three", "a handwritten digit five in red"]
+    forget = ["a handwritten digit two in blue", "the number two", "A Blue handwritten digit TWO"]
+    assert closest_prompts(forget[:1], retain, prefer="three") == {forget[0]: "a handwritten digit three"}
+    assert rewritten_prompts(forget, retain, "three") == {
+        "a handwritten digit two in blue": "a handwritten digit three in blue",
+        "the number two": "the number three", "A Blue handwritten digit TWO": "A Blue handwritten digit three"}
+    # no one word names the concept in every prompt (nudity's wordings): nothing to rewrite
+    assert rewritten_prompts(["nudity", "naked"], ["a person wearing clothes"], "clothes") == {}
+    # "digit" is in every prompt but also in the candidates: still one concept word
+    assert rewritten_prompts(["a handwritten digit two"], ["a handwritten digit three"], "four") == {
+        "a handwritten digit two": "a handwritten digit four"}
+    with pytest.raises(ValueError, match="word='blue' is in the prompts"):
+        rewritten_prompts(forget, retain, "blue")
+    with pytest.raises(ValueError, match="word='light blue' must be a single word"):
+        rewritten_prompts(forget, retain, "light blue")
