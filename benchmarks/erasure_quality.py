@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.outputs import results_file
 from eval.testbed import worst_other
 
 from pipelines.default_model import GUIDANCE_SCALE, SAMPLING_STEPS
@@ -106,21 +107,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not out.parent.is_dir():
         raise ValueError(f"out={args.out!r}: folder {out.parent} does not exist")
     return args
-
-
-RESULT_SUFFIXES = (".partial.json", ".json", ".md", ".png")  # the longest first: ".partial.json" ends in ".json"
-
-
-def results_file(out: str | Path, suffix: str) -> Path:
-    """``--out`` (a results path without suffix) with ``suffix`` appended: ``Path.with_suffix`` would
-    replace whatever follows a dot in the name ("yellow-w0.5" and "yellow-w0.25" both wrote
-    yellow-w0.json). A path already ending in one of the results' suffixes has it replaced."""
-    out = Path(out)
-    for known in RESULT_SUFFIXES:
-        if out.name.endswith(known) and len(out.name) > len(known):
-            out = out.with_name(out.name[: -len(known)])
-            break
-    return out.with_name(out.name + suffix)
 
 
 def draw_concept_data(model_dir: Path, concept: str, out: Path, num_images: int, seed: int,

@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, results_file, row_of
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, row_of
+from benchmarks.outputs import results_file
 from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.demo import method_config
 

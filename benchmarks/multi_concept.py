@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, results_file
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned
+from benchmarks.outputs import results_file
 from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.demo import method_config
 

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, results_file, robustness_of, robustness_targets
+from benchmarks.erasure_quality import ROOT, draw_concept_data, erase_tuned, robustness_of, robustness_targets
+from benchmarks.outputs import results_file
 from pipelines.demo import method_config
 
 logger = logging.getLogger("benchmarks.robustness")

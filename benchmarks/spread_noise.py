@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.erasure_quality import results_file
+from benchmarks.outputs import results_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -94,7 +94,8 @@ class EraseConfig:
     # prompt's substitute is the prompt itself with the concept's word replaced (prompts.base.rewritten_prompts:
     # "a handwritten digit two in blue" -> "... three in blue"), drawn by the frozen model whether or not a
     # retain image has that prompt; False: the closest retain prompt holding the word, which can change more
-    # than the concept (the colour) where the retain set lacks the exact prompt
+    # than the concept (the colour) where the retain set lacks the exact prompt. The nearest / farthest word is
+    # still chosen on the gaps to those closest retain prompts (choose_replacement)
     substitute_rewrite: bool = False
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
@@ -294,11 +295,12 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
             logger.warning("the forget prompts' closest retain prompts tie, but no one word replaces the concept in "
                            "them (prompts.base.replacement_words): the ties rotate over the candidates; name the "
                            "replacement with --substitute_word or --substitute_prompt")
-    # forget prompt -> the substitute, or the retain prompt that keeps the most of its wording (holding `word`)
+    # forget prompt -> the substitute, the prompt with `word` in the concept's place (substitute_rewrite), or the
+    # retain prompt that keeps the most of its wording (holding `word`)
+    rewrites = (rewrite_substitutes(pipe, objective, ids, prompts, forget_prompts, retain_prompts, word, device)
+                if config.substitute_rewrite and word is not None else {})
     pairs = ({p: substitute for p in forget_prompts} if substitute
-             else closest_prompts(forget_prompts, retain_prompts, prefer=word))
-    if config.substitute_rewrite and word is not None:
-        pairs.update(rewrite_substitutes(pipe, objective, ids, prompts, forget_prompts, retain_prompts, word, device))
+             else rewrites or closest_prompts(forget_prompts, retain_prompts, prefer=word))
     for prompt, replacement in pairs.items():
         objective.relabel_ids[ids[prompt]] = ids[replacement]
     if (trains_substitute and method_config is not None and method_config.retain_loss == "distill"

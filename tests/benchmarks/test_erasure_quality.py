@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import benchmarks.erasure_quality as quality
+from benchmarks.outputs import results_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,11 +75,11 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
 
 def test_results_files_keep_every_dot_of_the_out_name():
     """Path.with_suffix made "yellow-w0.5" and "yellow-w0.25" one file, yellow-w0.json."""
-    assert quality.results_file("r/yellow-w0.5", ".json") == Path("r/yellow-w0.5.json")
-    assert quality.results_file("r/yellow-w0.25", ".partial.json") == Path("r/yellow-w0.25.partial.json")
-    assert quality.results_file("r/quality", ".md") == Path("r/quality.md")
-    assert quality.results_file("r/quality.json", ".png") == Path("r/quality.png")  # a suffix given is replaced
-    assert quality.results_file("r/q.partial.json", ".json") == Path("r/q.json")
+    assert results_file("r/yellow-w0.5", ".json") == Path("r/yellow-w0.5.json")
+    assert results_file("r/yellow-w0.25", ".partial.json") == Path("r/yellow-w0.25.partial.json")
+    assert results_file("r/quality", ".md") == Path("r/quality.md")
+    assert results_file("r/quality.json", ".png") == Path("r/quality.png")  # a suffix given is replaced
+    assert results_file("r/q.partial.json", ".json") == Path("r/q.json")
 
 
 def test_tuning_attacks_tuning_seeds_only():
