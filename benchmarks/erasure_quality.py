@@ -40,7 +40,8 @@ logger = logging.getLogger("benchmarks.erasure_quality")
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"default: every method ({' '.join(METHODS)}); with --merge, the methods whose runs to keep")
     parser.add_argument("--concepts", nargs="+", default=list(DEFAULT_CONCEPTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="one seed (the first of --seeds)")
@@ -72,6 +73,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every erase job (a tuning grid point; must come last)")
     args = parser.parse_args(argv)
+    args.methods_given = args.methods is not None
+    args.methods = list(METHODS) if args.methods is None else args.methods
     from eval.testbed import EVAL_SEED, TUNING_SEED
 
     if args.tune and args.eval_seed is not None:
@@ -458,41 +461,54 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         logger.info("%s: %s %s", goal, t["status"], {k: v for k, v in t.items() if k != "status"})
 
 
-def merge(paths: list[str]) -> dict[str, Any]:
+def merge(paths: list[str], methods: list[str] | None = None) -> dict[str, Any]:
     """One results dict from several runs of the same protocol (split by method, concept or seed:
-    the seeds may differ, the merged protocol lists them all).
+    the seeds may differ, the merged protocol lists them all). ``methods``: keep only these methods'
+    runs (a method re-tuned since one of the files was written is left out of that file this way).
 
     Raises:
         ValueError: files whose protocols differ in anything but the seeds (naming the first that
-            does), or a (method, concept, seed) run present twice.
+            does), a (method, concept, seed) run present twice, or one method run with different
+            settings in two files (its config file's values, comments aside).
     """
+    import yaml
+
     parts = [json.loads(Path(p).read_text()) for p in paths]
     same = {k: v for k, v in parts[0]["protocol"].items() if k != "seeds"}
     for path, part in zip(paths, parts):
         if {k: v for k, v in part["protocol"].items() if k != "seeds"} != same:
             raise ValueError(f"merge: {path} has protocol {part['protocol']}, {paths[0]} has {parts[0]['protocol']}")
+    kept = (lambda method: method in methods) if methods is not None else (lambda method: True)
     base = list({r["concept"]: r for part in parts for r in part["base"]}.values())
-    rows, seen = [], {}
+    rows, seen, configs, config_of = [], {}, {}, {}
     for path, part in zip(paths, parts):
-        for r in part["runs"]:
+        runs = [r for r in part["runs"] if kept(r["method"])]
+        for method in sorted({r["method"] for r in runs}):
+            text = part["configs"].get(method)
+            if method in configs and yaml.safe_load(text or "") != yaml.safe_load(configs[method] or ""):
+                raise ValueError(f"merge: {method} ran with other settings in {path} than in {config_of[method]}; "
+                                 "leave the older runs out (--methods, one merge per set of settings)")
+            configs.setdefault(method, text)
+            config_of.setdefault(method, path)
+        for r in runs:
             key = (r["method"], r["concept"], r["seed"])
             if key in seen:
                 raise ValueError(f"merge: the run {key} is in both {seen[key]} and {path}")
             seen[key] = path
             rows.append(r)
-    configs = {m: c for part in parts for m, c in part["configs"].items()}
     protocol = dict(parts[0]["protocol"])
     if "seeds" in protocol:
         protocol["seeds"] = sorted({s for part in parts for s in part["protocol"].get("seeds", [])})
     return {"protocol": protocol, "base": base, "runs": rows, "summary": summarise(rows, base),
-            "configs": configs, "merged_from": [str(p) for p in paths]}
+            "configs": configs, "merged_from": [str(p) for p in paths],
+            **({"merged_methods": list(methods)} if methods is not None else {})}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.merge:
-        results = merge(args.merge)
+        results = merge(args.merge, args.methods if args.methods_given else None)
         write_results(results, Path(args.out))
         return results
     import torch

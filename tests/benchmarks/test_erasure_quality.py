@@ -228,6 +228,31 @@ def test_merge_joins_seeds_and_refuses_a_run_twice(tmp_path):
         quality.merge([str(tmp_path / "b.json"), str(tmp_path / "c.json")])
 
 
+def test_merge_refuses_one_method_with_two_settings_unless_the_older_runs_are_left_out(tmp_path):
+    measured = json.loads((Path(quality.__file__).parent / "results" / "erasure-quality-quick.json").read_text())
+    base = [r for r in measured["base"] if r["concept"] == "digits:two"]
+    run = next(r for r in measured["runs"] if r["method"] == "esd" and r["concept"] == "digits:two")
+
+    def write(name, seed, runs, configs):
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "protocol": {"num_inference_steps": 20, "seeds": [seed]}, "base": base, "runs": runs,
+            "configs": configs}))
+    old = {"esd": "# round 4\nlearning_rate: 3.0e-4\n", "grad_ascent": "num_train_epochs: 3\n"}
+    write("old", 1, [{**run, "seed": 1}, {**run, "method": "grad_ascent", "seed": 1}], old)
+    # the same settings under another comment merge; a re-tuned method does not
+    write("new", 0, [{**run, "seed": 0}, {**run, "method": "grad_ascent", "seed": 0}],
+          {"esd": "# round 18 comment\nlearning_rate: 0.0003\n", "grad_ascent": "num_train_epochs: 4\n"})
+    paths = [str(tmp_path / "old.json"), str(tmp_path / "new.json")]
+    with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings in .*new.json than in .*old.json"):
+        quality.merge(paths)
+    merged = quality.merge(paths, methods=["esd"])
+    assert sorted((r["method"], r["seed"]) for r in merged["runs"]) == [("esd", 0), ("esd", 1)]
+    assert set(merged["configs"]) == {"esd"} and merged["merged_methods"] == ["esd"]
+    # through the command line: --methods picks the runs kept
+    out = quality.main(["--merge", *paths, "--methods", "esd", "--out", str(tmp_path / "merged")])
+    assert len(out["runs"]) == 2 and json.loads((tmp_path / "merged.json").read_text())["merged_methods"] == ["esd"]
+
+
 def test_robustness_targets_compare_medians_and_count_never_relearned_as_the_cap():
     rows = [
         {"method": "scissorhands", "asr": 0.0, "relearn_steps_at_least": 100},  # never came back within the cap
