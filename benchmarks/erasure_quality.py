@@ -478,11 +478,10 @@ def merge(paths: list[str], methods: list[str] | None = None) -> dict[str, Any]:
     for path, part in zip(paths, parts):
         if {k: v for k, v in part["protocol"].items() if k != "seeds"} != same:
             raise ValueError(f"merge: {path} has protocol {part['protocol']}, {paths[0]} has {parts[0]['protocol']}")
-    kept = (lambda method: method in methods) if methods is not None else (lambda method: True)
     base = list({r["concept"]: r for part in parts for r in part["base"]}.values())
     rows, seen, configs, config_of = [], {}, {}, {}
     for path, part in zip(paths, parts):
-        runs = [r for r in part["runs"] if kept(r["method"])]
+        runs = [r for r in part["runs"] if methods is None or r["method"] in methods]
         for method in sorted({r["method"] for r in runs}):
             text = part["configs"].get(method)
             if method in configs and yaml.safe_load(text or "") != yaml.safe_load(configs[method] or ""):
