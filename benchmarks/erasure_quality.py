@@ -484,7 +484,10 @@ def merge(paths: list[str], methods: list[str] | None = None) -> dict[str, Any]:
         runs = [r for r in part["runs"] if methods is None or r["method"] in methods]
         for method in sorted({r["method"] for r in runs}):
             text = part["configs"].get(method)
-            if method in configs and yaml.safe_load(text or "") != yaml.safe_load(configs[method] or ""):
+            if not isinstance(text, str):
+                raise ValueError(f"merge: {path} has runs of {method} but does not record its config (configs."
+                                 f"{method} is {text!r}); results written by this benchmark always do")
+            if method in configs and yaml.safe_load(text) != yaml.safe_load(configs[method]):
                 raise ValueError(f"merge: {method} ran with other settings in {path} than in {config_of[method]}; "
                                  "leave the older runs out (--methods, one merge per set of settings)")
             configs.setdefault(method, text)

@@ -218,7 +218,7 @@ def test_merge_joins_seeds_and_refuses_a_run_twice(tmp_path):
     def write(name, seeds, runs):
         (tmp_path / f"{name}.json").write_text(json.dumps({
             "protocol": {"num_inference_steps": 20, "seeds": seeds}, "base": base, "runs": runs,
-            "configs": {"esd": {}}}))
+            "configs": {"esd": "learning_rate: 3.0e-4\n"}}))
     write("a", [0], [{**run, "seed": 0}])
     write("b", [1, 2], [{**run, "seed": 1}, {**run, "seed": 2}])
     merged = quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
@@ -245,9 +245,17 @@ def test_merge_refuses_one_method_with_two_settings_unless_the_older_runs_are_le
     paths = [str(tmp_path / "old.json"), str(tmp_path / "new.json")]
     with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings in .*new.json than in .*old.json"):
         quality.merge(paths)
+    with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings"):  # kept, so still checked
+        quality.merge(paths, methods=["esd", "grad_ascent"])
+    with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings"):  # no --methods: every run
+        quality.main(["--merge", *paths, "--out", str(tmp_path / "all")])
+    assert not (tmp_path / "all.json").exists()
     merged = quality.merge(paths, methods=["esd"])
     assert sorted((r["method"], r["seed"]) for r in merged["runs"]) == [("esd", 0), ("esd", 1)]
     assert set(merged["configs"]) == {"esd"} and merged["merged_methods"] == ["esd"]
+    write("bare", 2, [{**run, "seed": 2}], {})  # runs without the settings they ran with
+    with pytest.raises(ValueError, match=r"bare.json has runs of esd but does not record its config"):
+        quality.merge([str(tmp_path / "new.json"), str(tmp_path / "bare.json")], methods=["esd"])
     # through the command line: --methods picks the runs kept
     out = quality.main(["--merge", *paths, "--methods", "esd", "--out", str(tmp_path / "merged")])
     assert len(out["runs"]) == 2 and json.loads((tmp_path / "merged.json").read_text())["merged_methods"] == ["esd"]
