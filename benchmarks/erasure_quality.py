@@ -73,8 +73,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--erase_args", nargs=argparse.REMAINDER, default=[],
                         help="extra flags for every erase job (a tuning grid point; must come last)")
     args = parser.parse_args(argv)
-    args.methods_given = args.methods is not None
-    args.methods = list(METHODS) if args.methods is None else args.methods
     from eval.testbed import EVAL_SEED, TUNING_SEED
 
     if args.tune and args.eval_seed is not None:
@@ -83,7 +81,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from erasure.methods import get_method
     from prompts.colored_digits import parse_concept
 
-    for method in args.methods:
+    for method in args.methods or METHODS:
         get_method(method)
         method_config(method)
     for concept in args.concepts:
@@ -461,6 +459,18 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         logger.info("%s: %s %s", goal, t["status"], {k: v for k, v in t.items() if k != "status"})
 
 
+def config_settings(text: str) -> dict[str, Any]:
+    """What an erase config's text sets, each value typed as the erase job types it (``erasure.coerce``):
+    comments and spellings aside ("3e-4", a YAML string, and 3.0e-4 are one learning rate)."""
+    import yaml
+
+    from erasure.coerce import coerce_fields, field_types
+    from erasure.config import MethodConfig
+    from pipelines.erase import EraseConfig
+
+    return coerce_fields(yaml.safe_load(text) or {}, field_types(EraseConfig, MethodConfig), lambda key: f"config {key}")
+
+
 def merge(paths: list[str], methods: list[str] | None = None) -> dict[str, Any]:
     """One results dict from several runs of the same protocol (split by method, concept or seed:
     the seeds may differ, the merged protocol lists them all). ``methods``: keep only these methods'
@@ -469,10 +479,8 @@ def merge(paths: list[str], methods: list[str] | None = None) -> dict[str, Any]:
     Raises:
         ValueError: files whose protocols differ in anything but the seeds (naming the first that
             does), a (method, concept, seed) run present twice, or one method run with different
-            settings in two files (its config file's values, comments aside).
+            settings in two files (``config_settings`` of its config).
     """
-    import yaml
-
     parts = [json.loads(Path(p).read_text()) for p in paths]
     same = {k: v for k, v in parts[0]["protocol"].items() if k != "seeds"}
     for path, part in zip(paths, parts):
@@ -487,7 +495,7 @@ def merge(paths: list[str], methods: list[str] | None = None) -> dict[str, Any]:
             if not isinstance(text, str):
                 raise ValueError(f"merge: {path} has runs of {method} but does not record its config (configs."
                                  f"{method} is {text!r}); results written by this benchmark always do")
-            if method in configs and yaml.safe_load(text) != yaml.safe_load(configs[method]):
+            if method in configs and config_settings(text) != config_settings(configs[method]):
                 raise ValueError(f"merge: {method} ran with other settings in {path} than in {config_of[method]}; "
                                  "leave the older runs out (--methods, one merge per set of settings)")
             configs.setdefault(method, text)
@@ -510,7 +518,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.merge:
-        results = merge(args.merge, args.methods if args.methods_given else None)
+        results = merge(args.merge, args.methods)
         write_results(results, Path(args.out))
         return results
     import torch
@@ -523,6 +531,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    methods = args.methods or list(METHODS)
     model_dir, judge = build_default_model(), load_digits_judge(default_judge_path())
     base_pipe = load_pipeline(model_dir)
     base = sample_testbed(base_pipe, images_per_prompt=args.eval_images, seed=args.eval_seed,
@@ -549,7 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for seed in args.seeds:
                 data_dir = draw_concept_data(model_dir, concept, Path(tmp) / f"data-{concept.replace(':', '-')}-{seed}",
                                              args.num_images, seed, args.num_inference_steps, args.guidance_scale)
-                for method in args.methods:
+                for method in methods:
                     rows.append(run_one(method, concept, seed, data_dir, Path(tmp), model_dir, base, judge, args,
                                         base_spread))
                     logger.info("%s", {k: v for k, v in rows[-1].items() if not isinstance(v, dict)})
@@ -567,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         protocol["relearn_learning_rate"] = AttackConfig.relearn_learning_rate
     results = {"protocol": protocol, "base": base_rows, "runs": rows, "summary": summarise(rows, base_rows),
-               "configs": {m: erase_setting(m, args.erase_args)[0].read_text() for m in args.methods}}
+               "configs": {m: erase_setting(m, args.erase_args)[0].read_text() for m in methods}}
     write_results(results, Path(args.out))
     partial.unlink(missing_ok=True)
     return results

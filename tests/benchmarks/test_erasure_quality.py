@@ -210,54 +210,52 @@ def test_merge_refuses_different_protocols(tmp_path):
         quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
 
 
-def test_merge_joins_seeds_and_refuses_a_run_twice(tmp_path):
-    measured = json.loads((Path(quality.__file__).parent / "results" / "erasure-quality-quick.json").read_text())
-    base = [r for r in measured["base"] if r["concept"] == "digits:two"]
-    run = next(r for r in measured["runs"] if r["method"] == "esd" and r["concept"] == "digits:two")
+MEASURED = json.loads((Path(quality.__file__).parent / "results" / "erasure-quality-quick.json").read_text())
+ESD_TWO = next(r for r in MEASURED["runs"] if r["method"] == "esd" and r["concept"] == "digits:two")
 
-    def write(name, seeds, runs):
-        (tmp_path / f"{name}.json").write_text(json.dumps({
-            "protocol": {"num_inference_steps": 20, "seeds": seeds}, "base": base, "runs": runs,
-            "configs": {"esd": "learning_rate: 3.0e-4\n"}}))
-    write("a", [0], [{**run, "seed": 0}])
-    write("b", [1, 2], [{**run, "seed": 1}, {**run, "seed": 2}])
-    merged = quality.merge([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+
+def write_results(path: Path, seeds: list[int], runs: list[dict], configs: dict) -> str:
+    """A results file of the benchmark's shape (base 'two' as measured) holding ``runs``; returns its path."""
+    path.write_text(json.dumps({
+        "protocol": {"num_inference_steps": 20, "seeds": seeds}, "runs": runs, "configs": configs,
+        "base": [r for r in MEASURED["base"] if r["concept"] == "digits:two"]}))
+    return str(path)
+
+
+def test_merge_joins_seeds_and_refuses_a_run_twice(tmp_path):
+    esd = {"esd": "learning_rate: 3.0e-4\n"}
+    a = write_results(tmp_path / "a.json", [0], [{**ESD_TWO, "seed": 0}], esd)
+    b = write_results(tmp_path / "b.json", [1, 2], [{**ESD_TWO, "seed": 1}, {**ESD_TWO, "seed": 2}], esd)
+    merged = quality.merge([a, b])
     assert merged["protocol"]["seeds"] == [0, 1, 2] and [r["seed"] for r in merged["runs"]] == [0, 1, 2]
-    write("c", [1], [{**run, "seed": 1}])
+    c = write_results(tmp_path / "c.json", [1], [{**ESD_TWO, "seed": 1}], esd)
     with pytest.raises(ValueError, match=r"the run \('esd', 'digits:two', 1\) is in both"):
-        quality.merge([str(tmp_path / "b.json"), str(tmp_path / "c.json")])
+        quality.merge([b, c])
 
 
 def test_merge_refuses_one_method_with_two_settings_unless_the_older_runs_are_left_out(tmp_path):
-    measured = json.loads((Path(quality.__file__).parent / "results" / "erasure-quality-quick.json").read_text())
-    base = [r for r in measured["base"] if r["concept"] == "digits:two"]
-    run = next(r for r in measured["runs"] if r["method"] == "esd" and r["concept"] == "digits:two")
-
-    def write(name, seed, runs, configs):
-        (tmp_path / f"{name}.json").write_text(json.dumps({
-            "protocol": {"num_inference_steps": 20, "seeds": [seed]}, "base": base, "runs": runs,
-            "configs": configs}))
-    old = {"esd": "# round 4\nlearning_rate: 3.0e-4\n", "grad_ascent": "num_train_epochs: 3\n"}
-    write("old", 1, [{**run, "seed": 1}, {**run, "method": "grad_ascent", "seed": 1}], old)
-    # the same settings under another comment merge; a re-tuned method does not
-    write("new", 0, [{**run, "seed": 0}, {**run, "method": "grad_ascent", "seed": 0}],
-          {"esd": "# round 18 comment\nlearning_rate: 0.0003\n", "grad_ascent": "num_train_epochs: 4\n"})
-    paths = [str(tmp_path / "old.json"), str(tmp_path / "new.json")]
+    def runs(seed):
+        return [{**ESD_TWO, "seed": seed}, {**ESD_TWO, "method": "grad_ascent", "seed": seed}]
+    old = write_results(tmp_path / "old.json", [1], runs(1),
+                        {"esd": "# round 4\nlearning_rate: 3.0e-4\n", "grad_ascent": "num_train_epochs: 3\n"})
+    # the same settings under another comment and spelling ("3e-4" is a YAML string) merge; a re-tuned method does not
+    new = write_results(tmp_path / "new.json", [0], runs(0),
+                        {"esd": "# round 18 comment\nlearning_rate: 3e-4\n", "grad_ascent": "num_train_epochs: 4\n"})
     with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings in .*new.json than in .*old.json"):
-        quality.merge(paths)
+        quality.merge([old, new])
     with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings"):  # kept, so still checked
-        quality.merge(paths, methods=["esd", "grad_ascent"])
+        quality.merge([old, new], methods=["esd", "grad_ascent"])
     with pytest.raises(ValueError, match="merge: grad_ascent ran with other settings"):  # no --methods: every run
-        quality.main(["--merge", *paths, "--out", str(tmp_path / "all")])
+        quality.main(["--merge", old, new, "--out", str(tmp_path / "all")])
     assert not (tmp_path / "all.json").exists()
-    merged = quality.merge(paths, methods=["esd"])
+    merged = quality.merge([old, new], methods=["esd"])
     assert sorted((r["method"], r["seed"]) for r in merged["runs"]) == [("esd", 0), ("esd", 1)]
     assert set(merged["configs"]) == {"esd"} and merged["merged_methods"] == ["esd"]
-    write("bare", 2, [{**run, "seed": 2}], {})  # runs without the settings they ran with
+    bare = write_results(tmp_path / "bare.json", [2], [{**ESD_TWO, "seed": 2}], {})  # no record of its settings
     with pytest.raises(ValueError, match=r"bare.json has runs of esd but does not record its config"):
-        quality.merge([str(tmp_path / "new.json"), str(tmp_path / "bare.json")], methods=["esd"])
+        quality.merge([new, bare], methods=["esd"])
     # through the command line: --methods picks the runs kept
-    out = quality.main(["--merge", *paths, "--methods", "esd", "--out", str(tmp_path / "merged")])
+    out = quality.main(["--merge", old, new, "--methods", "esd", "--out", str(tmp_path / "merged")])
     assert len(out["runs"]) == 2 and json.loads((tmp_path / "merged.json").read_text())["merged_methods"] == ["esd"]
 
 
