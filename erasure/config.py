@@ -55,6 +55,13 @@ class MethodConfig:
     adversarial_steps: int = 5  # signed-gradient steps of the inner attack per repair step
     adversarial_step_size: float = 0.05  # per step, in units of the vocabulary embeddings' RMS coordinate
     adversarial_weight: float = 1.0  # of the prefixed substitute term, beside the plain one (both times lam)
+    # tamper-resistant repair (weight space; TAR, Tamirisa et al. 2024, first order): each step, an inner fine-tune
+    # takes tamper_steps signed-gradient steps of tamper_step_size per weight on the plain loss of the forget batch
+    # (what a relearning attack does), the substitute term is trained once more at those weights (weight
+    # tamper_weight, times lam) and the weights go back (0: off; forget_loss="substitute" only)
+    tamper_steps: int = 0
+    tamper_step_size: float = 1e-3  # per weight and step, like Adam's step at that learning rate
+    tamper_weight: float = 1.0
     alpha: float = 1.0  # retain weight of random-label style losses (paper 004 Eq. 6)
     ascent_lr: float = 1e-2  # eta of the inner maximisation (paper 001 Eq. 4)
     retain_fraction: float = 1.0  # r of paper 001: share of D_r the repair may use
@@ -126,6 +133,13 @@ class MethodConfig:
         if self.adversarial_prefix and self.forget_loss != "substitute":
             raise ValueError(f"adversarial_prefix={self.adversarial_prefix} trains the substitute term under attacked "
                              f"prompts: it needs forget_loss='substitute' (got '{self.forget_loss}')")
+        if self.tamper_steps < 0 or not 0 < self.tamper_step_size < math.inf or not 0 <= self.tamper_weight < math.inf:
+            raise ValueError(f"tamper_steps={self.tamper_steps} must be >= 0 (0: off), tamper_step_size="
+                             f"{self.tamper_step_size} a finite number > 0 and tamper_weight={self.tamper_weight} "
+                             "a finite number >= 0")
+        if self.tamper_steps and self.forget_loss != "substitute":
+            raise ValueError(f"tamper_steps={self.tamper_steps} trains the substitute term at relearned weights: it needs "
+                             f"forget_loss='substitute' (got '{self.forget_loss}')")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"forget_loss='{self.forget_loss}' is unknown; choose one of {list(FORGET_LOSSES)}")
         check_init(self.init, self.bias_init)

@@ -521,6 +521,10 @@ def check_sharded_job(method, gradient_accumulation_steps: int, trainable: str) 
         raise ValueError(f"adversarial_prefix={method.config.adversarial_prefix} with FSDP2: the inner attack's "
                          "forwards run on the UNet outside the sharded training step, which this job does not support; "
                          "use data parallelism (accelerate launch --multi_gpu) or adversarial_prefix 0")
+    if method.config.tamper_steps:
+        raise ValueError(f"tamper_steps={method.config.tamper_steps} with FSDP2: the inner fine-tune steps the "
+                         "unsharded weights outside the sharded training step, which this job does not support; use "
+                         "data parallelism (accelerate launch --multi_gpu) or tamper_steps 0")
     if trainable == "lora":
         raise ValueError("trainable='lora' with FSDP2: the export rebuilds an unsharded UNet without the adapters; "
                          "train 'full' (or 'xattn' / 'noxattn') and extract an adapter with --export lora")

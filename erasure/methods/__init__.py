@@ -53,6 +53,9 @@ def validate_method(config: MethodConfig) -> type[UnlearningMethod]:
         raise ValueError(f"adversarial_prefix={config.adversarial_prefix} does not apply to method '{cls.name}'; "
                          f"adversarial repair works with: "
                          f"{', '.join(sorted(n for n, c in METHODS.items() if c.supports_adversarial))}")
+    if config.tamper_steps and not cls.supports_adversarial:
+        raise ValueError(f"tamper_steps={config.tamper_steps} does not apply to method '{cls.name}'; tamper-resistant "
+                         f"repair works with: {', '.join(sorted(n for n, c in METHODS.items() if c.supports_adversarial))}")
     return cls
 
 

@@ -40,7 +40,8 @@ class UnlearningMethod:
     # trimming re-initialises weights of the model itself: no adapter-only training can hold it
     reinitializes_weights: ClassVar[bool] = False
     supports_loreun: ClassVar[bool] = True
-    # trains its substitute term under adversarial prompt prefixes too (config.adversarial_prefix)
+    # trains its substitute term under adversaries too: prompt prefixes (config.adversarial_prefix) and
+    # relearned weights (config.tamper_steps)
     supports_adversarial: ClassVar[bool] = False
     # run prepare() again when resuming (it must not change the model then)
     prepare_on_resume: ClassVar[bool] = False
@@ -57,6 +58,9 @@ class UnlearningMethod:
         if config.adversarial_prefix and not self.supports_adversarial:
             raise ValueError(f"adversarial_prefix={config.adversarial_prefix} does not apply to method '{self.name}' "
                              "(it has no substitute term to train under attacked prompts)")
+        if config.tamper_steps and not self.supports_adversarial:
+            raise ValueError(f"tamper_steps={config.tamper_steps} does not apply to method '{self.name}' "
+                             "(it has no substitute term to train at relearned weights)")
         self.config = config
         self.objective = objective
         self.forget_reference: dict[str, float] | None = None

@@ -29,6 +29,13 @@ Those runs trained the whole UNet; the testbed config now repairs cross-attentio
 each forget prompt behind a ``k``-token prefix that an inner attack has just moved to bring the
 concept back (the objective's ``adversarial_relabeled_loss``; `pipelines.prompt_prefix`): the
 erasure is trained against the prefix attacks that `eval.attack` runs (UnlearnDiffAtk).
+
+``tamper_steps=K`` does the same in weight space (TAR, Tamirisa et al. 2024, to first order): each step
+an inner fine-tune takes K signed-gradient steps of ``tamper_step_size`` per trainable weight on the plain
+loss of the forget batch (the relearning attack of `eval.attack`: Adam moves every weight by about its
+learning rate a step), the substitute term is back-propagated once more at those relearned weights (its
+gradient applied at the current ones), and the weights are put back: the erasure is trained to hold a
+few relearning steps away as well as where it stands.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from erasure.methods.base import UnlearningMethod, trainable
+from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.objective import finite_or_raise
 from erasure.projection import combine_projected_
 from erasure.trim import trim
@@ -136,11 +143,35 @@ class Scissorhands(UnlearningMethod):
             descent = loss_retain if self.projects else loss_retain - self.config.lam * loss_forget
         backward(finite_or_raise(descent, "repair loss"))  # g_r (plus the substitute term)
         logs = {"loss_forget": loss_forget.item(), "loss_retain": loss_retain.item()}
+        if self.config.tamper_steps:
+            logs["loss_tampered"] = self._backward_tampered(model, forget_batch, params, backward)
         if substitute is not None:
             logs["loss_substitute"] = substitute.item()
         if self.adversarial_loss is not None:
             logs["loss_adversarial"] = self.adversarial_loss
         return logs
+
+    def _backward_tampered(self, model, forget_batch, params: list[Tensor], backward) -> float:
+        """Relearn ``params`` in place for ``tamper_steps`` signed-gradient steps on the plain forget loss,
+        back-propagate lam * tamper_weight * the substitute term there (into ``.grad``, with g_r), restore
+        the weights. Returns the term's value at the relearned weights."""
+        inner = unwrap(model)  # the inner steps need no DDP bookkeeping: their gradients never reach .grad
+        saved = [p.detach().clone() for p in params]
+        for _ in range(self.config.tamper_steps):
+            losses = self.objective.loss(inner, forget_batch)
+            grads = torch.autograd.grad(finite_or_raise(losses.mean(), "tamper loss"), params, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    if g is not None:  # sign: as Adam's first steps, and blind to a loss scaler
+                        p.sub_(g.sign(), alpha=self.config.tamper_step_size)
+        relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
+        term = self.config.lam * self.config.tamper_weight * self.reduce_forget(
+            relabeled, forget_batch, weighting_losses=losses.detach())
+        backward(finite_or_raise(term, "tampered substitute loss"))
+        with torch.no_grad():
+            for p, original in zip(params, saved):
+                p.copy_(original)
+        return term.item()
 
     def state_dict(self):
         state = super().state_dict()

@@ -236,6 +236,50 @@ def test_scissorhands_without_projection_steps_along_g_o(forget_loss):
     assert any(not torch.allclose(a, b) for a, b in zip(steps["forget"], steps["none"]))
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_tampered_substitute_term_is_the_gradient_at_the_relearned_weights_and_puts_them_back(steps):
+    """tamper_steps=K: K signed-gradient steps on the plain forget loss (a relearning attack), the
+    substitute term's gradient taken there and added to g_o, the weights restored bit for bit."""
+    objective, lam, size, weight = Substituting(), 0.1, 0.05, 2.0
+    forget, retain = _batches(1, 2)
+    model = _model()
+    config = MethodConfig(method="scissorhands", lam=lam, forget_loss="substitute", projection="none",
+                          tamper_steps=steps, tamper_step_size=size, tamper_weight=weight)
+    method = build_method(config, objective)
+    method.original = copy.deepcopy(model).requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    relearned = copy.deepcopy(model)
+    for _ in range(steps):
+        grads = _grads(relearned, objective.loss(relearned, forget).mean())
+        with torch.no_grad():
+            for p, g in zip(relearned.parameters(), grads):
+                p.sub_(size * g.sign())
+    expected = [r + s + t for r, s, t in zip(
+        _grads(model, objective.loss(model, retain).mean()),
+        _grads(model, lam * objective.relabeled_loss(model, forget, reference=method.original).mean()),
+        _grads(relearned, lam * weight * objective.relabeled_loss(relearned, forget, reference=method.original).mean()))]
+    logs = method.compute_gradients(model, forget, retain)
+    method.finalize_gradients(model)
+    for got, want in zip((p.grad for p in model.parameters()), expected):
+        torch.testing.assert_close(got, want)
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+    with torch.no_grad():
+        at_relearned = lam * weight * objective.relabeled_loss(relearned, forget, reference=method.original).mean()
+    assert logs["loss_tampered"] == pytest.approx(float(at_relearned))
+    # the relearned weights are another point: the term would not notice a skipped inner step otherwise
+    assert any(not torch.equal(p, b) for p, b in zip(relearned.parameters(), before))
+
+
+def test_tamper_steps_need_the_substitute_term_and_a_method_that_has_one():
+    with pytest.raises(ValueError, match="tamper_steps=1 trains the substitute term"):
+        MethodConfig(method="scissorhands", forget_loss="ascent", tamper_steps=1)
+    with pytest.raises(ValueError, match="tamper_step_size=0.0"):
+        MethodConfig(method="scissorhands", forget_loss="substitute", tamper_steps=1, tamper_step_size=0.0)
+    with pytest.raises(ValueError, match="tamper_steps=1 does not apply to method 'salun'"):
+        build_method(MethodConfig(method="salun", forget_loss="substitute", tamper_steps=1), Substituting())
+
+
 class Prompted(Substituting):
     """Batches ``{"x", "y"}`` where ``y`` is a prompt id scaling the input; id 0 is the empty prompt."""
 

@@ -315,6 +315,9 @@ def test_fsdp2_job_refuses_what_it_cannot_do():
     adversarial = build_method(MethodConfig(forget_loss="substitute", adversarial_prefix=5), None)
     with pytest.raises(ValueError, match="adversarial_prefix=5 with FSDP2"):
         check_sharded_job(adversarial, 1, "full")
+    tampered = build_method(MethodConfig(forget_loss="substitute", tamper_steps=1), None)
+    with pytest.raises(ValueError, match="tamper_steps=1 with FSDP2"):
+        check_sharded_job(tampered, 1, "full")
 
 
 def test_a_resume_that_would_choose_another_substitute_word_is_refused(tiny_pipeline_dir, concept_data, tmp_path,
