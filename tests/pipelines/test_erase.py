@@ -97,8 +97,10 @@ def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept
                                                       "erase_digits_scissorhands.yaml")],
                                     ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"],
                                     ["--forget_loss", "substitute", "--retain_loss", "distill", "--adversarial_prefix",
-                                     "2", "--adversarial_steps", "1"]],
-                         ids=["paper", "testbed", "bf16-accumulate", "adversarial"])
+                                     "2", "--adversarial_steps", "1"],
+                                    ["--forget_loss", "substitute", "--retain_loss", "distill", "--tamper_steps", "2",
+                                     "--gradient_accumulation_steps", "2"]],
+                         ids=["paper", "testbed", "bf16-accumulate", "adversarial", "tamper"])
 def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path, repair):
     out = tmp_path / "ddp"
     launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
@@ -106,6 +108,8 @@ def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_dat
     saved = json.loads((out / "erase_config.json").read_text())
     if "--config" in repair:  # the testbed's scope and guard came from the file
         assert (saved["config"]["trainable"], saved["config"]["projection"]) == ("xattn", "conditional")
+    if "--tamper_steps" in repair:  # the job ran the inner fine-tune on both ranks (the replicas are compared below)
+        assert saved["config"]["tamper_steps"] == 2
     prepare = saved["prepare"]
     for key in ("replicas_after_prepare", "replicas_after_training"):
         assert len(prepare[key]) == 2 and prepare[key][0] == prepare[key][1]
