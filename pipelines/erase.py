@@ -606,8 +606,10 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
         if callback is not None:
             callback(step, logs)
 
-    unlearn(accelerator, unet_ddp, method, optimizer, forget_batches, retain_batches, config.num_train_epochs,
-            start_step, config.max_grad_norm, on_step, noise_hook(objective, config.seed, rank), config.max_train_steps)
+    last = unlearn(accelerator, unet_ddp, method, optimizer, forget_batches, retain_batches, config.num_train_epochs,
+                   start_step, config.max_grad_norm, on_step, noise_hook(objective, config.seed, rank),
+                   config.max_train_steps)
+    summary["last_step_logs"] = {key: float(value) for key, value in last.items()}  # this rank's, as the progress bar
     accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - started
     summary["replicas_after_training"] = check_replicas(unet_ddp, accelerator, "after training")

@@ -46,6 +46,7 @@ from torch import Tensor
 from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.objective import finite_or_raise
 from erasure.projection import combine_projected_
+from erasure.scaling import at_finite_scale, loss_scale
 from erasure.trim import trim
 
 
@@ -144,33 +145,40 @@ class Scissorhands(UnlearningMethod):
         backward(finite_or_raise(descent, "repair loss"))  # g_r (plus the substitute term)
         logs = {"loss_forget": loss_forget.item(), "loss_retain": loss_retain.item()}
         if self.config.tamper_steps:
-            logs["loss_tampered"] = self._backward_tampered(model, forget_batch, params, backward)
+            logs["loss_tampered"] = self._backward_tampered(model, forget_batch, params, backward, losses)
         if substitute is not None:
             logs["loss_substitute"] = substitute.item()
         if self.adversarial_loss is not None:
             logs["loss_adversarial"] = self.adversarial_loss
         return logs
 
-    def _backward_tampered(self, model, forget_batch, params: list[Tensor], backward) -> float:
+    def _backward_tampered(self, model, forget_batch, params: list[Tensor], backward, forget_losses: Tensor) -> float:
         """Relearn ``params`` in place for ``tamper_steps`` signed-gradient steps on the plain forget loss,
-        back-propagate lam * tamper_weight * the substitute term there (into ``.grad``, with g_r), restore
-        the weights. Returns the term's value at the relearned weights."""
+        back-propagate lam * tamper_weight * the substitute term there (into ``.grad``, with g_r; LoReUn
+        weights from ``forget_losses``, L_f's per-sample losses where the weights stand, as the plain term's),
+        restore the weights. Returns the term's value at the relearned weights."""
         inner = unwrap(model)  # the inner steps need no DDP bookkeeping: their gradients never reach .grad
+
+        def attempt(scale: float) -> list[Tensor | None]:
+            # at the job's fp16 loss scale: an unscaled fp16 backward would flush small gradients to zero
+            loss = finite_or_raise(self.objective.loss(inner, forget_batch).mean(), "tamper loss")
+            return list(torch.autograd.grad(loss * scale if scale != 1.0 else loss, params, allow_unused=True))
+
         saved = [p.detach().clone() for p in params]
-        for _ in range(self.config.tamper_steps):
-            losses = self.objective.loss(inner, forget_batch)
-            grads = torch.autograd.grad(finite_or_raise(losses.mean(), "tamper loss"), params, allow_unused=True)
+        try:
+            for _ in range(self.config.tamper_steps):
+                grads, _ = at_finite_scale(attempt, self.loss_scaler, loss_scale(self.loss_scaler), what="tamper step")
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        if g is not None:  # sign: every weight moves by the step size, as in Adam's first steps
+                            p.sub_(g.sign(), alpha=self.config.tamper_step_size)
+            relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
+            term = self.config.lam * self.config.tamper_weight * self.reduce_forget(
+                relabeled, forget_batch, weighting_losses=forget_losses.detach())
+            backward(finite_or_raise(term, "tampered substitute loss"))
+        finally:
             with torch.no_grad():
-                for p, g in zip(params, grads):
-                    if g is not None:  # sign: as Adam's first steps, and blind to a loss scaler
-                        p.sub_(g.sign(), alpha=self.config.tamper_step_size)
-        relabeled = self.objective.relabeled_loss(model, forget_batch, reference=self.original)
-        term = self.config.lam * self.config.tamper_weight * self.reduce_forget(
-            relabeled, forget_batch, weighting_losses=losses.detach())
-        backward(finite_or_raise(term, "tampered substitute loss"))
-        with torch.no_grad():
-            for p, original in zip(params, saved):
-                p.copy_(original)
+                torch._foreach_copy_(params, saved)
         return term.item()
 
     def state_dict(self):

@@ -22,6 +22,7 @@ from erasure.sharding import is_sharded
 
 class ScissorhandsMinMax(Scissorhands):
     name = "scissorhands_minmax"
+    supports_adversarial = False  # its repair has no substitute term to train under attacks
 
     def ascend(self, model, forget_batch) -> tuple[list[Tensor], float]:
         """Move to theta_hat in place; returns a copy of theta (restored exactly later,

@@ -278,6 +278,10 @@ def test_tamper_steps_need_the_substitute_term_and_a_method_that_has_one():
         MethodConfig(method="scissorhands", forget_loss="substitute", tamper_steps=1, tamper_step_size=0.0)
     with pytest.raises(ValueError, match="tamper_steps=1 does not apply to method 'salun'"):
         build_method(MethodConfig(method="salun", forget_loss="substitute", tamper_steps=1), Substituting())
+    # min-max Scissorhands inherits the class but its repair has no substitute term: refused, not ignored
+    for option in ({"tamper_steps": 1}, {"adversarial_prefix": 2}):
+        with pytest.raises(ValueError, match="does not apply to method 'scissorhands_minmax'"):
+            build_method(MethodConfig(method="scissorhands_minmax", forget_loss="substitute", **option), Substituting())
 
 
 class Prompted(Substituting):

@@ -108,8 +108,8 @@ def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_dat
     saved = json.loads((out / "erase_config.json").read_text())
     if "--config" in repair:  # the testbed's scope and guard came from the file
         assert (saved["config"]["trainable"], saved["config"]["projection"]) == ("xattn", "conditional")
-    if "--tamper_steps" in repair:  # the job ran the inner fine-tune on both ranks (the replicas are compared below)
-        assert saved["config"]["tamper_steps"] == 2
+    if "--tamper_steps" in repair:  # the job ran the term on both ranks (the replicas are compared below)
+        assert saved["config"]["tamper_steps"] == 2 and saved["prepare"]["last_step_logs"]["loss_tampered"] > 0
     prepare = saved["prepare"]
     for key in ("replicas_after_prepare", "replicas_after_training"):
         assert len(prepare[key]) == 2 and prepare[key][0] == prepare[key][1]
