@@ -46,16 +46,11 @@ def get_method(name: str) -> type[UnlearningMethod]:
 def validate_method(config: MethodConfig) -> type[UnlearningMethod]:
     """Check the method name and plug-in choice before any work is done."""
     cls = get_method(config.method)
-    if config.loreun and not cls.supports_loreun:
-        raise ValueError(f"loreun=True does not apply to method '{cls.name}'; LoReUn works with: "
-                         f"{', '.join(sorted(n for n, c in METHODS.items() if c.supports_loreun))}")
-    if config.adversarial_prefix and not cls.supports_adversarial:
-        raise ValueError(f"adversarial_prefix={config.adversarial_prefix} does not apply to method '{cls.name}'; "
-                         f"adversarial repair works with: "
-                         f"{', '.join(sorted(n for n, c in METHODS.items() if c.supports_adversarial))}")
-    if config.tamper_steps and not cls.supports_adversarial:
-        raise ValueError(f"tamper_steps={config.tamper_steps} does not apply to method '{cls.name}'; tamper-resistant "
-                         f"repair works with: {', '.join(sorted(n for n, c in METHODS.items() if c.supports_adversarial))}")
+    row = cls.unsupported(config)
+    if row is not None:
+        field, flag, what, _ = row
+        raise ValueError(f"{field}={getattr(config, field)} does not apply to method '{cls.name}'; {what} works with: "
+                         f"{', '.join(sorted(n for n, c in METHODS.items() if getattr(c, flag)))}")
     return cls
 
 

@@ -52,15 +52,24 @@ class UnlearningMethod:
         (the objective's relabelled loss): only then do an erase job's substitute settings matter."""
         return False
 
+    # the plug-in options a method must support: (config field, the class flag, what it adds, why a method lacks it)
+    PLUG_INS: ClassVar[tuple[tuple[str, str, str, str], ...]] = (
+        ("loreun", "supports_loreun", "LoReUn", "it has no per-sample forget/retain losses to reweight"),
+        ("adversarial_prefix", "supports_adversarial", "adversarial repair",
+         "it has no substitute term to train under attacked prompts"),
+        ("tamper_steps", "supports_adversarial", "tamper-resistant repair",
+         "it has no substitute term to train at relearned weights"),
+    )
+
+    @classmethod
+    def unsupported(cls, config: MethodConfig) -> tuple[str, str, str, str] | None:
+        """The first ``PLUG_INS`` row that ``config`` turns on and this method does not support (None: none)."""
+        return next((row for row in cls.PLUG_INS if getattr(config, row[0]) and not getattr(cls, row[1])), None)
+
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
-        if config.loreun and not self.supports_loreun:
-            raise ValueError(f"loreun=True does not apply to method '{self.name}' (it has no per-sample forget/retain losses to reweight)")
-        if config.adversarial_prefix and not self.supports_adversarial:
-            raise ValueError(f"adversarial_prefix={config.adversarial_prefix} does not apply to method '{self.name}' "
-                             "(it has no substitute term to train under attacked prompts)")
-        if config.tamper_steps and not self.supports_adversarial:
-            raise ValueError(f"tamper_steps={config.tamper_steps} does not apply to method '{self.name}' "
-                             "(it has no substitute term to train at relearned weights)")
+        row = self.unsupported(config)
+        if row is not None:
+            raise ValueError(f"{row[0]}={getattr(config, row[0])} does not apply to method '{self.name}' ({row[3]})")
         self.config = config
         self.objective = objective
         self.forget_reference: dict[str, float] | None = None
