@@ -5,6 +5,7 @@ scale S, and the optimiser step unscales. Everything that reads gradients *befor
 know S: the sensitivity and saliency passes (a gradient that overflows at S would otherwise reach
 the top-k as inf), the min-max ascent (its ``autograd.grad`` bypasses the scaler, so small fp16
 gradients would underflow), and l1-sparse's penalty (added to gradients that are still scaled).
+``grad_at_job_scale`` is the one-off ``autograd.grad`` pass (the min-max ascent, the tamper steps).
 These passes never call ``scaler.update``: on an overflow they halve a scale of their own and
 redo the batch, and divide by the scale they used.
 """
@@ -62,3 +63,23 @@ def at_finite_scale(attempt: Callable[[float], list[Tensor | None]], scaler: Any
         scale *= 0.5
     raise FloatingPointError(f"{what}: gradients are not finite even at loss scale {scale:g}; the model or data "
                              "produce inf/NaN gradients (try mixed_precision bf16 or no)")
+
+
+def grad_at_job_scale(loss_fn: Callable[[], Tensor], params: list[Tensor], scaler: Any,
+                      what: str) -> tuple[list[Tensor | None], Tensor]:
+    """``autograd.grad`` of the scalar ``loss_fn()`` in ``params``, taken at the job's fp16 loss scale
+    (an unscaled fp16 backward flushes small gradients to zero), halved and redone while it overflows,
+    and unscaled. ``None`` for a parameter the loss does not use.
+
+    Returns:
+        ``(gradients, loss)``: the loss of the pass whose gradients are returned.
+    """
+    losses = []
+
+    def attempt(scale: float) -> list[Tensor | None]:  # an overflow redoes the forward rather than keeping the graph
+        losses.append(loss_fn())
+        return list(torch.autograd.grad(losses[-1] * scale if scale != 1.0 else losses[-1], params,
+                                        allow_unused=True))
+
+    grads, scale = at_finite_scale(attempt, scaler, loss_scale(scaler), what=what)
+    return [g if g is None or scale == 1.0 else g / scale for g in grads], losses[-1]

@@ -46,11 +46,11 @@ def get_method(name: str) -> type[UnlearningMethod]:
 def validate_method(config: MethodConfig) -> type[UnlearningMethod]:
     """Check the method name and plug-in choice before any work is done."""
     cls = get_method(config.method)
-    row = cls.unsupported(config)
-    if row is not None:
-        field, flag, what, _ = row
-        raise ValueError(f"{field}={getattr(config, field)} does not apply to method '{cls.name}'; {what} works with: "
-                         f"{', '.join(sorted(n for n, c in METHODS.items() if getattr(c, flag)))}")
+    plug_in = cls.unsupported(config)
+    if plug_in is not None:
+        raise ValueError(f"{plug_in.field}={getattr(config, plug_in.field)} does not apply to method '{cls.name}'; "
+                         f"{plug_in.what} works with: "
+                         f"{', '.join(sorted(n for n, c in METHODS.items() if getattr(c, plug_in.flag)))}")
     return cls
 
 

@@ -9,7 +9,7 @@ gradients are synchronised, ``finalize_gradients`` before ``optimizer.step()``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
 from torch import Tensor, nn
 
@@ -29,6 +29,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     """The parameters the optimiser steps (FSDP2: the sharded ones, whatever the moment)."""
     return [p for p in resharded(unwrap(model)).parameters() if p.requires_grad]
+
+
+class PlugIn(NamedTuple):
+    """An option a method must support to be given: its config field, the class flag that says so,
+    what it adds, and why a method without it cannot take it."""
+
+    field: str
+    flag: str
+    what: str
+    why: str
 
 
 class UnlearningMethod:
@@ -52,24 +62,24 @@ class UnlearningMethod:
         (the objective's relabelled loss): only then do an erase job's substitute settings matter."""
         return False
 
-    # the plug-in options a method must support: (config field, the class flag, what it adds, why a method lacks it)
-    PLUG_INS: ClassVar[tuple[tuple[str, str, str, str], ...]] = (
-        ("loreun", "supports_loreun", "LoReUn", "it has no per-sample forget/retain losses to reweight"),
-        ("adversarial_prefix", "supports_adversarial", "adversarial repair",
-         "it has no substitute term to train under attacked prompts"),
-        ("tamper_steps", "supports_adversarial", "tamper-resistant repair",
-         "it has no substitute term to train at relearned weights"),
+    PLUG_INS: ClassVar[tuple[PlugIn, ...]] = (
+        PlugIn("loreun", "supports_loreun", "LoReUn", "it has no per-sample forget/retain losses to reweight"),
+        PlugIn("adversarial_prefix", "supports_adversarial", "adversarial repair",
+               "it has no substitute term to train under attacked prompts"),
+        PlugIn("tamper_steps", "supports_adversarial", "tamper-resistant repair",
+               "it has no substitute term to train at relearned weights"),
     )
 
     @classmethod
-    def unsupported(cls, config: MethodConfig) -> tuple[str, str, str, str] | None:
-        """The first ``PLUG_INS`` row that ``config`` turns on and this method does not support (None: none)."""
-        return next((row for row in cls.PLUG_INS if getattr(config, row[0]) and not getattr(cls, row[1])), None)
+    def unsupported(cls, config: MethodConfig) -> PlugIn | None:
+        """The first ``PLUG_INS`` option that ``config`` turns on and this method does not support (None: none)."""
+        return next((p for p in cls.PLUG_INS if getattr(config, p.field) and not getattr(cls, p.flag)), None)
 
     def __init__(self, config: MethodConfig, objective: Objective) -> None:
-        row = self.unsupported(config)
-        if row is not None:
-            raise ValueError(f"{row[0]}={getattr(config, row[0])} does not apply to method '{self.name}' ({row[3]})")
+        plug_in = self.unsupported(config)
+        if plug_in is not None:
+            raise ValueError(f"{plug_in.field}={getattr(config, plug_in.field)} does not apply to method "
+                             f"'{self.name}' ({plug_in.why})")
         self.config = config
         self.objective = objective
         self.forget_reference: dict[str, float] | None = None

@@ -46,7 +46,7 @@ from torch import Tensor
 from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.objective import finite_or_raise
 from erasure.projection import combine_projected_
-from erasure.scaling import at_finite_scale, loss_scale
+from erasure.scaling import grad_at_job_scale
 from erasure.trim import trim
 
 
@@ -158,16 +158,12 @@ class Scissorhands(UnlearningMethod):
         weights from ``forget_losses``, L_f's per-sample losses where the weights stand, as the plain term's),
         restore the weights. Returns the term's value at the relearned weights."""
         inner = unwrap(model)  # the inner steps need no DDP bookkeeping: their gradients never reach .grad
-
-        def attempt(scale: float) -> list[Tensor | None]:
-            # at the job's fp16 loss scale: an unscaled fp16 backward would flush small gradients to zero
-            loss = finite_or_raise(self.objective.loss(inner, forget_batch).mean(), "tamper loss")
-            return list(torch.autograd.grad(loss * scale if scale != 1.0 else loss, params, allow_unused=True))
-
         saved = [p.detach().clone() for p in params]
         try:
             for _ in range(self.config.tamper_steps):
-                grads, _ = at_finite_scale(attempt, self.loss_scaler, loss_scale(self.loss_scaler), what="tamper step")
+                grads, _ = grad_at_job_scale(
+                    lambda: finite_or_raise(self.objective.loss(inner, forget_batch).mean(), "tamper loss"),
+                    params, self.loss_scaler, "tamper step")
                 with torch.no_grad():
                     for p, g in zip(params, grads):
                         if g is not None:  # sign: every weight moves by the step size, as in Adam's first steps

@@ -16,7 +16,7 @@ from torch import Tensor
 from erasure.methods.base import UnlearningMethod, trainable, unwrap
 from erasure.methods.scissorhands import Scissorhands
 from erasure.objective import finite_or_raise
-from erasure.scaling import at_finite_scale, loss_scale
+from erasure.scaling import grad_at_job_scale
 from erasure.sharding import is_sharded
 
 
@@ -34,19 +34,10 @@ class ScissorhandsMinMax(Scissorhands):
             # everywhere (allow_unused) and the ascent would silently not move
             raise NotImplementedError("scissorhands_minmax does not run on FSDP2-sharded models (its ascent "
                                       "differentiates the parameters outside FSDP's hooks); use DDP or scissorhands")
-        losses = []
-
-        def attempt(scale: float) -> list[Tensor | None]:
-            # at the job's fp16 loss scale (an unscaled fp16 backward would flush small gradients to zero);
-            # an overflow redoes the forward rather than keeping the graph
-            losses.append(finite_or_raise(self.reduce_forget(self.objective.loss(inner, forget_batch), forget_batch),
-                                          "forget loss (ascent step)"))
-            return list(torch.autograd.grad(losses[-1] * scale if scale != 1.0 else losses[-1], params,
-                                            allow_unused=True))
-
-        grads, scale = at_finite_scale(attempt, self.loss_scaler, loss_scale(self.loss_scaler), what="min-max ascent")
-        grads = [g if g is None or scale == 1.0 else g / scale for g in grads]
-        loss_forget = losses[0]
+        grads, loss_forget = grad_at_job_scale(
+            lambda: finite_or_raise(self.reduce_forget(self.objective.loss(inner, forget_batch), forget_batch),
+                                    "forget loss (ascent step)"),
+            params, self.loss_scaler, "min-max ascent")
         theta = [p.detach().clone() for p in params]
         with torch.no_grad():
             moved = [(p, g) for p, g in zip(params, grads) if g is not None]

@@ -112,3 +112,29 @@ def test_minmax_ascent_takes_the_scaled_gradient_and_unscales_it(scale):
     assert all(m.abs().max() == 0 for m in moved["unscaled"])
     for step, want in zip(moved["scaled"], exact):
         torch.testing.assert_close(step, want, rtol=2e-2, atol=1e-11)
+
+
+@pytest.mark.parametrize("scale", [65536.0, 2.0**60])
+def test_tamper_steps_move_the_weights_under_fp16_compute(scale):
+    """The tamper step's signed gradient is taken at the job's loss scale (``grad_at_job_scale``, the
+    ascent's helper): unscaled, fp16 flushes these gradients to zero and no weight would move."""
+    batch = _batches(1)[0]
+    for scaler, moves in ((None, False), (_scaler(scale), True)):
+        model = HalfCompute()
+        method = build_method(MethodConfig(method="scissorhands", forget_loss="substitute", tamper_steps=1,
+                                           tamper_step_size=1e-3), Small())
+        method.loss_scaler = scaler
+        if scaler is not None:
+            scaler.scale(torch.ones(()))
+        params, seen = list(model.parameters()), []
+        relearned = lambda model, batch, reference=None: seen.append(  # noqa: E731 - the weights at the term
+            [p.detach().clone() for p in params]) or model(batch[0]).squeeze(-1) * 0
+        method.objective.relabeled_loss, method.original = relearned, None
+        before = [p.detach().clone() for p in params]
+        method._backward_tampered(model, batch, params, lambda loss: None, torch.zeros(len(batch[0])))
+        steps = [(at - b).abs() for at, b in zip(seen[0], before)]
+        if moves:  # every weight one signed step away
+            assert all(torch.allclose(s, torch.full_like(s, 1e-3), rtol=1e-3) for s in steps)
+        else:
+            assert all(s.max() == 0 for s in steps)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))  # put back
