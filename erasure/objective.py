@@ -36,11 +36,11 @@ class Objective:
         default ``model`` itself), shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no relabeled loss; random-label methods need one")
 
-    def adversarial_relabeled_loss(self, model: nn.Module, batch: Any,
-                                   reference: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    def adversarial_relabeled_loss(self, model: nn.Module, batch: Any, reference: nn.Module | None = None,
+                                   scaler: Any = None) -> tuple[Tensor, Tensor]:
         """``(plain, prefixed)``: the relabeled loss, and the same with each sample's prompt behind an
         adversarial prefix that an inner attack has just moved to bring the concept back (adversarial
-        repair), each of shape ``[B]``."""
+        repair), each of shape ``[B]``. ``scaler``: the job's fp16 GradScaler, for the inner attack's gradients."""
         raise NotImplementedError(f"{type(self).__name__} has no adversarial prompts; adversarial_prefix needs the "
                                   "diffusion objective built with a text encoder")
 

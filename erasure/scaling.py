@@ -5,7 +5,8 @@ scale S, and the optimiser step unscales. Everything that reads gradients *befor
 know S: the sensitivity and saliency passes (a gradient that overflows at S would otherwise reach
 the top-k as inf), the min-max ascent (its ``autograd.grad`` bypasses the scaler, so small fp16
 gradients would underflow), and l1-sparse's penalty (added to gradients that are still scaled).
-``grad_at_job_scale`` is the one-off ``autograd.grad`` pass (the min-max ascent, the tamper steps).
+``grad_at_job_scale`` is the one-off ``autograd.grad`` pass (the min-max ascent, the tamper steps, the
+adversarial prefix steps).
 These passes never call ``scaler.update``: on an overflow they halve a scale of their own and
 redo the batch, and divide by the scale they used.
 """

@@ -206,15 +206,16 @@ class DiffusionObjective(Objective):
             return self._mse(self._predict(unet, noisy, batch["timesteps"], batch["y"]), target)
         return self._mse(self._predict(unet, noisy, batch["timesteps"], substitute), target)
 
-    def adversarial_relabeled_loss(self, unet: nn.Module, batch: dict,
-                                   reference: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    def adversarial_relabeled_loss(self, unet: nn.Module, batch: dict, reference: nn.Module | None = None,
+                                   scaler: Any = None) -> tuple[Tensor, Tensor]:
         """AdvUnlearn's two levels on the substitute term. Inner: the prefixes of the batch's prompts
         move (``self.adversary.attack``) so that ``unet`` under the prefixed prompt predicts what
         ``reference`` (the frozen original) predicts under the plain prompt, at fresh noise and
         steps on the batch's latents. Outer: ``(plain, prefixed)`` per-sample losses pulling
         eps(z_t | c_forget) and eps(z_t | prefix + c_forget) to the one detached
         eps(z_t | c_substitute) of ``reference`` at the batch's noise and steps (``relabeled_loss``'s
-        ``prediction`` target, drawn once for both)."""
+        ``prediction`` target, drawn once for both). ``scaler``: the job's fp16 GradScaler, for the
+        inner attack's gradients."""
         if self.adversary is None:
             raise ValueError("adversarial_relabeled_loss needs the objective's adversary (adversarial_prefix > 0 in the "
                              "erase job, which builds it from the pipeline's text encoder)")
@@ -233,7 +234,7 @@ class DiffusionObjective(Objective):
             dtype = getattr(inner, "dtype", noisy.dtype)
             return self._mse(inner(noisy.to(dtype), t, hidden.to(dtype)).sample, goal).mean()
 
-        self.adversary.attack(ids, attack_loss)
+        self.adversary.attack(ids, attack_loss, scaler)
         noisy, _ = self._noisy_and_target(batch)
         substitute = self.relabel_ids.to(ids.device)[ids]
         with torch.no_grad():

@@ -20,13 +20,14 @@ asks the model to give, under the prefixed prompt too, the substitute prompt's p
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from erasure.replicas import sum_tensor_across_processes
+from erasure.scaling import grad_at_job_scale
 
 
 def with_prefix(input_ids: Tensor, prefix_ids: Tensor, pad_id: int) -> Tensor:
@@ -110,10 +111,11 @@ class AdversarialPrefixes:
         with token_embeddings_replaced(self.text_encoder, embeds):
             return self.text_encoder(joined)[0].float()
 
-    def attack(self, ids: Tensor, loss_of: Callable[[Tensor, torch.Generator], Tensor]) -> float:
+    def attack(self, ids: Tensor, loss_of: Callable[[Tensor, torch.Generator], Tensor], scaler: Any = None) -> float:
         """``steps`` signed-gradient steps on the prefixes of ``ids`` lowering ``loss_of(hidden,
         generator)`` (a scalar; ``generator`` draws the step's noise and timesteps); returns the
-        last loss. Prompts that occur twice in ``ids`` share one prefix."""
+        last loss. Prompts that occur twice in ``ids`` share one prefix. ``scaler``: the job's fp16
+        GradScaler, whose scale the gradient is taken at (``erasure.scaling.grad_at_job_scale``)."""
         unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
         rows = self.prefixes[unique].clone()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
@@ -121,8 +123,8 @@ class AdversarialPrefixes:
         loss = torch.tensor(float("nan"))
         for _ in range(self.steps):
             rows.requires_grad_(True)
-            loss = loss_of(self.hidden(ids, rows[inverse]), generator)
-            (grad,) = torch.autograd.grad(loss, [rows])
+            (grad,), loss = grad_at_job_scale(lambda: loss_of(self.hidden(ids, rows[inverse]), generator), [rows],
+                                              scaler, "adversarial prefix step")
             with torch.no_grad():
                 rows = rows - self.step * grad.sign()
                 norms = rows.norm(dim=-1, keepdim=True)

@@ -124,7 +124,8 @@ class Scissorhands(UnlearningMethod):
                 relabeled = reduce(self.objective.relabeled_loss(model, forget_batch, reference=self.original))
                 return loss_forget, self.config.lam * relabeled, losses
             # AdvUnlearn: the same target under the inner attack's prefixes too
-            plain, attacked = self.objective.adversarial_relabeled_loss(model, forget_batch, reference=self.original)
+            plain, attacked = self.objective.adversarial_relabeled_loss(model, forget_batch, reference=self.original,
+                                                                        scaler=self.loss_scaler)
             attacked = reduce(attacked)
             self.adversarial_loss = attacked.item()
             relabeled = reduce(plain) + self.config.adversarial_weight * attacked

@@ -53,6 +53,23 @@ def test_attack_lowers_its_loss_keeps_the_norm_and_moves_only_the_batchs_prompts
     assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
 
 
+@pytest.mark.parametrize("scale", [65536.0, 2.0**60])  # 2**60 overflows fp16: backed off
+def test_attack_steps_at_the_jobs_fp16_loss_scale(encoder_and_ids, scale):
+    """Under fp16 compute the prefix gradient is taken at the job's loss scale (as the tamper steps' and
+    the min-max ascent's): unscaled, these gradients flush to zero and the signed step never moves."""
+    encoder, ids, pad = encoder_and_ids
+    with torch.no_grad():
+        goal = encoder(ids[[2]])[0].half()
+    loss_of = lambda hidden, _generator: 1e-6 * (hidden.half() - goal).float().pow(2).mean()  # noqa: E731
+    for scaler, moves in ((None, False), (torch.amp.GradScaler("cpu", init_scale=scale), True)):
+        adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
+        if scaler is not None:
+            scaler.scale(torch.ones(()))  # accelerate's backward has run once: the scale exists
+        before = adversary.prefixes.clone()
+        adversary.attack(torch.tensor([0]), loss_of, scaler)
+        assert (not torch.equal(adversary.prefixes[0], before[0])) == moves
+
+
 def test_state_round_trips_and_a_mismatched_table_is_refused(encoder_and_ids):
     encoder, ids, pad = encoder_and_ids
     adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
