@@ -7,7 +7,9 @@ rows to any vocabulary token and to the grammar's digit and colour words.
     DUMP_PREFIX=/tmp/p.pt python benchmarks/results/round21-prefix-diagnostic.py dump --quick --tune --seeds 100 \
         --methods scissorhands --concepts digits:seven --groups word --spread_images 0 --num_threads 1 \
         --out /tmp/seven --erase_args --config configs/erase_digits_scissorhands_adversarial_tamper.yaml --tamper_steps 0
-    python benchmarks/results/round21-prefix-diagnostic.py near /tmp/p.pt
+    python benchmarks/results/round21-prefix-diagnostic.py near /tmp/p.pt [MODEL_DIR]
+
+``near`` reads the tokenizer of MODEL_DIR (default: the embedded default's cache, ``default_model_path()``).
 """
 
 import os
@@ -38,11 +40,13 @@ def dump(argv: list[str]) -> None:
     runpy.run_module("benchmarks.erasure_quality", run_name="__main__")
 
 
-def near(path: str, tokenizer_dir: str) -> None:
+def near(path: str, model_dir: str | None) -> None:
     from transformers import CLIPTokenizer
 
+    from pipelines.default_model import default_model_path
+
     saved = torch.load(path, weights_only=True)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir or default_model_path(), subfolder="tokenizer")
     prefixes, matrix = saved["prefixes"].float(), saved["matrix"].float()
     print("calls", saved["calls"], "prefixes", tuple(prefixes.shape), "vocab", tuple(matrix.shape))
     unit = matrix / matrix.norm(dim=-1, keepdim=True)
@@ -61,4 +65,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "dump":
         dump(sys.argv[2:])
     else:
-        near(sys.argv[2], os.path.expanduser("~/.cache/scissorhands/default-v5-seed0/tokenizer"))
+        near(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
