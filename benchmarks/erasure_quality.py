@@ -225,6 +225,9 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
     config, flags = erase_setting(method, args.erase_args)
     row["config"] = " ".join([config.name, *flags])  # which of a method's configurations ran
     row["substitute_chosen"] = chosen_substitute(erased)
+    weights = json.loads((erased / "erase_config.json").read_text())["prepare"].get("retain_group_weights")
+    if weights is not None:  # --retain_dro: where the groups' weights ended
+        row["retain_group_weights"] = weights
     if args.attacks:
         robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
                                attack_seed(args, seed))

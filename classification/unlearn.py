@@ -105,6 +105,8 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
     objective = ClassificationObjective(splits.num_classes, seed=job.seed)
     validate_method(method_config)
     method = build_method(method_config, objective)
+    if method_config.retain_dro:  # retain_dro's groups: the classes
+        method.hold_retain_groups(splits.train_y)
 
     accelerator = make_accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
                                    mixed_precision=job.mixed_precision, log_with=job.report_to,
@@ -147,6 +149,8 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
         check_finite(model)
         results = evaluate(job, method_config, splits, forget_idx, retain_idx, model, seconds, summary)
         results["replicas_after_training"] = replicas
+        if method.group_weight_table() is not None:
+            results["retain_group_weights"] = method.group_weight_table()
         staging = staging_folder(output.path)  # the model and its results are replaced together
         save_model_atomic(model, staging / "model.safetensors")
         write_results(staging, jobconfig.to_dict(job, method_config), results)

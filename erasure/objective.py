@@ -53,6 +53,14 @@ class Objective:
         (``retain_loss="distill"``), shape ``[B]``."""
         raise NotImplementedError(f"{type(self).__name__} has no distilled loss; use retain_loss='data'")
 
+    def distilled_parts(self, model: nn.Module, frozen: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(distilled_loss, own)``: the retain term and, per sample, the part that measures the sample itself
+        (its own input against the original's output), which group DRO reads: terms a sample carries for other
+        inputs (the diffusion objective's anchor and neutral prompts) would make its group look damaged. Here
+        the two are the same."""
+        losses = self.distilled_loss(model, frozen, batch)
+        return losses, losses
+
     @torch.no_grad()
     def fit_reference(self, model: nn.Module, batches: Iterable[Any], num_batches: int | None = None) -> dict[str, float]:
         """LoReUn Step 1: parameters of the original model's reference loss.

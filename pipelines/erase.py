@@ -98,6 +98,9 @@ class EraseConfig:
     # still chosen on the gaps to those closest retain prompts (choose_replacement)
     substitute_rewrite: bool = False
     relabel_target: str = "prediction"  # "noise" never puts the forget prompt in the loss
+    # the groups of --retain_dro: "prompt" (each retain prompt its own group) or a key of the retain rows' "extra"
+    # metadata (the testbed's "label": the kept digit whatever the colour or wording; "color")
+    retain_group_by: str = "prompt"
     negative_guidance: float = 1.0  # ESD eta: how far below the unconditional the concept is pushed
     # UNet weights that train: full, xattn (cross-attention only), noxattn, or lora (a PEFT LoRA of
     # rank lora_rank on the attention projections; needs --export lora)
@@ -446,6 +449,27 @@ def main(argv: list[str] | None = None) -> dict:
         return erase(config, method_config, output)
 
 
+def retain_groups(retain: ConceptImageSet, by: str) -> tuple[torch.Tensor, list[str]]:
+    """The group id of every retain image and the groups' names (sorted), by ``EraseConfig.retain_group_by``.
+
+    Raises:
+        ValueError: naming the option, the first image whose metadata lacks the key, and the keys it has.
+    """
+    if by == "prompt":
+        values = list(retain.prompts)
+    else:
+        values = []
+        for file, row in zip(retain.files, retain.metadata):
+            extra = row.get("extra") or {}
+            if by not in extra:
+                raise ValueError(f"retain_group_by={by!r}: the retain image {file} has no {by!r} in its metadata's "
+                                 f"\"extra\" (it has {sorted(extra) or 'none'}); use 'prompt' or one of those keys")
+            values.append(str(extra[by]))
+    names = sorted(set(values))
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[v] for v in values]), names
+
+
 def warn_unused_substitute(config: EraseConfig, method_config: MethodConfig) -> bool:
     """Warn (and return True) when the job names a substitute that its method never trains toward."""
     named = {k: getattr(config, k) for k in ("substitute_prompt", "substitute_word") if getattr(config, k) is not None}
@@ -568,6 +592,11 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     method = build_method(method_config, objective)
+    if method_config.retain_dro:
+        method.hold_retain_groups(*retain_groups(retain, config.retain_group_by))
+    elif config.retain_group_by != "prompt":
+        logger.warning("retain_group_by=%r names the groups of --retain_dro, which is off (0): it has no effect",
+                       config.retain_group_by)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     batches = lambda s, labels, seed, idx=None: TensorBatches(
         s.latents, labels, torch.arange(len(labels)) if idx is None else idx, config.train_batch_size, True, seed,
@@ -610,6 +639,8 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
                    start_step, config.max_grad_norm, on_step, noise_hook(objective, config.seed, rank),
                    config.max_train_steps)
     summary["last_step_logs"] = {key: float(value) for key, value in last.items()}  # this rank's, as the progress bar
+    if method.group_weight_table() is not None:  # the same on every rank
+        summary["retain_group_weights"] = method.group_weight_table()
     accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - started
     summary["replicas_after_training"] = check_replicas(unet_ddp, accelerator, "after training")

@@ -256,6 +256,10 @@ class DiffusionObjective(Objective):
         return self._mse(self._predict(unet, noisy, t, batch["y"]), target)
 
     def distilled_loss(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> Tensor:
+        """The retain term of ``retain_loss="distill"``: the first of ``distilled_parts``."""
+        return self.distilled_parts(unet, frozen, batch)[0]
+
+    def distilled_parts(self, unet: nn.Module, frozen: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
         """MSE between ``unet``'s prediction and the frozen original's at the same noisy latent,
         step and prompt: the retain term of ``retain_loss="distill"``.
 
@@ -269,13 +273,18 @@ class DiffusionObjective(Objective):
         neutral prompt learns the original's retained distribution (over the retain images, the
         original's score of their mixture), not the erased concept's share of it. Samples whose prompt
         is a forget prompt's substitute (``anchor_ids``) add ``anchor_weight`` times the MSE between
-        ``unet``'s prediction under that forget prompt and the same target."""
+        ``unet``'s prediction under that forget prompt and the same target.
+
+        Returns ``(the sum, the first MSE alone)``: the sample's own prompt against the original's, what group
+        DRO reads (a substitute's retain images carry the anchor term too, and their group would always look
+        the most damaged)."""
         batch = self._with_noise(batch)
         noisy, _ = self._noisy_and_target(batch)
         t, ids = batch["timesteps"], batch["y"]
         with torch.no_grad():
             target = self._predict(frozen, noisy, t, ids)
-        losses = self._mse(self._predict(unet, noisy, t, ids), target)
+        own = self._mse(self._predict(unet, noisy, t, ids), target)
+        losses = own
         if self.uncond_weight:
             empty = torch.full_like(ids, self.uncond_id)
             with torch.no_grad():
@@ -284,7 +293,7 @@ class DiffusionObjective(Objective):
         for listed, weight in ((self.neutral_ids, self.neutral_weight), (self.anchor_ids, self.anchor_weight)):
             if listed is not None and weight:
                 losses = losses + weight * self._held_to(unet, noisy, t, ids, listed, target)
-        return losses
+        return losses, own
 
     def _held_to(self, unet: nn.Module, noisy: Tensor, t: Tensor, ids: Tensor, listed: Tensor,
                  target: Tensor) -> Tensor:

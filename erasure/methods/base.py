@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from erasure.config import MethodConfig
+from erasure.group_dro import GroupWeights
 from erasure.loreun import loreun_weights, weighted_sum
 from erasure.objective import Objective, finite_or_raise
 from erasure.sharding import has_shards, resharded
@@ -68,6 +70,7 @@ class UnlearningMethod:
                "it has no substitute term to train under attacked prompts"),
         PlugIn("tamper_steps", "supports_adversarial", "tamper-resistant repair",
                "it has no substitute term to train at relearned weights"),
+        PlugIn("retain_dro", "uses_retain", "group DRO on the retain term", "it has no retain term to reweight"),
     )
 
     @classmethod
@@ -93,6 +96,31 @@ class UnlearningMethod:
         # dtype of the frozen copies that only run forward (ESD's, retain_loss="distill"'s original);
         # None keeps the model's. The diffusion job sets its compute dtype (bf16: half the memory)
         self.frozen_dtype: Any = None
+        # retain_dro: the group of every retain sample (by its batch "index") and the groups' weights q
+        self.retain_groups: Tensor | None = None
+        self.retain_group_names: list[str] | None = None
+        self.group_weights: GroupWeights | None = None
+
+    def hold_retain_groups(self, groups: Tensor, names: list[str] | None = None) -> None:
+        """Name the group of each retain sample, ``groups[index]`` for the batches' ``"index"`` (ids 0 .. G-1,
+        every one used; ``names[g]`` for the summary): ``retain_dro`` weights the retain term by group. The job
+        calls it after building the method, before training; without ``retain_dro`` it only records them."""
+        groups = torch.as_tensor(groups).long().cpu()
+        if groups.ndim != 1 or not len(groups) or int(groups.min()) < 0:
+            raise ValueError(f"retain groups must be a non-empty 1-D tensor of ids >= 0, got shape {tuple(groups.shape)}")
+        num_groups = int(groups.max()) + 1
+        if names is not None and len(names) != num_groups:
+            raise ValueError(f"{len(names)} group names for {num_groups} groups")
+        self.retain_groups, self.retain_group_names = groups, names
+        if self.config.retain_dro:
+            self.group_weights = GroupWeights(num_groups, self.config.retain_dro)
+
+    def group_weight_table(self) -> dict[str, float] | None:
+        """The retain groups' DRO weights q by name (by id without names); None without ``retain_dro``."""
+        if self.group_weights is None:
+            return None
+        names = self.retain_group_names or [str(g) for g in range(len(self.group_weights.log_weights))]
+        return {name: round(float(q), 6) for name, q in zip(names, self.group_weights.weights)}
 
     def snapshot(self, model: nn.Module) -> None:
         """Keep what the method needs of the *original* model; the job calls it on a fresh start
@@ -137,7 +165,10 @@ class UnlearningMethod:
     def finalize_gradients(self, model: nn.Module) -> dict[str, float]:
         """Edit the synchronised gradients before the optimiser step. Returns logs."""
         self.step_index += 1
-        return {}
+        if self.group_weights is None:
+            return {}
+        q = self.group_weights.weights  # the heaviest group's weight against a uniform q's
+        return {"retain_dro_max": float(q.max() * len(q))}
 
     # -- LoReUn-aware reductions ---------------------------------------------------------
     def reduce_forget(self, losses: Tensor, batch: Any, weighting_losses: Tensor | None = None) -> Tensor:
@@ -157,11 +188,23 @@ class UnlearningMethod:
         cap = self.config.forget_loss_cap
         return losses if cap is None else losses.clamp(max=cap)
 
-    def reduce_retain(self, losses: Tensor, batch: Any) -> Tensor:
-        """Mean of per-sample retain losses, or their LoReUn-weighted sum (Eq. 5, 6)."""
-        if not self.config.loreun:
+    def reduce_retain(self, losses: Tensor, batch: Any, signal: Tensor | None = None) -> Tensor:
+        """Mean of per-sample retain losses, or their LoReUn-weighted sum (Eq. 5, 6); with ``retain_dro``
+        each sample's weight is also multiplied by its group's q (one DRO step first, on ``signal``: the
+        per-sample losses the groups are judged by, ``losses`` when None) and renormalised."""
+        if not self.config.loreun and not self.config.retain_dro:
             return losses.mean()
-        weights = loreun_weights(losses, self.objective.reference_loss(self.retain_reference, batch), self.config.eta_retain, False, self.objective.measure)
+        weights = (loreun_weights(losses, self.objective.reference_loss(self.retain_reference, batch),
+                                  self.config.eta_retain, False, self.objective.measure)
+                   if self.config.loreun else torch.full_like(losses, 1.0 / len(losses)))
+        if self.config.retain_dro:
+            if self.group_weights is None:
+                raise RuntimeError(f"retain_dro={self.config.retain_dro} needs the retain samples' groups: the job calls "
+                                   "method.hold_retain_groups(groups) before training")
+            groups = self.retain_groups[batch["index"].cpu()]
+            self.group_weights.update(losses if signal is None else signal, groups)
+            weights = weights * self.group_weights.sample_weights(groups, weights)
+            weights = weights / weights.sum()
         return weighted_sum(losses, weights)
 
     def retain_loss(self, model: nn.Module, batch: Any) -> Tensor:
@@ -170,6 +213,9 @@ class UnlearningMethod:
         if self.config.retain_loss == "distill":
             if self.original is None:
                 raise RuntimeError("retain_loss='distill' needs snapshot(model) on the original model before training")
+            if self.config.retain_dro:  # the groups' weights read the samples' own distance (distilled_parts)
+                losses, own = self.objective.distilled_parts(model, self.original, batch)
+                return finite_or_raise(self.reduce_retain(losses, batch, signal=own), "retain loss")
             losses = self.objective.distilled_loss(model, self.original, batch)
         else:
             losses = self.objective.loss(model, batch)
@@ -177,11 +223,16 @@ class UnlearningMethod:
 
     # -- checkpointing (accelerator.register_for_checkpointing) --------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"step_index": self.step_index, "total_steps": self.total_steps,
-                "forget_reference": self.forget_reference, "retain_reference": self.retain_reference}
+        state = {"step_index": self.step_index, "total_steps": self.total_steps,
+                 "forget_reference": self.forget_reference, "retain_reference": self.retain_reference}
+        if self.group_weights is not None:
+            state["retain_group_log_weights"] = self.group_weights.state_dict()["log_weights"]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_index = state["step_index"]
         self.total_steps = state["total_steps"]
         self.forget_reference = state["forget_reference"]
         self.retain_reference = state["retain_reference"]
+        if self.group_weights is not None and "retain_group_log_weights" in state:
+            self.group_weights.load_state_dict({"log_weights": state["retain_group_log_weights"]})

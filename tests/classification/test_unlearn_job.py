@@ -131,3 +131,12 @@ def test_truncated_state_file_is_refused_naming_checkpoint_and_file(full_run, ca
         in_process(["--output_dir", str(resumed), "--resume_from_checkpoint", "latest"], cache, monkeypatch)
     assert "checkpoint-5" in str(err.value) and name in str(err.value) and "\n" not in str(err.value)
     assert not (resumed / "model.safetensors").exists()
+
+
+def test_retain_dro_weights_the_classes_and_reports_them(cache, tmp_path, monkeypatch):
+    results = in_process(["--output_dir", str(tmp_path / "dro"), "--method", "finetune", "--retain_dro", "0.5"],
+                         cache, monkeypatch)
+    weights = results["retain_group_weights"]
+    assert sorted(weights, key=int) == [str(c) for c in range(10)]
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-4) and len(set(weights.values())) > 1
+    assert json.loads((tmp_path / "dro" / "results.json").read_text())["retain_group_weights"] == weights

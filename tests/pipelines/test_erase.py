@@ -342,3 +342,28 @@ def test_a_resume_that_would_choose_another_substitute_word_is_refused(tiny_pipe
     shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
     with pytest.raises(ValueError, match=f"chose substitute word '{chosen['word']}' and this resume chose '{other}'"):
         run(tiny_pipeline_dir, concept_data, resumed, *substitute, "--resume_from_checkpoint", "latest")
+
+
+def test_group_dro_weights_the_kept_digits_and_checkpoints_them(tiny_pipeline_dir, concept_data, tmp_path):
+    """--retain_dro with the testbed's digit labels as groups: the summary and erase_config.json name every kept
+    digit's weight (a distribution), and the weights are part of the checkpoint (resumed with the method)."""
+    out = tmp_path / "dro"
+    summary = run(tiny_pipeline_dir, concept_data, out, "--retain_loss", "distill", "--retain_dro", "0.5",
+                  "--retain_group_by", "label", "--max_train_steps", "2", "--checkpointing_steps", "2")
+    retain_rows = [json.loads(line) for line in (concept_data / "retain" / "metadata.jsonl").read_text().splitlines()]
+    kept = sorted({str(row["extra"]["label"]) for row in retain_rows})
+    weights = summary["retain_group_weights"]
+    assert sorted(weights) == kept and "7" not in weights
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-4)
+    assert len(set(weights.values())) > 1  # two steps moved q off uniform
+    record = json.loads((out / "erase_config.json").read_text())
+    assert record["prepare"]["retain_group_weights"] == weights
+    state = load_file(out / "checkpoint-2" / "method_state.safetensors")
+    assert state["retain_group_log_weights"].shape == (len(kept),)
+
+
+def test_a_retain_group_key_the_metadata_lacks_is_refused(tiny_pipeline_dir, concept_data, tmp_path):
+    message = _fail_in_process(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir",
+                                str(concept_data), *TRAIN, "--retain_loss", "distill", "--retain_dro", "0.5",
+                                "--retain_group_by", "pose"], tmp_path)
+    assert "retain_group_by='pose'" in message and "'label'" in message
