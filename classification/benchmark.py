@@ -142,8 +142,8 @@ def run_method(entry: dict, splits: DatasetSplits, original: torch.nn.Module, fo
     forget, retain = batches(forget_idx, seed + 1), batches(retain_idx, seed + 2)
     started = time.perf_counter()
     method = build_method(config, ClassificationObjective(splits.num_classes, seed))
-    if config.retain_dro:  # retain_dro's groups: the classes
-        method.hold_retain_groups(splits.train_y)
+    if config.retain_dro:  # retain_dro's groups: the classes the retain batches hold
+        method.hold_retain_groups(splits.train_y, indices=retain_idx)
     method.snapshot(model)
     method.prepare(model, forget, retain)
     optimizer = make_optimizer(model.parameters(), train.get("optimizer", "sgd"), train["learning_rate"], 0.9, 5e-4)

@@ -105,8 +105,6 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
     objective = ClassificationObjective(splits.num_classes, seed=job.seed)
     validate_method(method_config)
     method = build_method(method_config, objective)
-    if method_config.retain_dro:  # retain_dro's groups: the classes
-        method.hold_retain_groups(splits.train_y)
 
     accelerator = make_accelerator(gradient_accumulation_steps=job.gradient_accumulation_steps,
                                    mixed_precision=job.mixed_precision, log_with=job.report_to,
@@ -119,7 +117,10 @@ def run(job: ClassificationJobConfig, method_config: MethodConfig, output: Outpu
     batches = lambda idx, seed, x=splits.train_x, y=splits.train_y: TensorBatches(
         x, y, idx, job.train_batch_size, True, seed, world, rank, device)
     forget = batches(forget_idx, job.seed + 1)
-    retain = batches(subset(retain_idx, method_config.retain_fraction, job.seed), job.seed + 2)
+    drawn = subset(retain_idx, method_config.retain_fraction, job.seed)
+    retain = batches(drawn, job.seed + 2)
+    if method_config.retain_dro:  # retain_dro's groups: the classes the retain batches hold
+        method.hold_retain_groups(splits.train_y, indices=drawn)
     steps_per_epoch(method, forget, retain, job.gradient_accumulation_steps)  # fails before anything is written
     output.prepare(accelerator)
 

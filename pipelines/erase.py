@@ -572,6 +572,11 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
         ValueError: too few batches for the accumulation steps, or a diverged run.
     """
     warn_unused_substitute(config, method_config)
+    # the groups of --retain_dro, read before the objective is built: a key the metadata lacks fails here
+    groups = retain_groups(retain, config.retain_group_by) if method_config.retain_dro else None
+    if groups is None and config.retain_group_by != "prompt":
+        logger.warning("retain_group_by=%r names the groups of --retain_dro, which is off (0): it has no effect",
+                       config.retain_group_by)
     objective, forget_labels, retain_labels = build_objective(pipe, config, forget, retain, accelerator.device,
                                                               method_config)
     if output is not None:
@@ -592,11 +597,6 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     method = build_method(method_config, objective)
-    if method_config.retain_dro:
-        method.hold_retain_groups(*retain_groups(retain, config.retain_group_by))
-    elif config.retain_group_by != "prompt":
-        logger.warning("retain_group_by=%r names the groups of --retain_dro, which is off (0): it has no effect",
-                       config.retain_group_by)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     batches = lambda s, labels, seed, idx=None: TensorBatches(
         s.latents, labels, torch.arange(len(labels)) if idx is None else idx, config.train_batch_size, True, seed,
@@ -604,6 +604,8 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     forget_batches = batches(forget, forget_labels, config.seed + 1)
     retain_idx = subset(torch.arange(len(retain_labels)), method_config.retain_fraction, config.seed)
     retain_batches = batches(retain, retain_labels, config.seed + 2, retain_idx)
+    if groups is not None:
+        method.hold_retain_groups(groups[0], names=groups[1], indices=retain_idx)
     steps_per_epoch(method, forget_batches, retain_batches, config.gradient_accumulation_steps)  # fails before work
 
     started = time.perf_counter()

@@ -101,26 +101,39 @@ class UnlearningMethod:
         self.retain_group_names: list[str] | None = None
         self.group_weights: GroupWeights | None = None
 
-    def hold_retain_groups(self, groups: Tensor, names: list[str] | None = None) -> None:
-        """Name the group of each retain sample, ``groups[index]`` for the batches' ``"index"`` (ids 0 .. G-1,
-        every one used; ``names[g]`` for the summary): ``retain_dro`` weights the retain term by group. The job
-        calls it after building the method, before training; without ``retain_dro`` it only records them."""
+    def hold_retain_groups(self, groups: Tensor, names: list[str] | None = None, indices: Tensor | None = None) -> None:
+        """Name the group of each retain sample, ``groups[index]`` for the batches' ``"index"`` (``names[g]`` for
+        group id g, in the summary): ``retain_dro`` weights the retain term by group. ``indices``: the samples the
+        retain batches draw (all when None); only the groups they hold take part, renumbered in order (a class
+        the classification job forgets holds no weight). The job calls it after building the method, before
+        training.
+
+        Raises:
+            ValueError: for ids < 0, names that do not cover the ids, or no sample to draw.
+        """
         groups = torch.as_tensor(groups).long().cpu()
-        if groups.ndim != 1 or not len(groups) or int(groups.min()) < 0:
-            raise ValueError(f"retain groups must be a non-empty 1-D tensor of ids >= 0, got shape {tuple(groups.shape)}")
-        num_groups = int(groups.max()) + 1
-        if names is not None and len(names) != num_groups:
-            raise ValueError(f"{len(names)} group names for {num_groups} groups")
-        self.retain_groups, self.retain_group_names = groups, names
+        if groups.ndim != 1 or not len(groups):
+            raise ValueError(f"groups must be a non-empty 1-D tensor of group ids, got shape {tuple(groups.shape)}")
+        if int(groups.min()) < 0:
+            raise ValueError(f"groups holds the id {int(groups.min())}; group ids must be >= 0")
+        if names is not None and len(names) <= int(groups.max()):
+            raise ValueError(f"{len(names)} group names for group ids up to {int(groups.max())}")
+        drawn = groups if indices is None else groups[torch.as_tensor(indices).long().cpu()]
+        if not len(drawn):
+            raise ValueError("indices is empty: no retain sample to group")
+        used = torch.unique(drawn)
+        renumber = torch.full((int(groups.max()) + 1,), -1, dtype=torch.long)
+        renumber[used] = torch.arange(len(used))
+        self.retain_groups = renumber[groups]
+        self.retain_group_names = [names[g] if names is not None else str(g) for g in used.tolist()]
         if self.config.retain_dro:
-            self.group_weights = GroupWeights(num_groups, self.config.retain_dro)
+            self.group_weights = GroupWeights(len(used), self.config.retain_dro)
 
     def group_weight_table(self) -> dict[str, float] | None:
         """The retain groups' DRO weights q by name (by id without names); None without ``retain_dro``."""
         if self.group_weights is None:
             return None
-        names = self.retain_group_names or [str(g) for g in range(len(self.group_weights.log_weights))]
-        return {name: round(float(q), 6) for name, q in zip(names, self.group_weights.weights)}
+        return {name: round(float(q), 6) for name, q in zip(self.retain_group_names, self.group_weights.weights)}
 
     def snapshot(self, model: nn.Module) -> None:
         """Keep what the method needs of the *original* model; the job calls it on a fresh start
@@ -167,6 +180,7 @@ class UnlearningMethod:
         self.step_index += 1
         if self.group_weights is None:
             return {}
+        self.group_weights.step()  # once per optimizer step, on every rank (an all-reduce)
         q = self.group_weights.weights  # the heaviest group's weight against a uniform q's
         return {"retain_dro_max": float(q.max() * len(q))}
 
@@ -189,9 +203,10 @@ class UnlearningMethod:
         return losses if cap is None else losses.clamp(max=cap)
 
     def reduce_retain(self, losses: Tensor, batch: Any, signal: Tensor | None = None) -> Tensor:
-        """Mean of per-sample retain losses, or their LoReUn-weighted sum (Eq. 5, 6); with ``retain_dro``
-        each sample's weight is also multiplied by its group's q (one DRO step first, on ``signal``: the
-        per-sample losses the groups are judged by, ``losses`` when None) and renormalised."""
+        """Mean of per-sample retain losses, or their LoReUn-weighted sum (Eq. 5, 6); with ``retain_dro`` the
+        q-weighted mean of the batch's group means (LoReUn's weights, if on, within each group), and ``signal``
+        (the per-sample losses the groups are judged by; ``losses`` when None) joins q's next step
+        (``finalize_gradients``)."""
         if not self.config.loreun and not self.config.retain_dro:
             return losses.mean()
         weights = (loreun_weights(losses, self.objective.reference_loss(self.retain_reference, batch),
@@ -202,9 +217,8 @@ class UnlearningMethod:
                 raise RuntimeError(f"retain_dro={self.config.retain_dro} needs the retain samples' groups: the job calls "
                                    "method.hold_retain_groups(groups) before training")
             groups = self.retain_groups[batch["index"].cpu()]
-            self.group_weights.update(losses if signal is None else signal, groups)
-            weights = weights * self.group_weights.sample_weights(groups, weights)
-            weights = weights / weights.sum()
+            weights = self.group_weights.sample_weights(groups, weights)
+            self.group_weights.accumulate(losses if signal is None else signal, groups)
         return weighted_sum(losses, weights)
 
     def retain_loss(self, model: nn.Module, batch: Any) -> Tensor:

@@ -344,22 +344,31 @@ def test_a_resume_that_would_choose_another_substitute_word_is_refused(tiny_pipe
         run(tiny_pipeline_dir, concept_data, resumed, *substitute, "--resume_from_checkpoint", "latest")
 
 
-def test_group_dro_weights_the_kept_digits_and_checkpoints_them(tiny_pipeline_dir, concept_data, tmp_path):
+def test_group_dro_weights_the_kept_digits_and_resumes_them(tiny_pipeline_dir, concept_data, tmp_path):
     """--retain_dro with the testbed's digit labels as groups: the summary and erase_config.json name every kept
-    digit's weight (a distribution), and the weights are part of the checkpoint (resumed with the method)."""
+    digit's weight (a distribution the losses moved), the weights are in the checkpoint, and a run resumed from it
+    ends on the uninterrupted run's UNet and weights (one resumed with uniform weights would not)."""
+    dro = ["--retain_loss", "distill", "--retain_dro", "0.5", "--retain_group_by", "label"]
     out = tmp_path / "dro"
-    summary = run(tiny_pipeline_dir, concept_data, out, "--retain_loss", "distill", "--retain_dro", "0.5",
-                  "--retain_group_by", "label", "--max_train_steps", "2", "--checkpointing_steps", "2")
+    summary = run(tiny_pipeline_dir, concept_data, out, *dro, "--checkpointing_steps", "2")
     retain_rows = [json.loads(line) for line in (concept_data / "retain" / "metadata.jsonl").read_text().splitlines()]
     kept = sorted({str(row["extra"]["label"]) for row in retain_rows})
     weights = summary["retain_group_weights"]
     assert sorted(weights) == kept and "7" not in weights
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-4)
-    assert len(set(weights.values())) > 1  # two steps moved q off uniform
-    record = json.loads((out / "erase_config.json").read_text())
-    assert record["prepare"]["retain_group_weights"] == weights
+    assert len(set(weights.values())) > 1
+    assert json.loads((out / "erase_config.json").read_text())["prepare"]["retain_group_weights"] == weights
     state = load_file(out / "checkpoint-2" / "method_state.safetensors")
     assert state["retain_group_log_weights"].shape == (len(kept),)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
+            "--output_dir", str(resumed), "--concept", "digit seven", *TRAIN, *dro, "--resume_from_checkpoint", "latest"])
+    assert json.loads((resumed / "erase_config.json").read_text())["prepare"]["retain_group_weights"] == weights
+    a = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_retain_group_key_the_metadata_lacks_is_refused(tiny_pipeline_dir, concept_data, tmp_path):
