@@ -80,10 +80,10 @@ class MethodConfig:
     # the substitute's own images, Kumari et al. 2023): a retain row whose prompt is some forget prompt's substitute
     # also pulls eps(z_t | forget prompt) to the original's eps(z_t | substitute) on that retain image; 0: off
     anchor_weight: float = 1.0  # tuned on the testbed (configs/erase_digits_scissorhands.yaml, round 15)
-    # group DRO on the retain term (Sagawa et al. 2020, online; erasure/group_dro.py): each step the retain groups'
-    # weights q move by exp(retain_dro * the group's mean loss over the batch's) and the retain term is the q-weighted
-    # mean, so the kept class the erasure costs most is held hardest. The job names the groups (the erase job's
-    # retain_group_by, the classification job's classes); 0: off (the plain mean)
+    # group DRO on the retain term (Sagawa et al. 2020, online; erasure/group_dro.py): each optimizer step the retain
+    # groups' weights q move by exp(retain_dro * (the group's mean loss over the mean of all - 1)) and the retain term is
+    # the q-weighted mean of the groups' means, so the kept class the erasure costs most is held hardest. The job names
+    # the groups (the erase job's retain_group_by, the classification job's classes); 0: off (the plain mean)
     retain_dro: float = 0.0
     saliency_fraction: float = 0.5  # SalUn: share of weights that may change
     l1_gamma: float = 5e-4  # l1_sparse: initial weight of ||theta||_1, decays linearly to 0
