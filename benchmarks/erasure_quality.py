@@ -224,10 +224,10 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
         row.update(spread_columns(spread_report(sample_spread(pipe, args), concept, base=base_spread)))
     config, flags = erase_setting(method, args.erase_args)
     row["config"] = " ".join([config.name, *flags])  # which of a method's configurations ran
-    row["substitute_chosen"] = chosen_substitute(erased)
-    weights = json.loads((erased / "erase_config.json").read_text())["prepare"].get("retain_group_weights")
-    if weights is not None:  # --retain_dro: where the groups' weights ended
-        row["retain_group_weights"] = weights
+    prepared = json.loads((erased / "erase_config.json").read_text()).get("prepare", {})
+    row["substitute_chosen"] = chosen_substitute(prepared)
+    if prepared.get("retain_group_weights") is not None:  # --retain_dro: where the groups' weights ended
+        row["retain_group_weights"] = prepared["retain_group_weights"]
     if args.attacks:
         robust = robustness_of(erased, concept, work / f"attack-{method}", args.attacks, args.attack_prompts,
                                attack_seed(args, seed))
@@ -241,11 +241,11 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
     return row
 
 
-def chosen_substitute(erased: Path) -> str | None:
-    """The replacement word the erase job chose itself (``--substitute_ties nearest``), from the export's
-    ``erase_config.json``; None where the run named one, rotated ties, or its method has no substitute."""
-    record = json.loads((erased / "erase_config.json").read_text())
-    return (record.get("prepare", {}).get("substitute_choice") or {}).get("word")
+def chosen_substitute(prepared: dict[str, Any]) -> str | None:
+    """The replacement word the erase job chose itself (``--substitute_ties nearest``), from the ``prepare``
+    section of the export's ``erase_config.json``; None where the run named one, rotated ties, or its method
+    has no substitute."""
+    return (prepared.get("substitute_choice") or {}).get("word")
 
 
 def row_of(method: str, concept: str, seed: int, report: dict, seconds: float | None) -> dict[str, Any]:

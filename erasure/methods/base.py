@@ -227,12 +227,10 @@ class UnlearningMethod:
         if self.config.retain_loss == "distill":
             if self.original is None:
                 raise RuntimeError("retain_loss='distill' needs snapshot(model) on the original model before training")
-            if self.config.retain_dro:  # the groups' weights read the samples' own distance (distilled_parts)
-                losses, own = self.objective.distilled_parts(model, self.original, batch)
-                return finite_or_raise(self.reduce_retain(losses, batch, signal=own), "retain loss")
-            losses = self.objective.distilled_loss(model, self.original, batch)
-        else:
-            losses = self.objective.loss(model, batch)
+            # retain_dro's group weights read each sample's own distance, not its anchor / neutral terms
+            losses, own = self.objective.distilled_parts(model, self.original, batch)
+            return finite_or_raise(self.reduce_retain(losses, batch, signal=own), "retain loss")
+        losses = self.objective.loss(model, batch)
         return finite_or_raise(self.reduce_retain(losses, batch), "retain loss")
 
     # -- checkpointing (accelerator.register_for_checkpointing) --------------------------

@@ -28,13 +28,12 @@ def test_the_erase_setting_is_the_last_config_given_and_the_other_flags():
     assert quality.erase_setting("scissorhands", ["--config=a.yaml", "--config", "b.yaml"]) == (Path("b.yaml"), [])
 
 
-def test_the_chosen_substitute_is_read_from_the_export(tmp_path):
-    record = {"config": {}, "prepare": {"substitute_choice": {"rule": "nearest", "word": "magenta",
-                                                              "prediction_gaps": {"magenta": 0.02, "white": 0.04}}}}
-    (tmp_path / "erase_config.json").write_text(json.dumps(record))
-    assert quality.chosen_substitute(tmp_path) == "magenta"
-    (tmp_path / "erase_config.json").write_text(json.dumps({"config": {}, "prepare": {"substitute_choice": None}}))
-    assert quality.chosen_substitute(tmp_path) is None
+def test_the_chosen_substitute_is_read_from_the_export_record():
+    prepared = {"substitute_choice": {"rule": "nearest", "word": "magenta",
+                                      "prediction_gaps": {"magenta": 0.02, "white": 0.04}}}
+    assert quality.chosen_substitute(prepared) == "magenta"
+    assert quality.chosen_substitute({"substitute_choice": None}) is None
+    assert quality.chosen_substitute({}) is None
 
 
 def test_pareto_front_keeps_the_undominated_points():
