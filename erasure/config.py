@@ -55,6 +55,9 @@ class MethodConfig:
     adversarial_steps: int = 5  # signed-gradient steps of the inner attack per repair step
     adversarial_step_size: float = 0.05  # per step, in units of the vocabulary embeddings' RMS coordinate
     adversarial_weight: float = 1.0  # of the prefixed substitute term, beside the plain one (both times lam)
+    # share of an attack call's prompts whose prefix starts again from random vocabulary tokens before its steps
+    # (AdvUnlearn's attack_init: 0.0 is "latest", 1.0 "random"); the rest carry on from their last prefix
+    adversarial_restart: float = 0.0
     # tamper-resistant repair (weight space; TAR, Tamirisa et al. 2024, first order): each step, an inner fine-tune
     # takes tamper_steps signed-gradient steps of tamper_step_size per weight on the plain loss of the forget batch
     # (what a relearning attack does), the substitute term is trained once more at those weights (weight
@@ -132,6 +135,8 @@ class MethodConfig:
         if self.adversarial_prefix < 0 or self.adversarial_steps < 1:
             raise ValueError(f"adversarial_prefix={self.adversarial_prefix} must be >= 0 (0: off) and adversarial_steps="
                              f"{self.adversarial_steps} >= 1")
+        if not 0 <= self.adversarial_restart <= 1:
+            raise ValueError(f"adversarial_restart={self.adversarial_restart} must be a share in [0, 1]")
         if not self.adversarial_step_size > 0 or not 0 <= self.adversarial_weight < math.inf:
             raise ValueError(f"adversarial_step_size={self.adversarial_step_size} must be > 0 and adversarial_weight="
                              f"{self.adversarial_weight} a finite number >= 0")

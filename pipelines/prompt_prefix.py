@@ -79,19 +79,26 @@ class AdversarialPrefixes:
             coordinate (scale-free: CLIP's embeddings and the testbed's differ 50-fold in scale).
         seed: the random start tokens and each call's noise.
         pad_id: the tokenizer's padding id (the ids beside the replaced embeddings).
+        restart: the share of each call's prompts whose prefix starts again from random vocabulary
+            tokens before the steps (AdvUnlearn's ``attack_init``: 0 ``"latest"``, 1 ``"random"``).
+            A kept prefix settles in one mode per prompt; the discrete attack (`eval.attack`) breaks
+            an erasure from random tokens within a few iterations, so restarts train against the
+            spread of starts it searches from. The draw is a function of the seed, the call and the
+            prompt id: every rank (and a resumed job) restarts the same prompts to the same tokens.
 
     Every prefix row stays within the largest token embedding's norm: the attacks it stands
     for (`eval.attack`) choose vocabulary tokens, not arbitrary vectors.
     """
 
     def __init__(self, text_encoder: nn.Module, input_ids: Tensor, k: int, steps: int, step_size: float,
-                 seed: int, pad_id: int) -> None:
-        if k < 1 or steps < 1 or not step_size > 0:
-            raise ValueError(f"need k >= 1, steps >= 1 and step_size > 0, got k={k}, steps={steps}, "
-                             f"step_size={step_size}")
+                 seed: int, pad_id: int, restart: float = 0.0) -> None:
+        if k < 1 or steps < 1 or not step_size > 0 or not 0 <= restart <= 1:
+            raise ValueError(f"need k >= 1, steps >= 1, step_size > 0 and restart in [0, 1], got k={k}, "
+                             f"steps={steps}, step_size={step_size}, restart={restart}")
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         matrix = text_encoder.get_input_embeddings().weight.detach().float()
         self.input_ids, self.k, self.steps, self.pad_id, self.seed = input_ids.long(), k, steps, pad_id, seed
+        self.restart = restart
         self.step = step_size * float(matrix.pow(2).mean().sqrt())
         self.max_norm = float(matrix.norm(dim=-1).max())
         picks = torch.randint(len(matrix), (len(input_ids), k), generator=torch.Generator().manual_seed(seed))
@@ -118,6 +125,8 @@ class AdversarialPrefixes:
         GradScaler, whose scale the gradient is taken at (``erasure.scaling.grad_at_job_scale``)."""
         unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
         rows = self.prefixes[unique].clone()
+        if self.restart:
+            rows = self._restarted(unique, rows)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
         self.calls += 1
         loss = torch.tensor(float("nan"))
@@ -131,6 +140,17 @@ class AdversarialPrefixes:
                 rows = rows * (self.max_norm / norms).clamp(max=1.0)
         self._merge(unique, rows.detach())
         return float(loss.detach())
+
+    def _restarted(self, unique: Tensor, rows: Tensor) -> Tensor:
+        """``rows`` [U, k, D] of the prompts ``unique`` with the call's restarted share replaced by
+        random vocabulary tokens. The whole table's draw is made (one generator per call, apart from
+        the steps' noise), so a prompt's restart does not depend on which prompts the batch holds."""
+        generator = torch.Generator().manual_seed(-(self.seed * 1_000_003 + self.calls) - 1)  # not a steps' seed
+        vocabulary = self.text_encoder.get_input_embeddings().weight.detach()
+        chosen = (torch.rand(len(self.prefixes), generator=generator) < self.restart)[unique]
+        picks = torch.randint(len(vocabulary), self.prefixes.shape[:2], generator=generator)[unique]
+        rows[chosen] = vocabulary[picks[chosen]].float().cpu()
+        return rows
 
     def _merge(self, unique: Tensor, rows: Tensor) -> None:
         """Store the moved rows; under data parallelism every rank applies the mean move of each

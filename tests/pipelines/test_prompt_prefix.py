@@ -70,6 +70,30 @@ def test_attack_steps_at_the_jobs_fp16_loss_scale(encoder_and_ids, scale):
         assert (not torch.equal(adversary.prefixes[0], before[0])) == moves
 
 
+def test_restart_draws_fresh_vocabulary_tokens_whatever_the_batch_holds(encoder_and_ids):
+    """restart 1.0: a call starts every attacked prefix again from random vocabulary tokens (its result
+    does not depend on the kept prefix), and a prompt's draw does not depend on the other prompts in
+    the batch (ranks attacking different batches restart it alike); restart 0.0 carries on."""
+    encoder, ids, pad = encoder_and_ids
+    loss_of = lambda hidden, _generator: hidden.pow(2).mean()  # noqa: E731 (separable: a row's sign is its own)
+
+    def attacked(restart, batch, start):
+        adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad,
+                                        restart=restart)
+        adversary.prefixes = start.clone()
+        adversary.attack(torch.tensor(batch), loss_of)
+        return adversary.prefixes
+
+    start = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=5, pad_id=pad).prefixes
+    other = start.flip(0)
+    torch.testing.assert_close(attacked(1.0, [0], start)[0], attacked(1.0, [0], other)[0])
+    torch.testing.assert_close(attacked(1.0, [0], start)[0], attacked(1.0, [0, 1], start)[0])
+    assert torch.equal(attacked(1.0, [0], start)[1:], start[1:])  # only the batch's prompts
+    assert not torch.allclose(attacked(0.0, [0], start)[0], attacked(0.0, [0], other)[0])
+    with pytest.raises(ValueError, match="restart=1.5"):
+        AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad, restart=1.5)
+
+
 def test_state_round_trips_and_a_mismatched_table_is_refused(encoder_and_ids):
     encoder, ids, pad = encoder_and_ids
     adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
