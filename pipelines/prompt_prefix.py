@@ -81,10 +81,11 @@ class AdversarialPrefixes:
         pad_id: the tokenizer's padding id (the ids beside the replaced embeddings).
         restart: the share of each call's prompts whose prefix starts again from random vocabulary
             tokens before the steps (AdvUnlearn's ``attack_init``: 0 ``"latest"``, 1 ``"random"``).
-            A kept prefix settles in one mode per prompt; the discrete attack (`eval.attack`) breaks
-            an erasure from random tokens within a few iterations, so restarts train against the
-            spread of starts it searches from. The draw is a function of the seed, the call and the
-            prompt id: every rank (and a resumed job) restarts the same prompts to the same tokens.
+            A kept prefix settles in one mode per prompt, while the discrete attack (`eval.attack`)
+            searches from random tokens; on the testbed restarts made the adversary weaker rather
+            than wider (more prompts broken, README "Robustness", round 23), so the job keeps 0.
+            The draw is a function of the seed, the call and the prompt id: every rank (and a
+            resumed job) restarts the same prompts to the same tokens.
 
     Every prefix row stays within the largest token embedding's norm: the attacks it stands
     for (`eval.attack`) choose vocabulary tokens, not arbitrary vectors.
