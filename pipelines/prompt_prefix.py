@@ -102,9 +102,13 @@ class AdversarialPrefixes:
         self.restart = restart
         self.step = step_size * float(matrix.pow(2).mean().sqrt())
         self.max_norm = float(matrix.norm(dim=-1).max())
-        picks = torch.randint(len(matrix), (len(input_ids), k), generator=torch.Generator().manual_seed(seed))
-        self.prefixes = matrix[picks].cpu().clone()  # [P, k, D]
+        self.prefixes = self.random_rows(len(input_ids), torch.Generator().manual_seed(seed))  # [P, k, D]
         self.calls = 0
+
+    def random_rows(self, count: int, generator: torch.Generator) -> Tensor:
+        """[count, k, D] float CPU embeddings of random vocabulary tokens: the prefixes' starts."""
+        vocabulary = self.text_encoder.get_input_embeddings().weight.detach()
+        return vocabulary[torch.randint(len(vocabulary), (count, self.k), generator=generator)].float().cpu()
 
     def hidden(self, ids: Tensor, prefixes: Tensor | None = None) -> Tensor:
         """[B, L, D] last hidden states of the prompts ``ids`` behind their prefixes (``prefixes``
@@ -147,10 +151,8 @@ class AdversarialPrefixes:
         random vocabulary tokens. The whole table's draw is made (one generator per call, apart from
         the steps' noise), so a prompt's restart does not depend on which prompts the batch holds."""
         generator = torch.Generator().manual_seed(-(self.seed * 1_000_003 + self.calls) - 1)  # not a steps' seed
-        vocabulary = self.text_encoder.get_input_embeddings().weight.detach()
         chosen = (torch.rand(len(self.prefixes), generator=generator) < self.restart)[unique]
-        picks = torch.randint(len(vocabulary), self.prefixes.shape[:2], generator=generator)[unique]
-        rows[chosen] = vocabulary[picks[chosen]].float().cpu()
+        rows[chosen] = self.random_rows(len(self.prefixes), generator)[unique][chosen]
         return rows
 
     def _merge(self, unique: Tensor, rows: Tensor) -> None:
