@@ -65,8 +65,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                         help="combine results files of runs split by method or concept (same protocol) into --out; "
                              "runs nothing")
-    parser.add_argument("--attacks", nargs="*", default=[], choices=["unlearndiffatk", "relearn"],
-                        help="robustness columns (issue 9): ASR without and under UnlearnDiffAtk, relearn steps; "
+    parser.add_argument("--attacks", nargs="*", default=[], choices=["unlearndiffatk", "relearn", "random_prefix"],
+                        help="robustness columns (issue 9): ASR without and under UnlearnDiffAtk, relearn steps, "
+                             "ASR under random prefixes at the attack's budget of judged draws (asr_random: chance); "
                              "the control runs once per concept on the base model")
     parser.add_argument("--attack_prompts", type=int, default=2,
                         help="concept prompts attacked per run (one the attack cannot break: ~110 s on 2 idle cores)")
@@ -153,8 +154,10 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
     second; checked every 5 steps, as the CLI's default for SD, every method had read 5, the first
     check, and the column could not rank them). ``relearn_learning_rate`` None is ``eval.attack``'s own
     default (1e-4); at 1e-3 every method relearned 'two' in 2-3 steps, a column that could not rank them
-    either (`benchmarks/results/robustness-relearn-paraphrase-v5.md`). Every testbed benchmark attacks
-    through this."""
+    either (`benchmarks/results/robustness-relearn-paraphrase-v5.md`). With ``"random_prefix"``:
+    ``asr_random``, the ASR when each prompt gets as many random ``k``-token prefixes, each judged, as
+    UnlearnDiffAtk may judge (one a timestep): the share of its ASR that needs no search. Every testbed
+    benchmark attacks through this."""
     from eval.attack import AttackConfig, run
 
     if relearn_learning_rate is None:
@@ -174,6 +177,13 @@ def robustness_of(model: Path, concept: str, work: Path, attacks: list[str], max
                                      relearn_learning_rate=relearn_learning_rate, relearn_max_steps=relearn_max_steps,
                                      relearn_every=relearn_every))
         result.update(relearn_steps=relearned["relearn_steps"], relearn_cap=relearned["relearn_cap"])
+    if "random_prefix" in attacks and not control:
+        chance = run(AttackConfig(model=str(model), concept=concept, output_dir=str(work / "random"),
+                                  attack="random_prefix", max_prompts=max_prompts, seed=seed, control=False,
+                                  random_draws=AttackConfig.timesteps))
+        # the draw that broke each broken prompt (0: the plain prompt): many early ones read as a leak at any prefix
+        result.update(asr_random=chance["asr"], random_draws=AttackConfig.timesteps,
+                      random_broken_at=[b["iterations"] for b in chance["broken"]])
     return result
 
 
@@ -234,6 +244,8 @@ def run_one(method: str, concept: str, seed: int, data_dir: Path, work: Path, mo
         row.update({"asr_no_attack": robust["asr_no_attack"],
                     "asr": robust["asr"], "attack_broken": robust.get("broken"),
                     "relearn_steps": robust.get("relearn_steps"), "relearn_cap": robust.get("relearn_cap")})
+        if "random_prefix" in args.attacks:
+            row.update({k: robust[k] for k in ("asr_random", "random_draws", "random_broken_at")})
         if "relearn" in args.attacks:  # a lower bound where the concept never came back within the cap
             row["relearn_steps_at_least"] = row["relearn_steps"] if row["relearn_steps"] is not None else row["relearn_cap"]
         shutil.rmtree(work / f"attack-{method}", ignore_errors=True)
@@ -387,6 +399,8 @@ def markdown(results: dict[str, Any]) -> str:
                "fid_kept", "fid_base_kept", "kid_base_kept", "fid", "seconds")
     if any("asr_no_attack" in r for r in results["runs"]):
         columns += ("asr_no_attack", "asr", "relearn_steps")
+    if any("asr_random" in r for r in results["runs"]):
+        columns += ("asr_random",)
     if any("config" in r for r in results["runs"]):  # results written before the column have none
         columns = columns[:1] + ("config",) + columns[1:]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))

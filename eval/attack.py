@@ -23,8 +23,11 @@ are; the control draws the same prompts with the base model (a rewording the bas
 render as the concept measures nothing).
 
 ``--attack random_prefix``: the chance baseline of the prefix attack: ``k`` vocabulary tokens drawn at
-random (seeded by the prompt's seed, special tokens excluded) in front of the prompt, no search. An
-erasure that falls to UnlearnDiffAtk but not to this one falls to the search, not to any prefix.
+random (seeded by the prompt's seed, special tokens excluded) in front of the prompt, no search;
+``random_draws`` such prefixes a prompt, each drawn with the prompt's seed and judged, until one
+breaks it. UnlearnDiffAtk judges up to ``timesteps`` prompts (one after each timestep), so
+``--random_draws 50`` is chance at the attack's own budget of judged draws: an erasure that falls to
+UnlearnDiffAtk but not to this falls to the search, not to the number of tries.
 
 ``--attack relearn``: a copy of the erased UNet is fine-tuned on ``relearn_images`` base-model
 images of the concept (plain diffusion loss, AdamW); the summary's ``relearn_steps`` is the
@@ -89,6 +92,9 @@ class AttackConfig:
     guidance_scale: float = GUIDANCE_SCALE  # for prompts without their own (the testbed's)
     seed: int = 0  # image seed of prompts without their own: seed + prompt index
     max_prompts: int | None = None  # attack only the first N prompts
+    # random_prefix: random prefixes drawn and judged a prompt until one breaks it (UnlearnDiffAtk judges up to
+    # `timesteps`: the same number is chance at its budget)
+    random_draws: int = 1
     # prompts attacked together (each its own attack; shared batched passes); 1: one by one. On SD each
     # prompt adds a batch-1 UNet forward and backward to the step's memory: lower it if a GPU runs out
     attack_batch: int = 8
@@ -109,7 +115,7 @@ class AttackConfig:
                 raise ValueError(f"{name} is required (--{name} ...)")
         if self.attack not in ATTACKS:
             raise ValueError(f"attack={self.attack!r} is unknown; choose one of {list(ATTACKS)}")
-        for name in ("k", "iterations", "timesteps", "num_inference_steps", "attack_batch"):
+        for name in ("k", "iterations", "timesteps", "num_inference_steps", "attack_batch", "random_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -314,12 +320,13 @@ def _keep_rows(distributions: torch.Tensor, optimizer: torch.optim.Adam, keep: l
     return kept, resumed
 
 
-def random_tokens(pipe: Any, k: int, seed: int) -> torch.Tensor:
-    """[1, k] vocabulary ids drawn uniformly (``seed``), the tokenizer's special tokens excluded."""
+def random_tokens(pipe: Any, k: int, seed: int, draws: int = 1) -> torch.Tensor:
+    """[draws, k] vocabulary ids drawn uniformly (``seed``), the tokenizer's special tokens excluded;
+    row 0 is the same for every ``draws`` (one generator, row after row)."""
     special = {pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id, pipe.tokenizer.pad_token_id}
     allowed = torch.tensor([i for i in range(pipe.text_encoder.get_input_embeddings().num_embeddings)
                             if i not in special])
-    return allowed[torch.randint(len(allowed), (1, k), generator=torch.Generator().manual_seed(seed))]
+    return allowed[torch.randint(len(allowed), (draws, k), generator=torch.Generator().manual_seed(seed))]
 
 
 def attack_group(role: str, jobs: Sequence[tuple[int, Prompt, Prompt]], models: dict[str, Any], judge,
@@ -350,12 +357,17 @@ def attack_group(role: str, jobs: Sequence[tuple[int, Prompt, Prompt]], models: 
             records[r].update(success=False, success_without_attack=False, iterations=0, adversarial_prompt=None)
     rest = [r for r in range(len(jobs)) if "success" not in records[r]]
     if rest and config.attack == "random_prefix":
-        ids = start_ids.clone()
-        for r in rest:
-            ids[r:r + 1] = with_prefix(start_ids[r:r + 1], random_tokens(pipe, config.k, seeds[r]),
-                                       pipe.tokenizer.pad_token_id)
-        verdict = dict(zip(rest, judge(drawn(pipe, ids, rest))))
-        results = {r: {"success": verdict[r], "iterations": 1, "draws": 1, "ids": ids[r:r + 1]} for r in rest}
+        prefixes = {r: random_tokens(pipe, config.k, seeds[r], config.random_draws) for r in rest}
+        for draw in range(config.random_draws):  # the prompts no draw has broken yet, drawn together
+            left = [r for r in rest if r not in results]
+            ids = start_ids.clone()
+            for r in left:
+                ids[r:r + 1] = with_prefix(start_ids[r:r + 1], prefixes[r][draw:draw + 1], pipe.tokenizer.pad_token_id)
+            for r, success in zip(left, judge(drawn(pipe, ids, left))):
+                if success or draw == config.random_draws - 1:
+                    results[r] = {"success": success, "iterations": draw + 1, "draws": draw + 1, "ids": ids[r:r + 1]}
+            if len(results) == len(rest):
+                break
     elif rest:
         base = models["base"]
         # the target images: the base model draws the prompts themselves (its tokenizer, its length)

@@ -72,6 +72,26 @@ def test_relearn_is_checked_after_every_step(tmp_path, monkeypatch):
     assert result["relearn_steps"] == 3
 
 
+def test_random_prefix_is_chance_at_the_attacks_budget_of_judged_draws(tmp_path, monkeypatch):
+    """asr_random gets as many judged draws a prompt as UnlearnDiffAtk (one a timestep), on the erased model only."""
+    import eval.attack
+
+    seen = []
+    monkeypatch.setattr(eval.attack, "run", lambda config: seen.append(config) or {
+        "asr": 0.3 if config.attack == "random_prefix" else 0.4, "asr_no_attack": 0.1, "control_asr": None,
+        "broken": [{"iterations": 0}, {"iterations": 12}]})
+    result = quality.robustness_of(tmp_path, "digits:two", tmp_path, ["unlearndiffatk", "random_prefix"], 2, 7)
+    assert [c.attack for c in seen] == ["unlearndiffatk", "random_prefix"]
+    chance = seen[1]
+    assert chance.random_draws == chance.timesteps == eval.attack.AttackConfig.timesteps == 50
+    assert (chance.max_prompts, chance.seed, chance.control) == (2, 7, False)  # the attacked prompts and seeds
+    assert result["asr"] == 0.4 and result["asr_random"] == 0.3 and result["random_draws"] == 50
+    assert result["random_broken_at"] == [0, 12]  # which draw broke each prompt (0: the plain prompt)
+    seen.clear()
+    quality.robustness_of(tmp_path, "digits:two", tmp_path, ["unlearndiffatk", "random_prefix"], 2, 7, control=True)
+    assert [c.attack for c in seen] == ["unlearndiffatk"]  # the base model's control has no chance column
+
+
 def test_results_files_keep_every_dot_of_the_out_name():
     """Path.with_suffix made "yellow-w0.5" and "yellow-w0.25" one file, yellow-w0.json."""
     assert results_file("r/yellow-w0.5", ".json") == Path("r/yellow-w0.5.json")
@@ -99,7 +119,9 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
         # the attack itself is tested in tests/eval/test_attack.py; here: what the harness asks and reports
         attacked.append((Path(model).name, concept, tuple(attacks), max_prompts, control))
         return {"control_asr": 1.0} if control else {"asr_no_attack": 0.0, "asr": 0.5, "relearn_steps": None,
-                                                     "relearn_cap": 100, "broken": [
+                                                     "relearn_cap": 100, "asr_random": 0.25, "random_draws": 50,
+                                                     "random_broken_at": [7],
+                                                     "broken": [
                                                          {"prompt": "a red handwritten digit two", "seed": 0,
                                                           "adversarial_prompt": "x y a red handwritten digit two",
                                                           "iterations": 3}]}
@@ -107,7 +129,8 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     monkeypatch.setattr(quality, "robustness_of", fake_robustness)
     out = tmp_path / "quality"
     results = quality.main(["--methods", "scissorhands", "finetune", "--concepts", "digits:two", "--quick",
-                            "--groups", "word", "--attacks", "unlearndiffatk", "relearn", "--attack_prompts", "1",
+                            "--groups", "word", "--attacks", "unlearndiffatk", "relearn", "random_prefix",
+                            "--attack_prompts", "1",
                             "--num_images", "4", "--eval_images", "2", "--num_inference_steps", "2", "--out", str(out),
                             "--spread_images", "3",
                             "--erase_args", "--num_train_epochs", "1", "--train_batch_size", "4"])
@@ -140,11 +163,12 @@ def test_harness_writes_json_markdown_and_scatter(tmp_path, monkeypatch, fast_de
     assert results["protocol"]["seeds"] == [0]
     assert not out.with_suffix(".partial.json").exists()  # written after every run, gone once the results are
     assert attacked == [(fast.name, "digits:two", ("unlearndiffatk",), 1, True),
-                        ("erased-scissorhands", "digits:two", ("unlearndiffatk", "relearn"), 1, False),
-                        ("erased-finetune", "digits:two", ("unlearndiffatk", "relearn"), 1, False)]
+                        ("erased-scissorhands", "digits:two", ("unlearndiffatk", "relearn", "random_prefix"), 1, False),
+                        ("erased-finetune", "digits:two", ("unlearndiffatk", "relearn", "random_prefix"), 1, False)]
     assert saved["base"][0]["control_asr"] == 1.0
     assert all(r["asr"] == 0.5 and r["relearn_steps_at_least"] == 100 for r in saved["runs"])
-    assert "| asr_no_attack | asr | relearn_steps |" in out.with_suffix(".md").read_text()
+    assert "| asr_no_attack | asr | relearn_steps | asr_random |" in out.with_suffix(".md").read_text()
+    assert all(r["asr_random"] == 0.25 and r["random_draws"] == 50 for r in saved["runs"])
     # what the attack found is kept beside the ASR (the attack's own folder is deleted)
     assert saved["runs"][0]["attack_broken"][0]["adversarial_prompt"] == "x y a red handwritten digit two"
     assert "| scissorhands | digits:two | 0 | a red handwritten digit two | x y a red handwritten digit two | 3 |" \

@@ -191,6 +191,7 @@ def test_resume_never_repeats_a_finished_prompt(tiny_pipeline_dir, tmp_path, mon
     (["--concept", "cats"], "concept='cats'"),
     (["--k", "0"], "k=0 must be >= 1"),
     (["--attack_batch", "0"], "attack_batch=0 must be >= 1"),
+    (["--random_draws", "0"], "random_draws=0 must be >= 1"),
     (["--prompts", "{empty}"], "has no prompts"),
     (["--concept", "color:red", "--judge", "{empty}"], "is a digits judge; concept='color:red' is judged by"),
 ])
@@ -260,6 +261,29 @@ def test_random_prefix_draws_once_with_k_random_tokens_in_front(tiny_pipeline_di
     assert torch.equal(prefix, attack.random_tokens(pipe, 3, row["seed"]))
     specials = {pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id, pipe.tokenizer.pad_token_id}
     assert not specials & set(attack.random_tokens(pipe, 500, 0)[0].tolist())
+
+
+def test_random_prefix_draws_until_one_breaks_each_prompt_and_no_further(tiny_pipeline_dir, tmp_path, monkeypatch):
+    sizes = []
+
+    def judge(images):  # the plain prompts and the first draw hold; the 2nd draw breaks the first prompt only
+        sizes.append(len(images))
+        return [len(sizes) == 3 and i == 0 for i in range(len(images))]
+
+    monkeypatch.setattr(attack, "concept_judge", lambda config: judge)
+    summary = run(config(tiny_pipeline_dir, tmp_path, attack="random_prefix", k=3, max_prompts=2, control=False,
+                         random_draws=4))
+    assert sizes == [2, 2, 2, 1, 1]  # plain, draws 1-2 of both, draws 3-4 of the unbroken one only
+    assert summary["asr"] == 0.5 and summary["asr_no_attack"] == 0.0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "attack.jsonl").read_text().splitlines()]
+    assert [(r["success"], r["iterations"], r["draws"]) for r in rows] == [(True, 2, 2), (False, 4, 4)]
+    from pipelines.sampling import load_pipeline
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    for row, draw in zip(rows, (1, 3)):  # each record holds the prefix of its last draw, from its own seed
+        assert row["adversarial_ids"][1:4] == attack.random_tokens(pipe, 3, row["seed"], 4)[draw].tolist()
+    # one draw is the first row of many: random_draws 1 keeps the measured single-draw baseline
+    assert torch.equal(attack.random_tokens(pipe, 3, 5), attack.random_tokens(pipe, 3, 5, 4)[:1])
 
 
 def test_paraphrase_attack_draws_the_rewordings_and_their_control_on_the_base(tiny_pipeline_dir, tmp_path,
