@@ -58,6 +58,9 @@ class MethodConfig:
     # share of an attack call's prompts whose prefix starts again from random vocabulary tokens before its steps
     # (AdvUnlearn's attack_init: 0.0 is "latest", 1.0 "random"); the rest carry on from their last prefix
     adversarial_restart: float = 0.0
+    # prefixes kept per forget prompt, attacked in turn (slot (call + prompt id) % population): the repair sees that
+    # many modes of each prompt, each carried on from its own last state (1: AdvUnlearn's one prefix a prompt)
+    adversarial_population: int = 1
     # tamper-resistant repair (weight space; TAR, Tamirisa et al. 2024, first order): each step, an inner fine-tune
     # takes tamper_steps signed-gradient steps of tamper_step_size per weight on the plain loss of the forget batch
     # (what a relearning attack does), the substitute term is trained once more at those weights (weight
@@ -137,6 +140,8 @@ class MethodConfig:
                              f"{self.adversarial_steps} >= 1")
         if not 0 <= self.adversarial_restart <= 1:
             raise ValueError(f"adversarial_restart={self.adversarial_restart} must be a share in [0, 1]")
+        if self.adversarial_population < 1:
+            raise ValueError(f"adversarial_population={self.adversarial_population} must be >= 1 (prefixes a prompt)")
         if not self.adversarial_step_size > 0 or not 0 <= self.adversarial_weight < math.inf:
             raise ValueError(f"adversarial_step_size={self.adversarial_step_size} must be > 0 and adversarial_weight="
                              f"{self.adversarial_weight} a finite number >= 0")

@@ -376,7 +376,8 @@ def build_adversary(pipe, prompts: list[str], method_config: MethodConfig, devic
                             truncation=True, return_tensors="pt").input_ids
     return AdversarialPrefixes(pipe.text_encoder.to(device), tokens, method_config.adversarial_prefix,
                                method_config.adversarial_steps, method_config.adversarial_step_size,
-                               method_config.seed, pipe.tokenizer.pad_token_id, method_config.adversarial_restart)
+                               method_config.seed, pipe.tokenizer.pad_token_id, method_config.adversarial_restart,
+                               method_config.adversarial_population)
 
 
 def noise_hook(objective: DiffusionObjective, seed: int, rank: int):

@@ -86,24 +86,35 @@ class AdversarialPrefixes:
             than wider (more prompts broken, README "Robustness", round 23), so the job keeps 0.
             The draw is a function of the seed, the call and the prompt id: every rank (and a
             resumed job) restarts the same prompts to the same tokens.
+        population: prefixes kept per prompt id. A call attacks, and the repair then trains under,
+            slot ``(call + prompt id) % population`` of each prompt, so every slot carries on from
+            its own last state (unlike a restart) and the repair sees ``population`` modes of a
+            prompt instead of the one a single kept prefix settles in. 1: one prefix (AdvUnlearn).
 
     Every prefix row stays within the largest token embedding's norm: the attacks it stands
     for (`eval.attack`) choose vocabulary tokens, not arbitrary vectors.
     """
 
     def __init__(self, text_encoder: nn.Module, input_ids: Tensor, k: int, steps: int, step_size: float,
-                 seed: int, pad_id: int, restart: float = 0.0) -> None:
-        if k < 1 or steps < 1 or not step_size > 0 or not 0 <= restart <= 1:
-            raise ValueError(f"need k >= 1, steps >= 1, step_size > 0 and restart in [0, 1], got k={k}, "
-                             f"steps={steps}, step_size={step_size}, restart={restart}")
+                 seed: int, pad_id: int, restart: float = 0.0, population: int = 1) -> None:
+        if k < 1 or steps < 1 or not step_size > 0 or not 0 <= restart <= 1 or population < 1:
+            raise ValueError(f"need k >= 1, steps >= 1, step_size > 0, restart in [0, 1] and population >= 1, got "
+                             f"k={k}, steps={steps}, step_size={step_size}, restart={restart}, population={population}")
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         matrix = text_encoder.get_input_embeddings().weight.detach().float()
         self.input_ids, self.k, self.steps, self.pad_id, self.seed = input_ids.long(), k, steps, pad_id, seed
-        self.restart = restart
+        self.restart, self.population = restart, population
         self.step = step_size * float(matrix.pow(2).mean().sqrt())
         self.max_norm = float(matrix.norm(dim=-1).max())
-        self.prefixes = self.random_rows(len(input_ids), torch.Generator().manual_seed(seed))  # [P, k, D]
+        # [P * population, k, D]: row id * population + slot (population 1: row = prompt id)
+        self.prefixes = self.random_rows(len(input_ids) * population, torch.Generator().manual_seed(seed))
         self.calls = 0
+
+    def rows_of(self, ids: Tensor, call: int) -> Tensor:
+        """Table rows of the prompt ids ``ids`` at attack call ``call``: each id's slot
+        ``(call + id) % population``."""
+        ids = ids.cpu().long()
+        return ids * self.population + (call + ids) % self.population
 
     def random_rows(self, count: int, generator: torch.Generator) -> Tensor:
         """[count, k, D] float CPU embeddings of random vocabulary tokens: the prefixes' starts."""
@@ -111,11 +122,11 @@ class AdversarialPrefixes:
         return vocabulary[torch.randint(len(vocabulary), (count, self.k), generator=generator)].float().cpu()
 
     def hidden(self, ids: Tensor, prefixes: Tensor | None = None) -> Tensor:
-        """[B, L, D] last hidden states of the prompts ``ids`` behind their prefixes (``prefixes``
-        [B, k, D] instead of the stored ones: differentiable in them)."""
+        """[B, L, D] last hidden states of the prompts ``ids`` behind their prefixes: the slots the
+        last attack call moved (``prefixes`` [B, k, D] instead of the stored ones: differentiable in them)."""
         device = next(self.text_encoder.parameters()).device
         ids = ids.cpu()
-        prefixes = self.prefixes[ids] if prefixes is None else prefixes
+        prefixes = self.prefixes[self.rows_of(ids, self.calls - 1)] if prefixes is None else prefixes
         tokens = self.input_ids[ids].to(device)
         matrix = self.text_encoder.get_input_embeddings().weight
         embeds = insert_prefix(matrix[tokens], prefixes.to(device, matrix.dtype))
@@ -126,9 +137,10 @@ class AdversarialPrefixes:
     def attack(self, ids: Tensor, loss_of: Callable[[Tensor, torch.Generator], Tensor], scaler: Any = None) -> float:
         """``steps`` signed-gradient steps on the prefixes of ``ids`` lowering ``loss_of(hidden,
         generator)`` (a scalar; ``generator`` draws the step's noise and timesteps); returns the
-        last loss. Prompts that occur twice in ``ids`` share one prefix. ``scaler``: the job's fp16
-        GradScaler, whose scale the gradient is taken at (``erasure.scaling.grad_at_job_scale``)."""
-        unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
+        last loss. Prompts that occur twice in ``ids`` share one prefix (their slot of this call).
+        ``scaler``: the job's fp16 GradScaler, whose scale the gradient is taken at
+        (``erasure.scaling.grad_at_job_scale``)."""
+        unique, inverse = torch.unique(self.rows_of(ids, self.calls), return_inverse=True)
         rows = self.prefixes[unique].clone()
         if self.restart:
             rows = self._restarted(unique, rows)
@@ -147,7 +159,7 @@ class AdversarialPrefixes:
         return float(loss.detach())
 
     def _restarted(self, unique: Tensor, rows: Tensor) -> Tensor:
-        """``rows`` [U, k, D] of the prompts ``unique`` with the call's restarted share replaced by
+        """``rows`` [U, k, D] of the table rows ``unique`` with the call's restarted share replaced by
         random vocabulary tokens. The whole table's draw is made (one generator per call, apart from
         the steps' noise), so a prompt's restart does not depend on which prompts the batch holds."""
         generator = torch.Generator().manual_seed(-(self.seed * 1_000_003 + self.calls) - 1)  # not a steps' seed
@@ -173,5 +185,6 @@ class AdversarialPrefixes:
     def load_state_dict(self, state: dict) -> None:
         if state["prefixes"].shape != self.prefixes.shape:
             raise ValueError(f"adversarial prefixes of shape {tuple(state['prefixes'].shape)} in the checkpoint, "
-                             f"{tuple(self.prefixes.shape)} for this job's prompts: resume with the same data and k")
+                             f"{tuple(self.prefixes.shape)} for this job's prompts: resume with the same data, k and "
+                             f"population ({self.population})")
         self.prefixes, self.calls = state["prefixes"].float(), int(state["calls"])

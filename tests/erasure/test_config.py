@@ -27,7 +27,8 @@ def test_adversarial_prefix_needs_the_substitute_term_and_a_method_that_has_one(
     from erasure.methods import build_method, validate_method
 
     for field, value in (("adversarial_prefix", -1), ("adversarial_steps", 0), ("adversarial_step_size", 0.0),
-                         ("adversarial_weight", -1.0), ("adversarial_restart", 1.5)):
+                         ("adversarial_weight", -1.0), ("adversarial_restart", 1.5),
+                         ("adversarial_population", 0)):
         with pytest.raises(ValueError, match=field):
             MethodConfig(forget_loss="substitute", **{field: value})
     with pytest.raises(ValueError, match="adversarial_prefix=5 .* forget_loss='substitute' \\(got 'ascent'\\)"):

@@ -94,6 +94,30 @@ def test_restart_draws_fresh_vocabulary_tokens_whatever_the_batch_holds(encoder_
         AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad, restart=1.5)
 
 
+def test_a_population_attacks_each_prompts_slots_in_turn_and_trains_under_the_one_just_moved(encoder_and_ids):
+    """population 3: calls 0, 1, 2 on prompt 1 move its slots 1, 2, 0 ((call + id) % 3), one each, nothing
+    else; the repair's hidden states are those of the slot the call moved; the fourth call moves slot 1
+    again. population 1 is the one-prefix table, draw for draw."""
+    encoder, ids, pad = encoder_and_ids
+    loss_of = lambda hidden, _generator: hidden.pow(2).mean()  # noqa: E731
+    adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad, population=3)
+    assert adversary.prefixes.shape[0] == 3 * len(ids)
+    batch = torch.tensor([1])
+    for call, slot in enumerate((1, 2, 0, 1)):
+        before = adversary.prefixes.clone()
+        adversary.attack(batch, loss_of)
+        moved = [r for r in range(len(before)) if not torch.equal(before[r], adversary.prefixes[r])]
+        assert moved == [3 * 1 + slot], (call, moved)
+        with torch.no_grad():
+            torch.testing.assert_close(adversary.hidden(batch), adversary.hidden(batch, adversary.prefixes[moved]))
+    single = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
+    assert torch.equal(single.prefixes, AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0,
+                                                            pad_id=pad, population=1).prefixes)
+    assert single.prefixes.shape[0] == len(ids)
+    with pytest.raises(ValueError, match="population=0"):
+        AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad, population=0)
+
+
 def test_state_round_trips_and_a_mismatched_table_is_refused(encoder_and_ids):
     encoder, ids, pad = encoder_and_ids
     adversary = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad)
@@ -101,7 +125,7 @@ def test_state_round_trips_and_a_mismatched_table_is_refused(encoder_and_ids):
     other = AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=1, pad_id=pad)
     other.load_state_dict(adversary.state_dict())
     assert torch.equal(other.prefixes, adversary.prefixes) and other.calls == 1
-    with pytest.raises(ValueError, match="resume with the same data and k"):
+    with pytest.raises(ValueError, match="resume with the same data, k and population"):
         AdversarialPrefixes(encoder, ids, k=3, steps=1, step_size=0.1, seed=0, pad_id=pad).load_state_dict(
             adversary.state_dict())
     with pytest.raises(ValueError, match="k=0"):
