@@ -15,6 +15,7 @@ FORGET_LOSSES = ("ascent", "substitute")
 RETAIN_LOSSES = ("data", "distill")
 PROJECTIONS = ("forget", "conditional", "none")
 FORGET_GRAD_DTYPES = ("float32", "bfloat16")
+ADVERSARIAL_SPACES = ("embedding", "tokens")  # where the repair's inner attack searches (pipelines.prompt_prefix)
 
 
 @dataclass
@@ -61,6 +62,11 @@ class MethodConfig:
     # prefixes kept per forget prompt, attacked in turn (slot (call + prompt id) % population): the repair sees that
     # many modes of each prompt, each carried on from its own last state (1: AdvUnlearn's one prefix a prompt)
     adversarial_population: int = 1
+    # where the inner attack searches: "embedding" (AdvUnlearn: word embeddings within the vocabulary's norm) or
+    # "tokens" (UnlearnDiffAtk's space: each prefix token a distribution over the vocabulary, Adam at
+    # adversarial_token_lr with the attack's weight decay 0.1, the repair trained under the argmax tokens)
+    adversarial_space: str = "embedding"
+    adversarial_token_lr: float = 0.01
     # tamper-resistant repair (weight space; TAR, Tamirisa et al. 2024, first order): each step, an inner fine-tune
     # takes tamper_steps signed-gradient steps of tamper_step_size per weight on the plain loss of the forget batch
     # (what a relearning attack does), the substitute term is trained once more at those weights (weight
@@ -142,6 +148,15 @@ class MethodConfig:
             raise ValueError(f"adversarial_restart={self.adversarial_restart} must be a share in [0, 1]")
         if self.adversarial_population < 1:
             raise ValueError(f"adversarial_population={self.adversarial_population} must be >= 1 (prefixes a prompt)")
+        if self.adversarial_space not in ADVERSARIAL_SPACES:
+            raise ValueError(f"adversarial_space='{self.adversarial_space}' is unknown; choose one of "
+                             f"{list(ADVERSARIAL_SPACES)}")
+        if not 0 < self.adversarial_token_lr < math.inf:
+            raise ValueError(f"adversarial_token_lr={self.adversarial_token_lr} must be a finite number > 0")
+        if self.adversarial_space == "tokens" and (self.adversarial_restart or self.adversarial_population != 1):
+            raise ValueError(f"adversarial_restart={self.adversarial_restart} and adversarial_population="
+                             f"{self.adversarial_population} apply to adversarial_space='embedding'; the token "
+                             "space keeps one distribution a prompt (restart 0, population 1)")
         if not self.adversarial_step_size > 0 or not 0 <= self.adversarial_weight < math.inf:
             raise ValueError(f"adversarial_step_size={self.adversarial_step_size} must be > 0 and adversarial_weight="
                              f"{self.adversarial_weight} a finite number >= 0")

@@ -59,12 +59,12 @@ import torch
 
 from erasure import jobconfig
 from erasure.output import check_output_dir, write_text_atomic
+from erasure.text_relaxation import project_simplex, sample_one_hot, simplex_projection
 from pipelines.default_model import GUIDANCE_SCALE
 from pipelines.prompt_prefix import prefixed_embeddings, token_embeddings_replaced, with_prefix
 from prompts.base import Prompt, PromptSet
 
 from .prompt_draw import draw_by_guidance, prompt_ids
-from .text_attack import project_simplex, sample_one_hot, simplex_projection
 
 logger = logging.getLogger(__name__)
 

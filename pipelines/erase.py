@@ -45,7 +45,7 @@ from pipelines.card import write_card
 from pipelines.conditioning import encode_prompt_table, is_xl, time_ids
 from pipelines.data import ConceptImageSet
 from pipelines.objective import RELABEL_TARGETS, DiffusionObjective
-from pipelines.prompt_prefix import AdversarialPrefixes
+from pipelines.prompt_prefix import AdversarialPrefixes, TokenPrefixes
 from pipelines.push import push_to_hub
 from pipelines.sampling import load_pipeline
 from prompts.base import closest_prompts, has_ties, replacement_words, rewritten_prompts
@@ -310,7 +310,8 @@ def build_objective(pipe, config: EraseConfig, forget: ConceptImageSet, retain: 
             and method_config.anchor_weight > 0):
         objective.hold_anchors(anchor_table(pairs, ids, set(retain.prompts)))
     if method_config is not None and method_config.adversarial_prefix:
-        objective.adversary = build_adversary(pipe, prompts, method_config, device)
+        objective.adversary = build_adversary(pipe, prompts, method_config, device,
+                                              torch.tensor([ids[p] for p in forget_prompts]))
     label = lambda s: torch.tensor([ids[p] for p in s.prompts])
     return objective, label(forget), label(retain)
 
@@ -363,8 +364,10 @@ def neutral_prompts(retain: ConceptImageSet, forget: ConceptImageSet) -> dict[st
     return pairs
 
 
-def build_adversary(pipe, prompts: list[str], method_config: MethodConfig, device) -> AdversarialPrefixes:
-    """The adversarial prefixes of every prompt of the table (AdvUnlearn; SD 1.x / 2.x text encoders).
+def build_adversary(pipe, prompts: list[str], method_config: MethodConfig, device,
+                    attacked: torch.Tensor) -> AdversarialPrefixes | TokenPrefixes:
+    """The adversarial prefixes of the prompts ``attacked`` (ids into ``prompts``, the objective's table;
+    AdvUnlearn; SD 1.x / 2.x text encoders), in ``method_config.adversarial_space``.
 
     Raises:
         ValueError: for an SDXL pipeline (two encoders and pooled embeddings: not supported).
@@ -374,10 +377,16 @@ def build_adversary(pipe, prompts: list[str], method_config: MethodConfig, devic
                          "CLIP text encoder); this one is SDXL: set adversarial_prefix 0")
     tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids
-    return AdversarialPrefixes(pipe.text_encoder.to(device), tokens, method_config.adversarial_prefix,
-                               method_config.adversarial_steps, method_config.adversarial_step_size,
-                               method_config.seed, pipe.tokenizer.pad_token_id, method_config.adversarial_restart,
-                               method_config.adversarial_population)
+    c, encoder, pad = method_config, pipe.text_encoder.to(device), pipe.tokenizer.pad_token_id
+    spaces = {
+        "embedding": lambda: AdversarialPrefixes(encoder, tokens, c.adversarial_prefix, c.adversarial_steps,
+                                                 c.adversarial_step_size, c.seed, pad, c.adversarial_restart,
+                                                 c.adversarial_population),
+        # the attack's weight decay (eval.attack's AttackConfig, UnlearnDiffAtk's public configuration)
+        "tokens": lambda: TokenPrefixes(encoder, tokens, attacked, c.adversarial_prefix, c.adversarial_steps,
+                                        c.adversarial_token_lr, 0.1, c.seed, pad),
+    }
+    return spaces[c.adversarial_space]()
 
 
 def noise_hook(objective: DiffusionObjective, seed: int, rank: int):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from erasure.replicas import sum_tensor_across_processes
 from erasure.scaling import grad_at_job_scale
+from erasure.text_relaxation import draw_rows, project_simplex
 
 
 def with_prefix(input_ids: Tensor, prefix_ids: Tensor, pad_id: int) -> Tensor:
@@ -188,3 +189,125 @@ class AdversarialPrefixes:
                              f"{tuple(self.prefixes.shape)} for this job's prompts: resume with the same data, k and "
                              f"population ({self.population})")
         self.prefixes, self.calls = state["prefixes"].float(), int(state["calls"])
+
+
+class TokenPrefixes:
+    """One adversarial ``k``-token prefix per forget prompt, searched in the space the attack searches.
+
+    `AdversarialPrefixes` moves word embeddings anywhere within the vocabulary's norm; the attack that
+    measures the erasure (`eval.attack`, UnlearnDiffAtk) chooses vocabulary tokens. Here each prefix
+    token is a distribution over the vocabulary, as in the attack (`erasure.text_relaxation`): every
+    step draws one-hot tokens from it with a straight-through gradient, takes an Adam step (the
+    attack's ``lr`` and weight decay) and projects back onto the simplex. The distributions start
+    uniform, as the attack's, and carry on between calls. The repair then trains under the argmax
+    tokens: the discrete prompt the attack would judge.
+
+    Args:
+        text_encoder: the pipeline's frozen CLIP text encoder (SD 1.x / 2.x).
+        input_ids: [P, L] token ids of every prompt id of the objective's table.
+        attacked: the prompt ids that get a prefix (the forget prompts): the table holds only those.
+        k: prefix tokens.
+        steps: Adam steps per call.
+        learning_rate, weight_decay: the steps' Adam (the attack's 0.01 and 0.1).
+        seed: each call's token draws and noise.
+        pad_id: the tokenizer's padding id.
+
+    Under data parallelism each step's gradient is averaged over the ranks that attacked a prompt
+    before any rank steps, so every rank (and a checkpoint) holds one table, Adam moments included.
+    """
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(self, text_encoder: nn.Module, input_ids: Tensor, attacked: Tensor, k: int, steps: int,
+                 learning_rate: float, weight_decay: float, seed: int, pad_id: int) -> None:
+        if k < 1 or steps < 1 or not learning_rate > 0 or weight_decay < 0 or len(attacked) == 0:
+            raise ValueError(f"need k >= 1, steps >= 1, learning_rate > 0, weight_decay >= 0 and a prompt to attack, "
+                             f"got k={k}, steps={steps}, learning_rate={learning_rate}, weight_decay={weight_decay}, "
+                             f"{len(attacked)} attacked prompts")
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.input_ids, self.k, self.steps, self.pad_id, self.seed = input_ids.long(), k, steps, pad_id, seed
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.row = torch.full((len(input_ids),), -1, dtype=torch.long)  # prompt id -> table row (-1: none)
+        attacked = torch.unique(attacked.long().cpu())
+        self.row[attacked] = torch.arange(len(attacked))
+        vocabulary = text_encoder.get_input_embeddings().num_embeddings
+        self.prefixes = project_simplex(torch.full((len(attacked), k, vocabulary), 1.0 / vocabulary))  # [R, k, V]
+        self.first = torch.zeros_like(self.prefixes)  # Adam's moments and step count, per row
+        self.second = torch.zeros_like(self.prefixes)
+        self.counts = torch.zeros(len(attacked))
+        self.calls = 0
+
+    def rows_of(self, ids: Tensor) -> Tensor:
+        rows = self.row[ids.cpu().long()]
+        if (rows < 0).any():
+            raise ValueError(f"prompt ids {sorted(set(ids[rows.to(ids.device) < 0].tolist()))} have no adversarial "
+                             "prefix: only the forget prompts are attacked")
+        return rows
+
+    def tokens(self, ids: Tensor) -> Tensor:
+        """[B, L] the prompts ``ids`` behind their argmax prefix tokens."""
+        return with_prefix(self.input_ids[ids.cpu()], self.prefixes[self.rows_of(ids)].argmax(-1), self.pad_id)
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        """[B, L, D] last hidden states of the prompts ``ids`` behind their argmax prefix tokens."""
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(self.tokens(ids).to(device))[0].float()
+
+    def attack(self, ids: Tensor, loss_of: Callable[[Tensor, torch.Generator], Tensor], scaler: Any = None) -> float:
+        """``steps`` Adam steps on the token distributions of ``ids`` lowering ``loss_of(hidden,
+        generator)``; returns the last loss. Prompts that occur twice share one prefix."""
+        unique, inverse = torch.unique(self.rows_of(ids), return_inverse=True)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        device = next(self.text_encoder.parameters()).device
+        matrix = self.text_encoder.get_input_embeddings().weight
+        tokens = self.input_ids[ids.cpu()].to(device)
+        joined = with_prefix(tokens, torch.full((len(ids), self.k), self.pad_id), self.pad_id)
+        loss = torch.tensor(float("nan"))
+        for _ in range(self.steps):
+            rows = self.prefixes[unique]
+            picks = draw_rows(rows.flatten(0, 1), generator).view(rows.shape[:2])
+            one_hot = F.one_hot(picks, rows.shape[-1]).float().requires_grad_(True)  # [U, k, V]
+
+            def prefixed_loss() -> Tensor:
+                prefix = one_hot[inverse].to(device, matrix.dtype) @ matrix  # [B, k, D]
+                with token_embeddings_replaced(self.text_encoder, insert_prefix(matrix[tokens], prefix)):
+                    return loss_of(self.text_encoder(joined)[0].float(), generator)
+
+            (grad,), loss = grad_at_job_scale(prefixed_loss, [one_hot], scaler, "adversarial token step")
+            # straight through to the distributions, clipped after unscaling (the attack's STERandSelect)
+            self._step(unique, F.hardtanh(grad.float().cpu()))
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _step(self, unique: Tensor, grad: Tensor) -> None:
+        """Adam (L2 weight decay, as torch's) on the rows every rank attacked, from their mean gradient."""
+        device = next(self.text_encoder.parameters()).device
+        total = torch.zeros_like(self.prefixes)
+        total[unique] = grad
+        hits = torch.zeros(len(self.prefixes))
+        hits[unique] = 1.0
+        total, hits = sum_tensor_across_processes(total, device), sum_tensor_across_processes(hits, device)
+        rows = (hits > 0).nonzero().view(-1)
+        g = total[rows] / hits[rows, None, None] + self.weight_decay * self.prefixes[rows]
+        self.counts[rows] += 1
+        b1, b2 = self.betas
+        self.first[rows] = b1 * self.first[rows] + (1 - b1) * g
+        self.second[rows] = b2 * self.second[rows] + (1 - b2) * g * g
+        c = self.counts[rows, None, None]
+        moved = self.prefixes[rows] - self.learning_rate * (self.first[rows] / (1 - b1 ** c)) / (
+            (self.second[rows] / (1 - b2 ** c)).sqrt() + self.eps)
+        self.prefixes[rows] = project_simplex(moved)
+
+    def state_dict(self) -> dict:
+        return {"prefixes": self.prefixes, "first": self.first, "second": self.second, "counts": self.counts,
+                "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["prefixes"].shape != self.prefixes.shape or "first" not in state:
+            raise ValueError(f"adversarial token prefixes of shape {tuple(state['prefixes'].shape)} in the checkpoint, "
+                             f"{tuple(self.prefixes.shape)} for this job's prompts: resume with the same data, k and "
+                             "adversarial_space")
+        self.prefixes, self.first, self.second = (state[key].float() for key in ("prefixes", "first", "second"))
+        self.counts, self.calls = state["counts"].float(), int(state["calls"])

@@ -188,8 +188,9 @@ class Scissorhands(UnlearningMethod):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         adversary = getattr(self.objective, "adversary", None)
-        if adversary is not None and "adversarial_prefixes" in state:
-            adversary.load_state_dict({"prefixes": state["adversarial_prefixes"], "calls": state["adversarial_calls"]})
+        if adversary is not None and "adversarial_calls" in state:  # whatever the adversary keeps (prefixes, moments)
+            adversary.load_state_dict({key[len("adversarial_"):]: value for key, value in state.items()
+                                       if key.startswith("adversarial_")})
 
     @torch.no_grad()
     def finalize_gradients(self, model):

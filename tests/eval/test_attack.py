@@ -71,7 +71,7 @@ def test_the_attack_runs_its_timesteps_and_stops_at_the_first_success(tiny_pipel
 def test_the_optimiser_moves_the_token_distributions_and_keeps_them_on_the_simplex(tiny_pipeline_dir):
     """The optimisation itself, on the real UNet's gradient: the distributions leave uniform."""
     from eval.prompt_draw import draw, prompt_ids
-    from eval.text_attack import project_simplex
+    from erasure.text_relaxation import project_simplex
     from pipelines.sampling import load_pipeline
 
     pipe = load_pipeline(tiny_pipeline_dir)

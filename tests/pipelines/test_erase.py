@@ -98,9 +98,11 @@ def test_resume_matches_the_uninterrupted_run(erased, tiny_pipeline_dir, concept
                                     ["--forget_grad_dtype", "bfloat16", "--gradient_accumulation_steps", "2"],
                                     ["--forget_loss", "substitute", "--retain_loss", "distill", "--adversarial_prefix",
                                      "2", "--adversarial_steps", "1"],
+                                    ["--forget_loss", "substitute", "--retain_loss", "distill", "--adversarial_prefix",
+                                     "2", "--adversarial_steps", "1", "--adversarial_space", "tokens"],
                                     ["--forget_loss", "substitute", "--retain_loss", "distill", "--tamper_steps", "2",
                                      "--gradient_accumulation_steps", "2"]],
-                         ids=["paper", "testbed", "bf16-accumulate", "adversarial", "tamper"])
+                         ids=["paper", "testbed", "bf16-accumulate", "adversarial", "adversarial-tokens", "tamper"])
 def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_data, tmp_path, repair):
     out = tmp_path / "ddp"
     launch(["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(concept_data),
@@ -147,15 +149,21 @@ def test_loreun_and_substitute_forget_loss(tiny_pipeline_dir, concept_data, tmp_
     assert summary["trimmed"] > 0
 
 
-def test_adversarial_repair_resumes_with_its_prefixes(tiny_pipeline_dir, concept_data, tmp_path):
-    """AdvUnlearn-style repair: the prefixes are part of the checkpoint, so a resumed run ends on the
-    uninterrupted run's weights (a resume that restarted the prefixes from random tokens would not)."""
+@pytest.mark.parametrize("space", ["embedding", "tokens"])
+def test_adversarial_repair_resumes_with_its_prefixes(tiny_pipeline_dir, concept_data, tmp_path, space):
+    """AdvUnlearn-style repair: the prefixes (for the token space also their Adam moments) are part of
+    the checkpoint, so a resumed run ends on the uninterrupted run's weights (a resume that restarted
+    the prefixes would not)."""
     adversarial = ["--forget_loss", "substitute", "--retain_loss", "distill", "--projection", "conditional",
-                   "--trainable", "xattn", "--adversarial_prefix", "2", "--adversarial_steps", "2"]
+                   "--trainable", "xattn", "--adversarial_prefix", "2", "--adversarial_steps", "2",
+                   "--adversarial_space", space]
     out = tmp_path / "adv"
     run(tiny_pipeline_dir, concept_data, out, *adversarial, "--checkpointing_steps", "2")
     state = load_file(out / "checkpoint-2" / "method_state.safetensors")
     assert state["adversarial_prefixes"].shape[1] == 2
+    if space == "tokens":  # one distribution over the vocabulary a prefix token, moved off uniform
+        assert state["adversarial_prefixes"].shape[2] > 2 and state["adversarial_counts"].max() > 0
+        assert not torch.allclose(state["adversarial_prefixes"], state["adversarial_prefixes"].mean(-1, keepdim=True))
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")

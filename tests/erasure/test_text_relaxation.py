@@ -3,7 +3,7 @@ tests/pipelines/test_prompt_prefix.py)."""
 
 import torch
 
-from eval.text_attack import _project_simplex_by_sorting, draw_rows, project_simplex, sample_one_hot, simplex_projection
+from erasure.text_relaxation import _project_simplex_by_sorting, draw_rows, project_simplex, sample_one_hot, simplex_projection
 
 
 def test_projection_onto_the_simplex_on_hand_made_points():

@@ -6,6 +6,8 @@ straight-through gradient (the public code's ``STERandSelect``: a multinomial dr
 ``hardtanh`` of the gradient backward), Adam updates the distributions, and every step
 projects them back onto the simplex (`project_simplex`, the Euclidean projection the public
 code finds by bisection, here in closed form). The discrete prompt is the per-token argmax.
+Used by the attack (`eval.attack`) and by the repair's token-space adversary
+(`pipelines.prompt_prefix.TokenPrefixes`), which must search the space the attack searches.
 """
 
 from __future__ import annotations
