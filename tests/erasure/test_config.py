@@ -31,6 +31,12 @@ def test_adversarial_prefix_needs_the_substitute_term_and_a_method_that_has_one(
                          ("adversarial_population", 0)):
         with pytest.raises(ValueError, match=field):
             MethodConfig(forget_loss="substitute", **{field: value})
+    with pytest.raises(ValueError, match="adversarial_space='words' is unknown; choose one of \\['embedding', 'tokens'\\]"):
+        MethodConfig(forget_loss="substitute", adversarial_space="words")
+    with pytest.raises(ValueError, match="adversarial_token_lr=0"):
+        MethodConfig(forget_loss="substitute", adversarial_token_lr=0)
+    with pytest.raises(ValueError, match="apply to adversarial_space='embedding'"):
+        MethodConfig(forget_loss="substitute", adversarial_space="tokens", adversarial_population=2)
     with pytest.raises(ValueError, match="adversarial_prefix=5 .* forget_loss='substitute' \\(got 'ascent'\\)"):
         MethodConfig(adversarial_prefix=5)
     salun = MethodConfig(method="salun", forget_loss="substitute", adversarial_prefix=5)

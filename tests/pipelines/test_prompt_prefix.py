@@ -9,8 +9,8 @@ pytest.importorskip("diffusers")
 
 from diffusers import DDPMScheduler  # noqa: E402
 
-from pipelines.prompt_prefix import (AdversarialPrefixes, prefixed_embeddings, token_embeddings_replaced,  # noqa: E402
-                                     with_prefix)
+from pipelines.prompt_prefix import (AdversarialPrefixes, TokenPrefixes, prefixed_embeddings,  # noqa: E402
+                                     token_embeddings_replaced, with_prefix)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,44 @@ def test_a_population_attacks_each_prompts_slots_in_turn_and_trains_under_the_on
     assert single.prefixes.shape[0] == len(ids)
     with pytest.raises(ValueError, match="population=0"):
         AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0, pad_id=pad, population=0)
+
+
+def test_token_prefixes_search_vocabulary_tokens_and_the_repair_sees_their_argmax(encoder_and_ids):
+    """The token space: only the attacked prompts hold a distribution; the attack's Adam steps on the
+    simplex find argmax tokens whose loss beats the best of 50 random token pairs; the repair's hidden
+    states are the encoder's own output on the argmax tokens; the state round-trips, moments included."""
+    encoder, ids, pad = encoder_and_ids
+    matrix = encoder.get_input_embeddings().weight.detach()
+    adversary = TokenPrefixes(encoder, ids, torch.tensor([0]), k=2, steps=30, learning_rate=0.05, weight_decay=0.0,
+                              seed=0, pad_id=pad)
+    assert adversary.prefixes.shape == (1, 2, matrix.shape[0])
+    torch.testing.assert_close(adversary.prefixes.sum(-1), torch.ones(1, 2))
+    goal_token = 7
+    # the prefix's own hidden states, pulled toward those of a prompt that starts with token 7 twice
+    with torch.no_grad():
+        goal = encoder(with_prefix(ids[[0]], torch.tensor([[goal_token, goal_token]]), pad))[0]
+    loss_of = lambda hidden, _generator: (hidden[:, 1:3] - goal[:, 1:3]).pow(2).mean()  # noqa: E731
+    adversary.attack(torch.tensor([0, 0]), loss_of)
+    with torch.no_grad():
+        end = float(loss_of(adversary.hidden(torch.tensor([0])), None))
+        generator = torch.Generator().manual_seed(0)  # the search beats chance: 50 random token pairs
+        chance = [float(loss_of(encoder(with_prefix(ids[[0]], torch.randint(3, len(matrix), (1, 2), generator=generator),
+                                                    pad))[0], None)) for _ in range(50)]
+    assert end < min(chance)  # 0.106 against >= 0.126 (an ascent's tokens: 0.56)
+    assert (adversary.prefixes >= 0).all() and torch.allclose(adversary.prefixes.sum(-1), torch.ones(1, 2))
+    assert adversary.counts.tolist() == [30.0] and adversary.calls == 1
+    tokens = adversary.prefixes.argmax(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(adversary.hidden(torch.tensor([0])), encoder(with_prefix(ids[[0]], tokens, pad))[0])
+    with pytest.raises(ValueError, match=r"prompt ids \[1\] have no adversarial prefix"):
+        adversary.hidden(torch.tensor([1]))
+    other = TokenPrefixes(encoder, ids, torch.tensor([0]), k=2, steps=1, learning_rate=0.05, weight_decay=0.0,
+                          seed=1, pad_id=pad)
+    other.load_state_dict(adversary.state_dict())
+    assert torch.equal(other.second, adversary.second) and other.calls == 1
+    with pytest.raises(ValueError, match="adversarial_space"):  # an embedding table is not a token one
+        other.load_state_dict(AdversarialPrefixes(encoder, ids, k=2, steps=1, step_size=0.1, seed=0,
+                                                  pad_id=pad).state_dict())
 
 
 def test_state_round_trips_and_a_mismatched_table_is_refused(encoder_and_ids):
