@@ -653,6 +653,11 @@ def train_unet(accelerator, pipe, forget: ConceptImageSet, retain: ConceptImageS
     summary["last_step_logs"] = {key: float(value) for key, value in last.items()}  # this rank's, as the progress bar
     if method.group_weight_table() is not None:  # the same on every rank
         summary["retain_group_weights"] = method.group_weight_table()
+    if isinstance(objective.adversary, TokenPrefixes):  # what the repair trained against last, as text
+        attacked = objective.adversary.attacked()
+        special = set(pipe.tokenizer.all_special_ids)
+        summary["adversarial_prompts"] = [pipe.tokenizer.decode([i for i in row.tolist() if i not in special])
+                                          for row in objective.adversary.tokens(attacked)]
     accelerator.wait_for_everyone()
     summary["seconds"] = time.perf_counter() - started
     summary["replicas_after_training"] = check_replicas(unet_ddp, accelerator, "after training")

@@ -245,6 +245,10 @@ class TokenPrefixes:
                              "prefix: only the forget prompts are attacked")
         return rows
 
+    def attacked(self) -> Tensor:
+        """The prompt ids that hold a prefix, in table order."""
+        return (self.row >= 0).nonzero().view(-1)
+
     def tokens(self, ids: Tensor) -> Tensor:
         """[B, L] the prompts ``ids`` behind their argmax prefix tokens."""
         return with_prefix(self.input_ids[ids.cpu()], self.prefixes[self.rows_of(ids)].argmax(-1), self.pad_id)

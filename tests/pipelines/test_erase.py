@@ -110,6 +110,9 @@ def test_two_process_ddp_keeps_replicas_identical(tiny_pipeline_dir, concept_dat
     saved = json.loads((out / "erase_config.json").read_text())
     if "--config" in repair:  # the testbed's scope and guard came from the file
         assert (saved["config"]["trainable"], saved["config"]["projection"]) == ("xattn", "conditional")
+    if "tokens" in repair:  # the token prefixes the repair trained under last, one prompt each forget prompt
+        assert saved["prepare"]["adversarial_prompts"] and all(
+            "seven" in p and len(p.split()) > 2 for p in saved["prepare"]["adversarial_prompts"])
     if "--tamper_steps" in repair:  # the job ran the term on both ranks (the replicas are compared below)
         assert saved["config"]["tamper_steps"] == 2 and saved["prepare"]["last_step_logs"]["loss_tampered"] > 0
     prepare = saved["prepare"]
