@@ -64,7 +64,7 @@ def test_flags_use_the_same_rules_and_override_yaml(tmp_path):
     ("learning_rate: null\n", "job.yaml: learning_rate=None is not allowed"),
     ("output_dir: 123\n", "job.yaml: output_dir=123 is not a string"),
     ("forget_classes: [1, two]\n", "job.yaml: forget_classes[1]='two' is not an integer"),
-    ("no_such_option: 1\n", "job.yaml: no_such_option is not an option; valid options: ['adversarial_prefix',"),
+    ("no_such_option: 1\n", "job.yaml: no_such_option is not an option; valid options: ['adversarial_population', 'adversarial_prefix',"),
 ])
 def test_bad_yaml_values_fail_with_one_line_naming_file_key_and_value(tmp_path, text, message):
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
