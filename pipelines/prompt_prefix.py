@@ -48,6 +48,18 @@ def insert_prefix(token_embeddings: Tensor, prefix: Tensor) -> Tensor:
     return torch.cat([token_embeddings[:, :1], prefix.to(token_embeddings), token_embeddings[:, 1:]], dim=1)[:, :length]
 
 
+def prefixed_hidden(text_encoder: nn.Module, input_ids: Tensor, prefixes: Tensor, pad_id: int) -> Tensor:
+    """[B, L, D] float last hidden states of the prompts ``input_ids`` [B, L] behind the prefix
+    embeddings ``prefixes`` [B, k, D] (differentiable in them): the encoder's own forward on
+    ``[sot, prefix, prompt...]``, as both adversaries of the repair run it."""
+    matrix = text_encoder.get_input_embeddings().weight
+    tokens = input_ids.to(matrix.device)
+    embeds = insert_prefix(matrix[tokens], prefixes.to(matrix.device, matrix.dtype))
+    joined = with_prefix(tokens, torch.full((len(tokens), prefixes.shape[1]), pad_id), pad_id)
+    with token_embeddings_replaced(text_encoder, embeds):
+        return text_encoder(joined)[0].float()
+
+
 @contextlib.contextmanager
 def token_embeddings_replaced(text_encoder: nn.Module, replace: Tensor) -> Iterator[None]:
     """Within the block, ``text_encoder``'s token-embedding lookup returns ``replace`` [B, L, D]
@@ -125,15 +137,9 @@ class AdversarialPrefixes:
     def hidden(self, ids: Tensor, prefixes: Tensor | None = None) -> Tensor:
         """[B, L, D] last hidden states of the prompts ``ids`` behind their prefixes: the slots the
         last attack call moved (``prefixes`` [B, k, D] instead of the stored ones: differentiable in them)."""
-        device = next(self.text_encoder.parameters()).device
         ids = ids.cpu()
         prefixes = self.prefixes[self.rows_of(ids, self.calls - 1)] if prefixes is None else prefixes
-        tokens = self.input_ids[ids].to(device)
-        matrix = self.text_encoder.get_input_embeddings().weight
-        embeds = insert_prefix(matrix[tokens], prefixes.to(device, matrix.dtype))
-        joined = with_prefix(tokens, torch.full((len(ids), self.k), self.pad_id), self.pad_id)
-        with token_embeddings_replaced(self.text_encoder, embeds):
-            return self.text_encoder(joined)[0].float()
+        return prefixed_hidden(self.text_encoder, self.input_ids[ids], prefixes, self.pad_id)
 
     def attack(self, ids: Tensor, loss_of: Callable[[Tensor, torch.Generator], Tensor], scaler: Any = None) -> float:
         """``steps`` signed-gradient steps on the prefixes of ``ids`` lowering ``loss_of(hidden,
@@ -264,10 +270,8 @@ class TokenPrefixes:
         unique, inverse = torch.unique(self.rows_of(ids), return_inverse=True)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
         self.calls += 1
-        device = next(self.text_encoder.parameters()).device
         matrix = self.text_encoder.get_input_embeddings().weight
-        tokens = self.input_ids[ids.cpu()].to(device)
-        joined = with_prefix(tokens, torch.full((len(ids), self.k), self.pad_id), self.pad_id)
+        tokens = self.input_ids[ids.cpu()]
         loss = torch.tensor(float("nan"))
         for _ in range(self.steps):
             rows = self.prefixes[unique]
@@ -275,9 +279,8 @@ class TokenPrefixes:
             one_hot = F.one_hot(picks, rows.shape[-1]).float().requires_grad_(True)  # [U, k, V]
 
             def prefixed_loss() -> Tensor:
-                prefix = one_hot[inverse].to(device, matrix.dtype) @ matrix  # [B, k, D]
-                with token_embeddings_replaced(self.text_encoder, insert_prefix(matrix[tokens], prefix)):
-                    return loss_of(self.text_encoder(joined)[0].float(), generator)
+                prefix = one_hot[inverse].to(matrix.device, matrix.dtype) @ matrix  # [B, k, D]
+                return loss_of(prefixed_hidden(self.text_encoder, tokens, prefix, self.pad_id), generator)
 
             (grad,), loss = grad_at_job_scale(prefixed_loss, [one_hot], scaler, "adversarial token step")
             # straight through to the distributions, clipped after unscaling (the attack's STERandSelect)
