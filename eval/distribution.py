@@ -50,13 +50,14 @@ def feature_diversity(features: Tensor, prompt_ids: Tensor, p: float = 2.0) -> f
 
 
 def feature_distances(feature: nn.Module, generated: Tensor, reference: Tensor, batch_size: int = 256,
-                      kid_subsets: int = 50, kid_subset_size: int = 100) -> dict[str, float]:
+                      kid_subsets: int = 50, kid_subset_size: int = 100, kid_seed: int | None = 0) -> dict[str, float]:
     """FID and KID (x1000 is *not* applied: raw MMD^2) of ``generated`` against ``reference``.
 
     Args:
         feature: extractor with a ``num_features`` attribute, float [0, 1] images in.
         generated, reference: ``[N, 3, H, W]`` float in [0, 1] (or uint8).
         kid_subset_size: capped at the smaller set's size.
+        kid_seed: the KID subsets' seed (see ``distances_of_features``).
 
     Returns:
         ``{"fid": ..., "kid": ..., "kid_std": ...}``.
@@ -68,16 +69,19 @@ def feature_distances(feature: nn.Module, generated: Tensor, reference: Tensor, 
     with torch.no_grad():
         extract = lambda images: torch.cat([feature(_canonical_images(chunk, to_uint8=False)).float().cpu()
                                             for chunk in images.split(batch_size)])
-        return distances_of_features(extract(generated), extract(reference), kid_subsets, kid_subset_size)
+        return distances_of_features(extract(generated), extract(reference), kid_subsets, kid_subset_size, kid_seed)
 
 
 def distances_of_features(generated: Tensor, reference: Tensor, kid_subsets: int = 50,
-                          kid_subset_size: int = 100) -> dict[str, float]:
+                          kid_subset_size: int = 100, kid_seed: int | None = 0) -> dict[str, float]:
     """``feature_distances`` on features already extracted (``[N, D]`` each side), so that a caller
     holding the features of one image set compares it with several references without extracting
     them again. The arithmetic is torchmetrics': FID from float64 sums (``FrechetInceptionDistance``),
     KID as the mean and std of the polynomial-kernel MMD^2 over ``kid_subsets`` random subsets drawn
-    with the global generator in the same order as ``KernelInceptionDistance.compute``."""
+    in the same order as ``KernelInceptionDistance.compute`` from the global generator seeded with ``kid_seed``
+    (the result is torchmetrics' after ``torch.manual_seed(kid_seed)``), inside ``torch.random.fork_rng``: the
+    same features give the same KID whatever ran before in the process, and the caller's generator is left as
+    it was. ``kid_seed=None`` draws from the global generator as it stands (torchmetrics' own behaviour)."""
     from torchmetrics.image.fid import _compute_fid
     from torchmetrics.image.kid import poly_mmd
 
@@ -95,10 +99,13 @@ def distances_of_features(generated: Tensor, reference: Tensor, kid_subsets: int
     fid = _compute_fid(*gaussian(reference), *gaussian(generated))
     subset = min(kid_subset_size, len(generated), len(reference))
     scores = []
-    for _ in range(kid_subsets):
-        real = reference[torch.randperm(len(reference))[:subset]]
-        fake = generated[torch.randperm(len(generated))[:subset]]
-        scores.append(poly_mmd(real.float(), fake.float()))
+    with torch.random.fork_rng(devices=[], enabled=kid_seed is not None):
+        if kid_seed is not None:
+            torch.manual_seed(kid_seed)
+        for _ in range(kid_subsets):
+            real = reference[torch.randperm(len(reference))[:subset]]
+            fake = generated[torch.randperm(len(generated))[:subset]]
+            scores.append(poly_mmd(real.float(), fake.float()))
     kid = torch.stack(scores)
     return {"fid": float(fid.float()), "kid": float(kid.mean()), "kid_std": float(kid.std(unbiased=False))}
 

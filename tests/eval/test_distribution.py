@@ -66,14 +66,31 @@ def test_features_extracted_once_give_torchmetrics_figures_exactly():
         metric.update(generated, real=False)
     torch.manual_seed(3)
     kid_mean, kid_std = kid.compute()
-    torch.manual_seed(3)
-    ours = feature_distances(PooledFeatures(), generated, reference, kid_subsets=7, kid_subset_size=60)
+    ours = feature_distances(PooledFeatures(), generated, reference, kid_subsets=7, kid_subset_size=60, kid_seed=3)
     assert ours == {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
-    torch.manual_seed(3)
-    again = distances_of_features(PooledFeatures()(generated), PooledFeatures()(reference), 7, 60)
+    again = distances_of_features(PooledFeatures()(generated), PooledFeatures()(reference), 7, 60, kid_seed=3)
     assert again == ours
+    torch.manual_seed(3)
+    assert distances_of_features(PooledFeatures()(generated), PooledFeatures()(reference), 7, 60, kid_seed=None) == ours
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         distances_of_features(torch.rand(5, 4), torch.rand(5, 3))
+
+def test_kid_does_not_depend_on_what_ran_before_and_leaves_the_global_generator_alone():
+    """The KID subsets come from their own seed: two calls on the same features agree whatever the global
+    generator's state, and the caller's next draw is the one it would have made without the call."""
+    generator = torch.Generator().manual_seed(5)
+    generated, reference = torch.rand(80, 6, generator=generator), torch.rand(70, 6, generator=generator) + 0.1
+    torch.manual_seed(11)
+    first = distances_of_features(generated, reference, kid_subsets=4, kid_subset_size=30)
+    expected_next = torch.rand(3)
+    torch.manual_seed(11)
+    torch.rand(100)  # some other work moved the global generator
+    second = distances_of_features(generated, reference, kid_subsets=4, kid_subset_size=30)
+    assert second == first
+    torch.manual_seed(11)
+    distances_of_features(generated, reference, kid_subsets=4, kid_subset_size=30)
+    assert torch.equal(torch.rand(3), expected_next)
+
 
 class FixedJudge:
     def __init__(self, probabilities):
