@@ -78,10 +78,10 @@ def distances_of_features(generated: Tensor, reference: Tensor, kid_subsets: int
     holding the features of one image set compares it with several references without extracting
     them again. The arithmetic is torchmetrics': FID from float64 sums (``FrechetInceptionDistance``),
     KID as the mean and std of the polynomial-kernel MMD^2 over ``kid_subsets`` random subsets drawn
-    in the same order as ``KernelInceptionDistance.compute`` from the global generator seeded with ``kid_seed``
-    (the result is torchmetrics' after ``torch.manual_seed(kid_seed)``), inside ``torch.random.fork_rng``: the
-    same features give the same KID whatever ran before in the process, and the caller's generator is left as
-    it was. ``kid_seed=None`` draws from the global generator as it stands (torchmetrics' own behaviour)."""
+    in the same order as ``KernelInceptionDistance.compute``, from a generator of their own seeded with ``kid_seed``
+    (the result is torchmetrics' after ``torch.manual_seed(kid_seed)``): the same features give the same KID
+    whatever ran before in the process, and the global generator is not touched. ``kid_seed=None`` draws from
+    the global generator as it stands (torchmetrics' own behaviour)."""
     from torchmetrics.image.fid import _compute_fid
     from torchmetrics.image.kid import poly_mmd
 
@@ -99,13 +99,11 @@ def distances_of_features(generated: Tensor, reference: Tensor, kid_subsets: int
     fid = _compute_fid(*gaussian(reference), *gaussian(generated))
     subset = min(kid_subset_size, len(generated), len(reference))
     scores = []
-    with torch.random.fork_rng(devices=[], enabled=kid_seed is not None):
-        if kid_seed is not None:
-            torch.manual_seed(kid_seed)
-        for _ in range(kid_subsets):
-            real = reference[torch.randperm(len(reference))[:subset]]
-            fake = generated[torch.randperm(len(generated))[:subset]]
-            scores.append(poly_mmd(real.float(), fake.float()))
+    generator = None if kid_seed is None else torch.Generator().manual_seed(kid_seed)
+    for _ in range(kid_subsets):
+        real = reference[torch.randperm(len(reference), generator=generator)[:subset]]
+        fake = generated[torch.randperm(len(generated), generator=generator)[:subset]]
+        scores.append(poly_mmd(real.float(), fake.float()))
     kid = torch.stack(scores)
     return {"fid": float(fid.float()), "kid": float(kid.mean()), "kid_std": float(kid.std(unbiased=False))}
 

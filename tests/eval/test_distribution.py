@@ -75,6 +75,7 @@ def test_features_extracted_once_give_torchmetrics_figures_exactly():
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         distances_of_features(torch.rand(5, 4), torch.rand(5, 3))
 
+
 def test_kid_does_not_depend_on_what_ran_before_and_leaves_the_global_generator_alone():
     """The KID subsets come from their own seed: two calls on the same features agree whatever the global
     generator's state, and the caller's next draw is the one it would have made without the call."""
