@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def make_accelerator(output_dir: str | None = None, **kwargs: Any):
@@ -37,11 +42,50 @@ def compute_dtype(accelerator: Any) -> torch.dtype:
 
 
 def finish(accelerator: Any) -> None:
-    """End a job on every process together: wait for the main process's export, end the trackers,
-    and take down the process group. A rank that exits while another still works leaves its gloo
-    threads running, and the process aborts at exit ("terminate called without an active
-    exception", seen on a loaded 2-core machine)."""
+    """End a job on every process together: wait for the main process's export, take down the process
+    group (``end_process_group``; before ``end_training``, which destroys it too in recent
+    accelerate), and end the trackers."""
     accelerator.wait_for_everyone()
+    end_process_group()
     accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+
+
+def drain_gloo(timeout: float = 10.0) -> bool:
+    """Wait until gloo's worker threads hold no work of this process's (call it on every rank: it is a
+    collective). True once they hold none, or with no gloo group up; False when ``timeout`` seconds
+    passed first.
+
+    A gloo worker thread lets go of each finished collective's work after the caller has its result,
+    and letting go takes the GIL (the work holds tensors Python owns and the caller's thread-local
+    state). If the interpreter has begun to finalise by then, the thread is killed as it takes the
+    GIL and the process aborts ("terminate called without an active exception", SIGABRT: core dump of
+    the 2-rank FSDP2 test, about one run in ten); if the group's last reference goes on a thread that
+    holds the GIL (a DDP reducer freed with the job's locals), its destructor joins that thread for
+    ever. So one all-reduce runs through gloo on a tensor only its work holds, and this waits, the GIL
+    released, until a worker has let go of it. Gloo lets go of a work under its queue's lock, which
+    queueing the all-reduce takes, so the works that finished before it are gone by then too, unless
+    a thread was preempted between finishing one and coming back to the queue (a few instructions).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return True
+    if "gloo" not in str(torch.distributed.get_backend()):  # "gloo", or "cpu:gloo,cuda:nccl": CPU tensors go to gloo
+        return True
+    marker = torch.zeros(1)
+    held = weakref.ref(marker)
+    torch.distributed.all_reduce(marker)
+    del marker
+    deadline = time.monotonic() + timeout
+    while held() is not None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return held() is None
+
+
+def end_process_group(timeout: float = 10.0) -> None:
+    """Take down the process groups after this rank's last collective, gloo's threads drained first
+    (``drain_gloo``, ``timeout`` seconds at most); a no-op when none is up. Call it on every rank."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if not drain_gloo(timeout):
+        logger.warning("gloo still holds a collective's work after %.0f s: the process may abort at exit "
+                       "('terminate called without an active exception')", timeout)
+    torch.distributed.destroy_process_group()

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import erasure.methods.scissorhands as scissorhands_module  # noqa: E402
 from erasure.config import MethodConfig  # noqa: E402
+from erasure.launch import end_process_group  # noqa: E402
 from erasure.methods import build_method  # noqa: E402
 from erasure.sharding import gathered_like, has_shards, is_sharded, local  # noqa: E402
 
@@ -223,10 +224,8 @@ def main() -> None:
             topk(Path(args.out), rank, world)
     finally:
         if world > 1:
-            # every rank waits for rank 0's files: a rank leaving first lets gloo abort the other at exit
-            # ("terminate called without an active exception", seen on a loaded 2-core machine)
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            torch.distributed.barrier()  # every rank waits for rank 0's files
+            end_process_group()  # as the jobs end: gloo lets go of the last work before the interpreter ends
 
 
 if __name__ == "__main__":
