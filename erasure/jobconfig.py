@@ -267,6 +267,8 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErr
 
 def run_cli(main: Any, argv: Sequence[str] | None = None) -> None:
     """Run a job's ``main``; bad input and divergence end with one ``error: ...`` line and exit 1.
+    A job that ends with its process group up (a launched sampling or attack job) has it taken down
+    (``erasure.launch.end_process_group``): gloo drained before the interpreter's end.
 
     Raises:
         SystemExit: with the message (status 1) for the errors in `INPUT_ERRORS`; other
@@ -274,8 +276,11 @@ def run_cli(main: Any, argv: Sequence[str] | None = None) -> None:
     """
     import sys
 
+    from erasure.launch import end_process_group
+
     try:
         main(argv)
     except INPUT_ERRORS as err:
         message = " ".join(str(err).split()) or type(err).__name__
         sys.exit(f"error: {message}")
+    end_process_group()

@@ -161,6 +161,8 @@ def test_config_and_method_refusals_name_the_field():
 def _update_on_rank(rank, world, init_file, results):
     import torch.distributed as dist
 
+    from erasure.launch import end_process_group
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     weights = GroupWeights(3, step_size=0.5)
     # each rank its own shard, of its own mean: rank 0 holds groups 0 and 1 (mean 2), rank 1 group 2 only (mean 8)
@@ -168,7 +170,7 @@ def _update_on_rank(rank, world, init_file, results):
     weights.accumulate(torch.tensor(losses), torch.tensor(groups))
     weights.step()
     results[rank] = weights.log_weights.tolist()
-    dist.destroy_process_group()
+    end_process_group()  # spawned ranks exit through the interpreter's end: gloo drained first
 
 
 def test_every_rank_takes_the_same_step_from_every_ranks_groups(tmp_path):

@@ -52,6 +52,7 @@ def test_exponential_fit_rejects_bad_losses():
 def _fit_on_rank(rank, world, init_file, results):
     import torch.distributed as dist
 
+    from erasure.launch import end_process_group
     from erasure.objective import Objective
 
     class Squared(Objective):
@@ -67,7 +68,7 @@ def _fit_on_rank(rank, world, init_file, results):
         results[rank] = (Squared().fit_reference(model, batches)["mean"],
                          float(torch.cat([Squared().loss(model, b) for b in batches]).sum()),
                          sum(len(b[1]) for b in batches))
-    dist.destroy_process_group()
+    end_process_group()  # spawned ranks exit through the interpreter's end: gloo drained first
 
 
 def test_the_reference_is_one_figure_over_every_ranks_batches(tmp_path):
