@@ -51,9 +51,10 @@ def finish(accelerator: Any) -> None:
 
 
 def drain_gloo(timeout: float = 10.0) -> bool:
-    """Wait until gloo's worker threads hold no work of this process's (call it on every rank: it is a
-    collective). True once they hold none, or with no gloo group up; False when ``timeout`` seconds
-    passed first.
+    """Wait until the default group's gloo worker threads hold no work of this process's (call it on
+    every rank: it is a collective). True once they hold none, or with no gloo group up; False when
+    ``timeout`` seconds passed after the all-reduce first (the all-reduce itself is bounded by the
+    group's own timeout).
 
     A gloo worker thread lets go of each finished collective's work after the caller has its result,
     and letting go takes the GIL (the work holds tensors Python owns and the caller's thread-local
@@ -64,7 +65,8 @@ def drain_gloo(timeout: float = 10.0) -> bool:
     ever. So one all-reduce runs through gloo on a tensor only its work holds, and this waits, the GIL
     released, until a worker has let go of it. Gloo lets go of a work under its queue's lock, which
     queueing the all-reduce takes, so the works that finished before it are gone by then too, unless
-    a thread was preempted between finishing one and coming back to the queue (a few instructions).
+    a thread was preempted in the short window between finishing one and coming back to the queue.
+    Other gloo groups (``new_group``, a 2-D device mesh) have threads of their own, not drained here.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return True
@@ -82,7 +84,9 @@ def drain_gloo(timeout: float = 10.0) -> bool:
 
 def end_process_group(timeout: float = 10.0) -> None:
     """Take down the process groups after this rank's last collective, gloo's threads drained first
-    (``drain_gloo``, ``timeout`` seconds at most); a no-op when none is up. Call it on every rank."""
+    (``drain_gloo``, whose wait ``timeout`` bounds); a no-op when none is up. Call it on every rank, on
+    the way out of a job that succeeded: a rank that fails leaves without it (the others could not meet
+    it there)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     if not drain_gloo(timeout):

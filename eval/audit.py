@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from erasure import jobconfig
+from erasure.launch import end_process_group
 from erasure.output import check_output_dir
 
 from . import report as reports
@@ -259,7 +260,13 @@ def run_audit(config: AuditConfig, detector: Detector | None = None, state: Any 
     """
     checked = _preflight(config, detector)
     state = state or partial_state()
+    if config.attack is not None and state.num_processes > 1:
+        raise ValueError(f"--attack runs on the main process only, and this audit runs in {state.num_processes} "
+                         "processes: launch it with one process, or run eval.attack under accelerate launch itself")
     folders = _image_folders(config, state)
+    # the sampling was the last step the processes share: the group ends here on every rank (gloo drained), so the
+    # others need not wait in a collective while the main process scores the images
+    end_process_group()
     if not state.is_main_process:
         return {}
     rows = {role: checked["rows"].get(role) or read_image_folder(folder, role) for role, folder in folders.items()}

@@ -230,6 +230,14 @@ def test_audit_attack_section_and_its_gate(tiny_pipeline_dir, tmp_path, monkeypa
     with pytest.raises(ValueError, match="--attack needs --model"):
         audit_main(["--images", str(tmp_path / "a" / "images"), "--out", str(tmp_path / "c"), "--attack",
                     "unlearndiffatk"], detector=FakeDetector({}))
+    from types import SimpleNamespace
+
+    from eval.audit import parse_args, run_audit
+
+    two_processes = SimpleNamespace(num_processes=2, process_index=0, is_main_process=True)
+    with pytest.raises(ValueError, match="--attack runs on the main process only, and this audit runs in 2 processes"):
+        run_audit(parse_args([*args, "--out", str(tmp_path / "d")]), FakeDetector({}), two_processes)
+    assert not (tmp_path / "d").exists()  # refused before sampling
 
 
 def test_relearn_counts_the_steps_until_the_judge_sees_the_concept(tiny_pipeline_dir, tmp_path, monkeypatch):
