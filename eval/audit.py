@@ -253,7 +253,8 @@ def run_audit(config: AuditConfig, detector: Detector | None = None, state: Any 
         state: an accelerate `PartialState`; None makes one.
 
     Returns:
-        The report (report.json's content) on the main process, {} on the others.
+        The report (report.json's content) on the main process, {} on the others. A launched audit's
+        process group ends after the sampling (``erasure.launch.end_process_group``), on every rank.
 
     Raises:
         ValueError / FileNotFoundError / ImportError: bad input, before anything is written.

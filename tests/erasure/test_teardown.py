@@ -3,7 +3,8 @@
 A gloo thread lets go of a finished collective's work after the caller has its result, and that
 takes the GIL. Left to the interpreter's end it aborted the process ("terminate called without an
 active exception": core dump of the 2-rank FSDP2 test); left to a group destructor running under the
-GIL it would never return. ``drain_gloo`` waits until gloo has let go of every work.
+GIL it would never return. ``drain_gloo`` waits until gloo has let go of every work. The jobs'
+own 2-process DDP launches (test_unlearn_job, test_erase) end through ``finish`` and so through it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-from tests.launch import main_process_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,16 +70,3 @@ def test_drain_gloo_waits_until_gloo_lets_go_of_the_last_work(tmp_path):
                      "initialized": False}
     assert rank1 == {"drained_without_a_group": True, "drained": True, "held_after": False, "initialized": False}
 
-
-def test_a_ddp_job_ends_on_both_ranks_with_its_model_referenced(tmp_path):
-    """finish() as the jobs call it (the DDP model still referenced, freed as the job returns, the
-    interpreter's end right after, this thread keeping the GIL until it blocks): both ranks exit 0.
-    The race it guards against is rare here (a handful of runs in a hundred): see the drain test."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", *main_process_port(), "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(Path(__file__).with_name("teardown_worker.py")), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["rank0.json", "rank1.json"]
